@@ -1,0 +1,7 @@
+"""Export stage: a checkpoint becomes a new numbered version in a Triton model repository."""
+
+from __future__ import annotations
+
+from .export import ExportConfig, ExportResult, export
+
+__all__ = ["ExportConfig", "ExportResult", "export"]

@@ -1,0 +1,121 @@
+"""ImageFolder datasets (PlantVillage layout) and the stratified train/val/test split."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from plantdx.exceptions import DatasetError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+SPLIT_FILENAME = "split.json"
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class ImageFolder:
+    root: Path
+    class_names: list[str]
+    samples: list[Sample]
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(s.label for s in self.samples)
+        return {name: c.get(i, 0) for i, name in enumerate(self.class_names)}
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def scan_image_folder(root: str | Path, *, min_classes: int = 2) -> ImageFolder:
+    """One sub-folder per class, sorted like torchvision's ImageFolder (plain `sorted()`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    class_dirs = sorted(
+        (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: d.name,
+    )
+    if len(class_dirs) < min_classes:
+        raise DatasetError(
+            f"{root} has {len(class_dirs)} class folder(s); at least {min_classes} are needed "
+            "(layout: one sub-folder of images per class)"
+        )
+    samples: list[Sample] = []
+    empty: list[str] = []
+    for label, d in enumerate(class_dirs):
+        files = sorted(p for p in d.rglob("*") if is_image_file(p))
+        if not files:
+            empty.append(d.name)
+        samples.extend(Sample(p, label) for p in files)
+    if empty:
+        raise DatasetError(f"class folder(s) with no images in {root}: {', '.join(empty)}")
+    return ImageFolder(root=root, class_names=[d.name for d in class_dirs], samples=samples)
+
+
+def stratified_split(
+    dataset: ImageFolder,
+    *,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.1,
+    seed: int = 42,
+) -> dict[str, list[Sample]]:
+    """Per class: shuffle with the seed, then cut val and test off; the rest is train.
+
+    Every class with at least three images gets at least one image in each split.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DatasetError(f"invalid split fractions val={val_fraction} test={test_fraction}")
+    rng = random.Random(seed)
+    by_class: dict[int, list[Sample]] = {}
+    for s in dataset.samples:
+        by_class.setdefault(s.label, []).append(s)
+    out: dict[str, list[Sample]] = {k: [] for k in SPLITS}
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=lambda s: str(s.path))
+        rng.shuffle(items)
+        n = len(items)
+        n_val = round(n * val_fraction)
+        n_test = round(n * test_fraction)
+        if n >= 3:
+            n_val = max(n_val, 1 if val_fraction > 0 else 0)
+            n_test = max(n_test, 1 if test_fraction > 0 else 0)
+        out["val"].extend(items[:n_val])
+        out["test"].extend(items[n_val : n_val + n_test])
+        out["train"].extend(items[n_val + n_test :])
+    return out
+
+
+def save_split(
+    split: dict[str, list[Sample]], dataset: ImageFolder, path: str | Path, *, seed: int
+) -> None:
+    doc: dict[str, Any] = {
+        "root": str(dataset.root.resolve()),
+        "seed": seed,
+        "class_names": dataset.class_names,
+        "counts": {k: len(v) for k, v in split.items()},
+    }
+    for name, items in split.items():
+        doc[name] = [[str(s.path.relative_to(dataset.root)), s.label] for s in items]
+    Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def load_split(path: str | Path, *, root: str | Path | None = None) -> tuple[list[str], dict[str, list[Sample]]]:
+    """Read a split.json; `root` relocates it when the data moved since training."""
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"split file {p} does not exist")
+    doc = json.loads(p.read_text())
+    base = Path(root) if root else Path(doc["root"])
+    split = {k: [Sample(base / rel, int(lbl)) for rel, lbl in doc.get(k, [])] for k in SPLITS}
+    return list(doc["class_names"]), split

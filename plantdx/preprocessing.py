@@ -1,0 +1,221 @@
+"""The one preprocessing implementation: training evaluation, export checks and the Triton
+Python backend all call these functions, so served and in-process results agree exactly.
+
+Decoding is the expensive part, so JPEGs are decoded with Pillow's draft mode (the DCT scales
+down by 1/2, 1/4 or 1/8 while decoding) whenever the photo is at least twice the model's size.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from plantdx.exceptions import PreprocessError
+
+# Limits applied to every encoded image before any pixel is decoded.
+MAX_ENCODED_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 32
+
+# A truncated file must fail, not silently decode as grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# Our own limit is checked first with a clear message; Pillow's bomb check stays as a backstop.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+REJECTION_REASONS = (
+    "empty",
+    "too_large",
+    "not_an_image",
+    "too_many_pixels",
+    "too_small",
+    "truncated",
+)
+
+_INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+META_FILENAME = "preprocessing.json"
+
+
+@dataclass(frozen=True)
+class PreprocessMeta:
+    """What a model expects of its input; travels in the checkpoint and beside the export."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    channels_order: str = "RGB"
+    layout: str = "NCHW"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation {self.interpolation!r} is not one of {sorted(_INTERPOLATIONS)}"
+            )
+        if self.image_size < MIN_SIDE:
+            raise ValueError(f"image_size must be at least {MIN_SIDE}, got {self.image_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessMeta:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        if "mean" in known:
+            known["mean"] = tuple(float(x) for x in known["mean"])
+        if "std" in known:
+            known["std"] = tuple(float(x) for x in known["std"])
+        return cls(**known)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreprocessMeta:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+class Normalizer:
+    """uint8 HWC → float32 CHW, normalised, in two vectorised numpy operations."""
+
+    def __init__(self, meta: PreprocessMeta) -> None:
+        mean = np.asarray(meta.mean, dtype=np.float32) * 255.0
+        std = np.asarray(meta.std, dtype=np.float32) * 255.0
+        self.scale = (1.0 / std).astype(np.float32)
+        self.offset = (-mean / std).astype(np.float32)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        out = pixels.astype(np.float32) * self.scale + self.offset
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB; transparent areas become white, 16-bit keeps its range."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
+    """Decode encoded bytes into an upright RGB image, enforcing every input limit.
+
+    Raises PreprocessError with a machine-readable `reason` (one of REJECTION_REASONS).
+    """
+    if not data:
+        raise PreprocessError("empty", "empty input: no bytes were sent")
+    if len(data) > MAX_ENCODED_BYTES:
+        raise PreprocessError(
+            "too_large",
+            f"encoded image is {len(data) / 1e6:.1f} MB; the limit is {MAX_ENCODED_BYTES / 1e6:.0f} MB",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise PreprocessError("too_many_pixels", f"image is too large: {exc}") from exc
+    except Exception as exc:
+        raise PreprocessError(
+            "not_an_image", "not a decodable image: no JPEG, PNG, WebP, BMP, GIF or TIFF header"
+        ) from exc
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise PreprocessError(
+            "too_many_pixels",
+            f"image is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
+            f"the limit is {MAX_PIXELS / 1e6:.0f}",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise PreprocessError(
+            "too_small", f"image is {width}x{height}; both sides must be at least {MIN_SIDE} px"
+        )
+    try:
+        if draft_size and img.format == "JPEG" and min(width, height) >= 2 * draft_size:
+            img.draft("RGB", (draft_size, draft_size))
+        img.load()
+        if getattr(img, "getexif", None) is not None and img.getexif().get(0x0112, 1) != 1:
+            img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except OSError as exc:
+        msg = str(exc)
+        reason = "truncated" if "truncated" in msg or "broken data stream" in msg else "not_an_image"
+        raise PreprocessError(reason, f"image could not be decoded ({reason}): {msg}") from exc
+    except Exception as exc:
+        raise PreprocessError("not_an_image", f"image could not be decoded: {exc}") from exc
+
+
+class Preprocessor:
+    """Bytes or a PIL image → normalised float32 CHW array for one model's metadata."""
+
+    def __init__(self, meta: PreprocessMeta) -> None:
+        self.meta = meta
+        self.size = (meta.image_size, meta.image_size)
+        self.resample = _INTERPOLATIONS[meta.interpolation]
+        self.normalize = Normalizer(meta)
+
+    def resize(self, img: Image.Image) -> np.ndarray:
+        """Upright RGB image → uint8 HWC array at the model's size."""
+        if img.mode != "RGB":
+            img = _to_rgb(img)
+        if img.size != self.size:
+            img = img.resize(self.size, self.resample)
+        return np.asarray(img, dtype=np.uint8)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Encoded bytes → uint8 HWC array at the model's size (raises PreprocessError)."""
+        img = open_image(data, draft_size=self.meta.image_size)
+        try:
+            return self.resize(img)
+        except Exception as exc:
+            raise PreprocessError("truncated", f"image could not be decoded: {exc}") from exc
+
+    def __call__(self, image: bytes | Image.Image | np.ndarray) -> np.ndarray:
+        if isinstance(image, bytes | bytearray | memoryview):
+            return self.normalize(self.decode(bytes(image)))
+        if isinstance(image, Image.Image):
+            return self.normalize(self.resize(image))
+        return self.normalize(np.asarray(image, dtype=np.uint8))
+
+    def batch(self, images: Sequence[bytes]) -> np.ndarray:
+        """Several encoded images (all valid) → float32 NCHW batch."""
+        out = np.empty((len(images), 3, *self.size), dtype=np.float32)
+        for i, data in enumerate(images):
+            out[i] = self(data)
+        return out
+
+
+def preprocess_file(path: str | Path, meta: PreprocessMeta) -> np.ndarray:
+    return Preprocessor(meta)(Path(path).read_bytes())

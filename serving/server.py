@@ -1,0 +1,303 @@
+"""Start and stop the Triton server that the `nvidia-pytriton` wheel ships.
+
+The wheel holds the `tritonserver` binary, its Python backend and one backend stub per Python
+version. The stub runs the first `python` on PATH, so this environment's `bin/` goes first,
+and the interpreter's own `lib/` joins LD_LIBRARY_PATH so the stub loads the same libpython.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from plantdx.exceptions import ServerError
+
+PR_SET_PDEATHSIG = 1
+
+
+def pytriton_root() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise ServerError("nvidia-pytriton is not installed: it provides the Triton server") from exc
+    root = Path(pytriton.__file__).parent / "tritonserver"
+    if not (root / "bin" / "tritonserver").is_file():
+        raise ServerError(f"no tritonserver binary under {root}")
+    return root
+
+
+def _libs_dir() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
+
+
+def prepare_backend_dir(cache_dir: Path | None = None) -> Path:
+    """A backend directory with the Python backend and the stub for this Python version."""
+    root = pytriton_root()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the Triton wheel has no Python-backend stub for Python {version}")
+    base = cache_dir or Path(tempfile.gettempdir()) / f"plantdx-backends-{os.getuid()}-{version}"
+    python_dir = base / "python"
+    marker = python_dir / ".source"
+    if not (marker.is_file() and marker.read_text() == str(root)):
+        tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=base.parent))
+        shutil.copytree(root / "backends" / "python", tmp / "python")
+        shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
+        os.chmod(tmp / "python" / "triton_python_backend_stub", 0o755)
+        (tmp / "python" / ".source").write_text(str(root))
+        shutil.rmtree(base, ignore_errors=True)
+        os.rename(tmp, base)
+    return base
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    libdirs = [str(_libs_dir()), str(sysconfig.get_config_var("LIBDIR") or "")]
+    if env.get("LD_LIBRARY_PATH"):
+        libdirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
+    # The stub must see this environment's packages even when started from elsewhere.
+    env.setdefault("PYTHONNOUSERSITE", "1")
+    return env
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # The server must not outlive the process that started it (Ctrl-C, kill, crash).
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+    os.setpgrp()
+
+
+class TritonServer:
+    """One tritonserver child process; use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        *,
+        repository: str | Path,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        metrics_port: int = 8002,
+        model_control: str = "explicit",
+        load_models: Sequence[str] = ("plantdx",),
+        admin_key: str | None = None,
+        response_cache_bytes: int = 64 * 1024 * 1024,
+        log_verbose: int = 0,
+        log_file: str | Path | None = None,
+        extra_args: Sequence[str] = (),
+        exit_timeout_s: int = 30,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.metrics_port = metrics_port
+        self.model_control = model_control
+        self.load_models = list(load_models)
+        self._admin_key = admin_key
+        self.response_cache_bytes = response_cache_bytes
+        self.log_verbose = log_verbose
+        self.log_file = Path(log_file) if log_file else None
+        self.extra_args = list(extra_args)
+        self.exit_timeout_s = exit_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_handle: object | None = None
+
+    # -- addresses -------------------------------------------------------------------------
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def command(self) -> list[str]:
+        binary = pytriton_root() / "bin" / "tritonserver"
+        cmd = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={prepare_backend_dir()}",
+            f"--cache-directory={pytriton_root() / 'caches'}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-metrics=true",
+            "--allow-gpu-metrics=false",
+            "--metrics-config=summary_latencies=true",
+            "--metrics-interval-ms=1000",
+            f"--model-control-mode={self.model_control}",
+            "--strict-readiness=true",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--log-verbose={self.log_verbose}",
+        ]
+        if self.response_cache_bytes:
+            cmd.append(f"--cache-config=local,size={self.response_cache_bytes}")
+        if self.model_control == "explicit":
+            cmd += [f"--load-model={m}" for m in self.load_models]
+        if self._admin_key:
+            cmd += [
+                f"--http-restricted-api=model-repository:plantdx-key={self._admin_key}",
+                f"--grpc-restricted-protocol=model-repository:plantdx-key={self._admin_key}",
+            ]
+        return cmd + self.extra_args
+
+    def redacted_command(self) -> list[str]:
+        key = self._admin_key
+        return [a.replace(key, "***") if key else a for a in self.command()]
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, *, timeout_s: float = 120.0, wait_for: str | None = "plantdx") -> TritonServer:
+        if self.is_alive():
+            return self
+        if not self.repository.is_dir():
+            raise ServerError(f"model repository {self.repository} does not exist")
+        for name, port in (
+            ("HTTP", self.http_port),
+            ("gRPC", self.grpc_port),
+            ("metrics", self.metrics_port),
+        ):
+            if not port_free(self.host, port):
+                raise ServerError(
+                    f"{name} port {port} on {self.host} is already in use: stop whatever holds "
+                    f"it or choose another port (--{name.lower().replace('grpc', 'grpc')}-port)"
+                )
+        if self.log_file:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            out: int | object = open(self.log_file, "ab")  # noqa: SIM115
+        else:
+            out = subprocess.DEVNULL
+        self._log_handle = out if out is not subprocess.DEVNULL else None
+        self._proc = subprocess.Popen(
+            self.command(),
+            env=server_env(),
+            stdout=out,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            self.wait_ready(timeout_s=timeout_s, model=wait_for)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _get(self, path: str, timeout: float = 2.0) -> int:
+        url = f"http://{self.http_url}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (urllib.error.URLError, OSError):
+            return 0
+
+    def is_ready(self, model: str | None = "plantdx") -> bool:
+        if not self.is_alive():
+            return False
+        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
+        return self._get(path) == 200
+
+    def wait_ready(self, *, timeout_s: float = 120.0, model: str | None = "plantdx") -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.is_alive():
+                code = self._proc.returncode if self._proc else None
+                raise ServerError(
+                    f"tritonserver exited with code {code} while starting"
+                    + (f"; see its log {self.log_file}" if self.log_file else "")
+                    + self._log_tail()
+                )
+            if self.is_ready(model):
+                return
+            time.sleep(0.2)
+        raise ServerError(
+            f"tritonserver did not become ready within {timeout_s:.0f} s" + self._log_tail()
+        )
+
+    def _log_tail(self, n: int = 15) -> str:
+        if not self.log_file or not self.log_file.is_file():
+            return ""
+        lines = self.log_file.read_text(errors="replace").splitlines()[-n:]
+        key = self._admin_key
+        text = "\n".join(line.replace(key, "***") if key else line for line in lines)
+        return "\nlast lines of the server log:\n" + text
+
+    def stop(self, *, timeout_s: float | None = None) -> int | None:
+        """SIGTERM (Triton finishes in-flight requests), then SIGKILL after the timeout."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        handle = self._log_handle
+        if handle is not None and hasattr(handle, "close"):
+            handle.close()
+        self._log_handle = None
+        return proc.returncode
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
