@@ -94,10 +94,12 @@ def _resolve_source(source: str) -> Path:
     if path.is_file():
         return path
     if source.startswith(("models:/", "runs:/")) or len(source) == 32:
-        from plantdx.mlflow_utils import download_checkpoint
+        from plantdx.tracking import download_checkpoint
 
         return download_checkpoint(source)
-    raise ExportError(f"export source {source!r} is not a checkpoint file, run directory or MLflow URI")
+    raise ExportError(
+        f"export source {source!r} is not a checkpoint file, run directory or MLflow URI"
+    )
 
 
 def export(cfg: ExportConfig) -> ExportResult:
@@ -111,7 +113,9 @@ def export(cfg: ExportConfig) -> ExportResult:
     image_size = ckpt.preprocessing.image_size
     batch, where = _check_images(ckpt, cfg, source_path)
     with tempfile.TemporaryDirectory(prefix="plantdx-export-") as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", image_size=image_size, opset=cfg.opset)
+        onnx_path = export_onnx(
+            model, Path(tmp) / "model.onnx", image_size=image_size, opset=cfg.opset
+        )
         report = check_parity(
             model,
             onnx_path,
@@ -124,7 +128,9 @@ def export(cfg: ExportConfig) -> ExportResult:
         provenance = _provenance(ckpt, cfg, source_path, onnx_path, report.to_dict())
         opts = ServingOptions(
             kind=cfg.kind,
-            classifier=Batching(max_batch_size=cfg.max_batch, preferred_batch_sizes=(cfg.opt_batch,)),
+            classifier=Batching(
+                max_batch_size=cfg.max_batch, preferred_batch_sizes=(cfg.opt_batch,)
+            ),
             version_policy=cfg.version_policy,
         )
 

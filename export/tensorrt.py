@@ -32,6 +32,8 @@ def require_tensorrt() -> None:
             pass
     if missing:
         raise TensorRTUnavailableError(
-            "cannot build a TensorRT engine here: missing " + " and ".join(missing) + "; "
+            "cannot build a TensorRT engine here: missing "
+            + " and ".join(missing)
+            + "; "
             + GPU_BUILD_HINT
         )

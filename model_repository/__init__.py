@@ -1,1 +1,1 @@
-"""plantdx stage."""
+"""The Triton model repository: typed configs, Python-backend models, versions, validation."""

@@ -64,9 +64,7 @@ def _dims(shape: tuple[int, ...]) -> list[int]:
     return list(shape)
 
 
-def _tensor(
-    cls: type, name: str, dtype: int, dims: tuple[int, ...], **extra: object
-) -> object:
+def _tensor(cls: type, name: str, dtype: int, dims: tuple[int, ...], **extra: object) -> object:
     t = cls(name=name, data_type=dtype, dims=_dims(dims))
     for k, v in extra.items():
         setattr(t, k, v)
@@ -215,5 +213,7 @@ def parse_pbtxt(text: str) -> mc.ModelConfig:
     try:
         text_format.Parse(text, cfg)
     except text_format.ParseError as exc:
-        raise RepositoryError(f"config.pbtxt does not parse as Triton's ModelConfig: {exc}") from exc
+        raise RepositoryError(
+            f"config.pbtxt does not parse as Triton's ModelConfig: {exc}"
+        ) from exc
     return cfg

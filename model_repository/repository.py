@@ -46,7 +46,9 @@ REPOSITORY_FILENAME = "plantdx-repository.json"
 
 def backend_source(name: str) -> str:
     """Source of a Python-backend model shipped in this package (preprocess, postprocess...)."""
-    return resources.files("plantdx.model_repository").joinpath("backends", f"{name}.py").read_text()
+    return (
+        resources.files("plantdx.model_repository").joinpath("backends", f"{name}.py").read_text()
+    )
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -71,7 +73,9 @@ class RepositoryInfo:
         if not p.is_file():
             return None
         d = json.loads(p.read_text())
-        return cls(d["class_names"], int(d["image_size"]), d["target"], d["kind"], d.get("options", {}))
+        return cls(
+            d["class_names"], int(d["image_size"]), d["target"], d["kind"], d.get("options", {})
+        )
 
     def save(self, repo: Path) -> None:
         doc = {
@@ -179,7 +183,9 @@ def publish_version(
             shutil.copyfile(staging / LABELS_FILENAME, repo / name / LABELS_FILENAME)
         for name in configs:
             os.replace(staging / "configs" / name / "config.pbtxt", repo / name / "config.pbtxt")
-        RepositoryInfo(list(class_names), meta.image_size, target, opts.kind, _options_dict(opts)).save(repo)
+        RepositoryInfo(
+            list(class_names), meta.image_size, target, opts.kind, _options_dict(opts)
+        ).save(repo)
     except BaseException:
         for dest in moved:
             shutil.rmtree(dest, ignore_errors=True)

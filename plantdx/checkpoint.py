@@ -66,7 +66,9 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
-            raise CheckpointError(f"checkpoint weights do not fit {self.model_name}: {exc}") from exc
+            raise CheckpointError(
+                f"checkpoint weights do not fit {self.model_name}: {exc}"
+            ) from exc
         return model.eval()
 
 

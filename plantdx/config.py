@@ -98,9 +98,7 @@ def _build(cls: type[T], mapping: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(mapping) - names)
     if unknown:
         prefix = f"{where}: " if where else ""
-        raise ConfigError(
-            f"{prefix}unknown option(s) {unknown}; known options are {sorted(names)}"
-        )
+        raise ConfigError(f"{prefix}unknown option(s) {unknown}; known options are {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in mapping.items()}
     try:
         return cls(**kwargs)

@@ -34,7 +34,9 @@ class ImageFolder:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return (
+        path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    )
 
 
 def scan_image_folder(root: str | Path, *, min_classes: int = 2) -> ImageFolder:
@@ -110,7 +112,9 @@ def save_split(
     Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 
-def load_split(path: str | Path, *, root: str | Path | None = None) -> tuple[list[str], dict[str, list[Sample]]]:
+def load_split(
+    path: str | Path, *, root: str | Path | None = None
+) -> tuple[list[str], dict[str, list[Sample]]]:
     """Read a split.json; `root` relocates it when the data moved since training."""
     p = Path(path)
     if not p.is_file():

@@ -144,7 +144,7 @@ def open_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
         raise PreprocessError("too_many_pixels", f"image is too large: {exc}") from exc
     except Exception as exc:
@@ -171,7 +171,9 @@ def open_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
         return _to_rgb(img)
     except OSError as exc:
         msg = str(exc)
-        reason = "truncated" if "truncated" in msg or "broken data stream" in msg else "not_an_image"
+        reason = (
+            "truncated" if "truncated" in msg or "broken data stream" in msg else "not_an_image"
+        )
         raise PreprocessError(reason, f"image could not be decoded ({reason}): {msg}") from exc
     except Exception as exc:
         raise PreprocessError("not_an_image", f"image could not be decoded: {exc}") from exc

@@ -31,7 +31,9 @@ def pytriton_root() -> Path:
     try:
         import pytriton
     except ImportError as exc:
-        raise ServerError("nvidia-pytriton is not installed: it provides the Triton server") from exc
+        raise ServerError(
+            "nvidia-pytriton is not installed: it provides the Triton server"
+        ) from exc
     root = Path(pytriton.__file__).parent / "tritonserver"
     if not (root / "bin" / "tritonserver").is_file():
         raise ServerError(f"no tritonserver binary under {root}")

@@ -44,9 +44,7 @@ class TritonPythonModel:
             description="Top-1 probability of every served image",
             kind=pb_utils.MetricFamily.HISTOGRAM,
         )
-        self.confidence = confidence.Metric(
-            labels={"model": "plantdx"}, buckets=CONFIDENCE_BUCKETS
-        )
+        self.confidence = confidence.Metric(labels={"model": "plantdx"}, buckets=CONFIDENCE_BUCKETS)
 
     def execute(self, requests: list) -> list:
         responses = []

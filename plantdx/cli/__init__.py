@@ -1,1 +1,46 @@
-def main() -> None: ...
+"""The `plantdx` command. Each subcommand parses options and calls one stage function."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from plantdx.exceptions import PlantDxError
+
+from . import data, demo, models_cmd, predict, repo, serve, stages
+
+app = typer.Typer(
+    name="plantdx",
+    help=(
+        "Plant-disease image classification: fine-tune on leaf photos, export to ONNX/TensorRT, "
+        "serve with NVIDIA Triton, classify and benchmark."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(repo.app, name="repo")
+app.add_typer(models_cmd.app, name="models")
+stages.register(app)
+serve.register(app)
+predict.register(app)
+demo.register(app)
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("PLANTDX_LOG", "WARNING").upper(),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        app()
+    except PlantDxError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)

@@ -177,7 +177,9 @@ def _build_lite0(
         if num_classes != 1000:
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         result = model.load_state_dict(state, strict=False)
-        missing = set(result.missing_keys) - ({"_fc.weight", "_fc.bias"} if num_classes != 1000 else set())
+        missing = set(result.missing_keys) - (
+            {"_fc.weight", "_fc.bias"} if num_classes != 1000 else set()
+        )
         if missing or result.unexpected_keys:
             raise ModelNotFoundError(
                 f"{path} does not hold EfficientNet-Lite0 weights "
@@ -312,7 +314,9 @@ def _build_vit(
             )
         path = Path(weights)
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is not a HuggingFace model directory (no config.json)")
+            raise ModelNotFoundError(
+                f"{path} is not a HuggingFace model directory (no config.json)"
+            )
         hf = ViTForImageClassification.from_pretrained(
             str(path), num_labels=num_classes, ignore_mismatched_sizes=True
         )
@@ -323,7 +327,11 @@ def _build_vit(
         base["num_labels"] = num_classes
         hf = ViTForImageClassification(ViTConfig(**base))
     cfg = hf.config.to_dict()
-    keep = {k: cfg[k] for k in ViTConfig().to_dict() if k in cfg and isinstance(cfg[k], int | float | str | bool)}
+    keep = {
+        k: cfg[k]
+        for k in ViTConfig().to_dict()
+        if k in cfg and isinstance(cfg[k], int | float | str | bool)
+    }
     keep.pop("num_labels", None)
     model = HFViT(hf)
     model.plantdx_kwargs = {"hf_config": keep}  # type: ignore[assignment]

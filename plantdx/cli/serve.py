@@ -1,0 +1,66 @@
+"""`plantdx serve`: the Triton server on a model repository, in the foreground."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+
+def serve(
+    repository: Path = typer.Option(..., "--repository", help="Triton model repository."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    http_port: int = typer.Option(8000, "--http-port"),
+    grpc_port: int = typer.Option(8001, "--grpc-port"),
+    metrics_port: int = typer.Option(8002, "--metrics-port"),
+    log_file: Path = typer.Option(None, "--log-file", help="Write Triton's log here."),
+    admin_key_env: str = typer.Option(
+        "PLANTDX_ADMIN_KEY",
+        "--admin-key-env",
+        help="Environment variable holding the key that protects the model-control API.",
+    ),
+    timeout: float = typer.Option(180, "--timeout", help="Seconds to wait for readiness."),
+) -> None:
+    """Run Triton on REPOSITORY until Ctrl-C or SIGTERM; the server never outlives this command."""
+    from plantdx.serving import TritonServer
+
+    key = os.environ.get(admin_key_env) or None
+    server = TritonServer(
+        repository=repository,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        admin_key=key,
+        log_file=log_file,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(f"starting Triton on {repository} ...", err=True)
+    server.start(timeout_s=timeout)
+    typer.echo(
+        f"plantdx is ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}"
+    )
+    typer.echo(f"  metrics  {server.metrics_url}")
+    if key:
+        typer.echo(f"  model control: protected; send header plantdx-key from ${admin_key_env}")
+    else:
+        typer.echo(f"  model control: open (set ${admin_key_env} to protect it)")
+    typer.echo("Ctrl-C to stop")
+    try:
+        while not stop.is_set():
+            if not server.is_alive():
+                typer.secho("tritonserver exited unexpectedly", fg=typer.colors.RED, err=True)
+                raise typer.Exit(1)
+            stop.wait(1.0)
+    finally:
+        typer.echo("stopping (finishing in-flight requests) ...", err=True)
+        server.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help=serve.__doc__)(serve)

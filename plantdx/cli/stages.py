@@ -1,0 +1,160 @@
+"""`plantdx train`, `plantdx evaluate`, `plantdx export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from plantdx.config import resolve
+
+
+def _overrides(**kwargs: Any) -> dict[str, Any]:
+    return {k.replace("__", "."): v for k, v in kwargs.items() if v is not None}
+
+
+def train(
+    data: str = typer.Option(
+        None, "--data", help="ImageFolder: one sub-folder of images per class."
+    ),
+    out: str = typer.Option(None, "--out", help="Run directory for checkpoints and reports."),
+    config: Path = typer.Option(None, "--config", help="YAML file with any training option."),
+    model: str = typer.Option(None, "--model", help="Architecture (see `plantdx models list`)."),
+    epochs: int = typer.Option(None, "--epochs", help="Maximum number of epochs."),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
+    image_size: int = typer.Option(None, "--image-size", help="Square input size in pixels."),
+    pretrained: bool = typer.Option(
+        None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (offline)."
+    ),
+    weights: str = typer.Option(None, "--weights", help="Pretrained weights file or HF directory."),
+    time_budget: float = typer.Option(None, "--time-budget", help="Minutes; plans epochs to fit."),
+    optimizer: str = typer.Option(None, "--optimizer", help="adam | adamw | sgd"),
+    scheduler: str = typer.Option(None, "--scheduler", help="cosine | step | none"),
+    freeze_backbone: bool = typer.Option(None, "--freeze-backbone/--no-freeze-backbone"),
+    unfreeze_after: int = typer.Option(None, "--unfreeze-after", help="Unfreeze after N epochs."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    seed: int = typer.Option(None, "--seed"),
+    num_workers: int = typer.Option(None, "--num-workers"),
+    register_as: str = typer.Option(None, "--register-as", help="Register in the MLflow registry."),
+    mlflow: bool = typer.Option(None, "--mlflow/--no-mlflow", help="Log to MLflow."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Fine-tune a model on an ImageFolder; writes best.pt, last.pt and metrics.json."""
+    from plantdx.training import TrainConfig
+    from plantdx.training import train as run_train
+    from plantdx.training.progress import Reporter
+
+    overrides = _overrides(
+        data=data,
+        out=out,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        image_size=image_size,
+        pretrained=pretrained,
+        weights=weights,
+        time_budget_min=time_budget,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        freeze_backbone=freeze_backbone,
+        unfreeze_after=unfreeze_after,
+        device=device,
+        seed=seed,
+        num_workers=num_workers,
+        register_as=register_as,
+        mlflow=mlflow,
+    )
+    cfg = resolve(TrainConfig, config, overrides)
+    result = run_train(cfg, reporter=Reporter(quiet=quiet))
+    typer.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, default=str))
+
+
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="A checkpoint file or run directory."),
+    data: str = typer.Option(None, "--data", help="ImageFolder to evaluate on."),
+    split: str = typer.Option("all", "--split", help="all (every image in --data) | test | val"),
+    out: str = typer.Option(None, "--out", help="Write report.json and confusion_matrix.png here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Accuracy, macro-F1, per-class report, confusion matrix and misclassified files."""
+    from plantdx.training import EvaluateConfig, evaluate_checkpoint
+
+    cfg = resolve(
+        EvaluateConfig, None, _overrides(checkpoint=checkpoint, data=data, split=split, out=out)
+    )
+    if cfg.split == "all" and not cfg.data:
+        raise typer.BadParameter("--data is required with --split all")
+    report = evaluate_checkpoint(cfg)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  n={report['n']}"
+    )
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, row in report["per_class"].items():
+        table.add_row(
+            name, *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1")), str(row["support"])
+        )
+    Console().print(table)
+    typer.echo(f"{len(report['misclassified'])} misclassified file(s)")
+
+
+def export(
+    source: str = typer.Argument(
+        ..., help="Checkpoint, run directory, MLflow run id or models:/ URI."
+    ),
+    to: str = typer.Option("onnx", "--to", help="onnx | tensorrt"),
+    repository: str = typer.Option(None, "--repository", help="Triton model repository directory."),
+    precision: str = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (TensorRT)"),
+    target: str = typer.Option(None, "--target", help="local (pip Triton) | triton (NGC Triton)"),
+    kind: str = typer.Option(None, "--kind", help="cpu | gpu instance groups"),
+    max_batch: int = typer.Option(None, "--max-batch"),
+    opt_batch: int = typer.Option(None, "--opt-batch"),
+    check_data: str = typer.Option(None, "--check-data", help="Images for the parity check."),
+    calibration: str = typer.Option(None, "--calibration", help="INT8 calibration images."),
+    version_policy: str = typer.Option(None, "--version-policy", help="latest | all | specific"),
+    config: Path = typer.Option(None, "--config", help="YAML file with export options."),
+) -> None:
+    """Export to ONNX (or TensorRT) as the next version of a Triton model repository."""
+    from plantdx.export import ExportConfig
+    from plantdx.export import export as run_export
+
+    cfg = resolve(
+        ExportConfig,
+        config,
+        _overrides(
+            source=source,
+            to=to,
+            repository=repository,
+            precision=precision,
+            target=target,
+            kind=kind,
+            max_batch=max_batch,
+            opt_batch=opt_batch,
+            check_data=check_data,
+            calibration=calibration,
+            version_policy=version_policy,
+        ),
+    )
+    result = run_export(cfg)
+    p = result.parity
+    typer.echo(
+        f"published {result.repository}/classifier/{result.version} "
+        f"(parity on {p['n_images']} images: top-1 agreement {p['top1_agreement']:.2%}, "
+        f"max |Δp| {p['max_abs_diff_probs']:.1e})"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command(help=train.__doc__)(train)
+    app.command(help=evaluate.__doc__)(evaluate)
+    app.command(help=export.__doc__)(export)

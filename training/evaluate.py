@@ -1,0 +1,148 @@
+"""`plantdx evaluate`: accuracy, macro-F1, per-class report, confusion matrix, misclassified files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from plantdx.checkpoint import load_checkpoint
+from plantdx.data import SPLIT_FILENAME, Sample, load_split, scan_image_folder
+from plantdx.exceptions import DatasetError
+from plantdx.preprocessing import Normalizer, Preprocessor
+
+from .data import PixelDataset, decode_samples
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str = ""
+    data: str = ""
+    split: Literal["all", "test", "val"] = "all"
+    batch_size: int = 64
+    out: str | None = None
+
+
+def classification_report(
+    targets: np.ndarray, predictions: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (targets, predictions), 1)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
+    recall = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0
+    )
+    present = cm.sum(1) > 0
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "n": int(cm.sum()),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(cm[i].sum()),
+            }
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def plot_confusion_matrix(cm: list[list[int]], class_names: list[str], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from plantdx.labels import pretty
+
+    arr = np.asarray(cm)
+    size = max(5.0, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    norm = arr / np.maximum(arr.sum(1, keepdims=True), 1)
+    im = ax.imshow(norm, cmap="Greens", vmin=0, vmax=1)
+    names = [pretty(n) for n in class_names]
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            if arr[i, j]:
+                color = "white" if norm[i, j] > 0.5 else "black"
+                ax.text(j, i, str(arr[i, j]), ha="center", va="center", fontsize=6, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _samples(cfg: EvaluateConfig, class_names: list[str]) -> list[Sample]:
+    if cfg.split != "all":
+        split_file = Path(cfg.checkpoint).parent / SPLIT_FILENAME
+        if Path(cfg.checkpoint).is_dir():
+            split_file = Path(cfg.checkpoint) / SPLIT_FILENAME
+        names, split = load_split(split_file, root=cfg.data or None)
+        if names != class_names:
+            raise DatasetError(f"{split_file} was written for other classes")
+        return split[cfg.split]
+    folder = scan_image_folder(cfg.data, min_classes=1)
+    index = {name: i for i, name in enumerate(class_names)}
+    samples = [
+        Sample(s.path, index[folder.class_names[s.label]])
+        for s in folder.samples
+        if folder.class_names[s.label] in index
+    ]
+    if not samples:
+        raise DatasetError(
+            f"no folder in {cfg.data} is named after a class of this checkpoint "
+            f"(classes: {', '.join(class_names[:5])}...)"
+        )
+    return samples
+
+
+def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
+    ckpt = load_checkpoint(cfg.checkpoint)
+    model = ckpt.build_model()
+    samples = _samples(cfg, ckpt.class_names)
+    decoded = decode_samples(samples, Preprocessor(ckpt.preprocessing))
+    loader = DataLoader(
+        PixelDataset(decoded, Normalizer(ckpt.preprocessing)), batch_size=cfg.batch_size
+    )
+    probs = []
+    with torch.no_grad():
+        for images, _ in loader:
+            probs.append(model(images).softmax(1).numpy())
+    p = np.concatenate(probs) if probs else np.zeros((0, ckpt.num_classes))
+    pred = p.argmax(1)
+    report = classification_report(decoded.labels, pred, ckpt.class_names)
+    report["split"] = cfg.split
+    report["skipped"] = [[str(path), why] for path, why in decoded.skipped]
+    report["misclassified"] = [
+        {
+            "file": str(decoded.paths[i]),
+            "true": ckpt.class_names[int(decoded.labels[i])],
+            "predicted": ckpt.class_names[int(pred[i])],
+            "confidence": float(p[i, pred[i]]),
+        }
+        for i in np.flatnonzero(pred != decoded.labels)
+    ]
+    if cfg.out:
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_confusion_matrix(
+            report["confusion_matrix"], ckpt.class_names, out / "confusion_matrix.png"
+        )
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        report["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+    return report
