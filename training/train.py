@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -178,6 +179,8 @@ def train(cfg: TrainConfig, *, reporter: Reporter | None = None) -> TrainResult:
     scheduler = build_scheduler(optimizer, cfg, steps, epochs)
 
     tracker = _Tracker(cfg, dataset.class_names) if cfg.mlflow else None
+    if tracker:
+        tracker.log_dataset(dataset)
     history: list[dict[str, float]] = []
     best_acc, best_epoch = -1.0, 0
     try:
@@ -245,6 +248,8 @@ def train(cfg: TrainConfig, *, reporter: Reporter | None = None) -> TrainResult:
         if tracker:
             tracker.finish(metrics, run_dir, test, dataset.class_names)
             metrics["mlflow_run_id"] = tracker.run_id
+            if tracker.registered:
+                metrics["registered_model"] = tracker.registered
     except BaseException:
         if tracker:
             tracker.fail()
@@ -317,6 +322,20 @@ class _Tracker:
         flat.update({f"augment.{k}": v for k, v in to_dict(cfg.augment).items()})
         flat["num_classes"] = len(class_names)
         self.mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        self.data_hash = ""
+        self.registered: str | None = None
+
+    def log_dataset(self, dataset: Any) -> None:
+        """A hash of the file list and sizes: cheap, and changes whenever the data does."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for s in dataset.samples:
+            h.update(
+                f"{s.path.relative_to(dataset.root)}:{s.path.stat().st_size}:{s.label}\n".encode()
+            )
+        self.data_hash = h.hexdigest()
+        self.mlflow.set_tags({"data_sha256": self.data_hash, "data_root": str(dataset.root)})
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         step = int(row["epoch"])
@@ -325,16 +344,32 @@ class _Tracker:
     def finish(
         self, metrics: dict[str, Any], run_dir: Path, test: EvalResult, class_names: list[str]
     ) -> None:
-        numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        numeric = {
+            ("best_val_acc" if k == "val_acc" else k): float(v)
+            for k, v in metrics.items()
+            if isinstance(v, int | float)
+        }
         self.mlflow.log_metrics(numeric)
         for name in ("config.yaml", "labels.txt", SPLIT_FILENAME, "metrics.json", "history.json"):
             if (run_dir / name).is_file():
                 self.mlflow.log_artifact(str(run_dir / name))
         self.mlflow.log_artifact(str(run_dir / "best.pt"), artifact_path="checkpoint")
         if self.cfg.register_as:
-            uri = f"runs:/{self.run_id}/checkpoint"
-            self.mlflow.register_model(uri, self.cfg.register_as)
+            self.register(self.cfg.register_as, metrics)
         self.mlflow.end_run()
+
+    def register(self, name: str, metrics: dict[str, Any]) -> None:
+        """A registry version whose source is the checkpoint folder, so models:/NAME/N exports."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.mlflow.MlflowClient()
+        with contextlib.suppress(MlflowException):  # already registered
+            client.create_registered_model(name)
+        tags = {k: str(v) for k, v in metrics.items() if isinstance(v, int | float | str)}
+        tags["data_sha256"] = self.data_hash
+        source = f"{self.run.info.artifact_uri}/checkpoint"
+        version = client.create_model_version(name, source, run_id=self.run_id, tags=tags)
+        self.registered = f"models:/{name}/{version.version}"
 
     def fail(self) -> None:
         self.mlflow.end_run(status="FAILED")

@@ -1,0 +1,3 @@
+from plantdx.cli import main
+
+main()

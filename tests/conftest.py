@@ -1,0 +1,161 @@
+"""Shared fixtures: real photos when present, a tiny trained model, a real Triton server."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PLANTDX_SHARED_DATA", ROOT.parent / "shared" / "data"))
+MINI = SHARED_DATA / "plantvillage-mini"
+TRAIN = SHARED_DATA / "plantvillage-train"
+
+
+def _require(path: Path) -> Path:
+    if not path.is_dir():
+        pytest.skip(
+            f"real leaf photos not found at {path} (set PLANTDX_SHARED_DATA to their parent)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    """The 900 PlantVillage photos (15 classes × 60); skipped when absent."""
+    return _require(MINI)
+
+
+@pytest.fixture(scope="session")
+def train_dir() -> Path:
+    return _require(TRAIN)
+
+
+@pytest.fixture(scope="session")
+def mini_photos(mini_dir: Path) -> list[Path]:
+    """One photo from each class of the mini set, then a second one: 30 real photos."""
+    from plantdx.data import scan_image_folder
+
+    folder = scan_image_folder(mini_dir)
+    by_class: dict[int, list[Path]] = {}
+    for s in folder.samples:
+        by_class.setdefault(s.label, []).append(s.path)
+    return [paths[i] for i in (0, 1) for paths in by_class.values()]
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from plantdx.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, per_class=12, size=96, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tracking URI of a fresh SQLite store (tracking and registry)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_store: str) -> Path:
+    """A test_tiny model trained briefly on the real mini set (with MLflow in a temp store)."""
+    from plantdx.training import TrainConfig, train
+    from plantdx.training.progress import Reporter
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_store
+    try:
+        cfg = TrainConfig(
+            data=str(mini_dir),
+            out=str(run),
+            model="test_tiny",
+            pretrained=False,
+            image_size=64,
+            epochs=2,
+            lr=0.01,
+            batch_size=32,
+            register_as="plantdx-test",
+        )
+        train(cfg, reporter=Reporter(quiet=True))
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path, mini_dir: Path) -> Path:
+    from plantdx.export import ExportConfig, export
+
+    repo = tmp_path_factory.mktemp("repo") / "models"
+    export(ExportConfig(source=str(tiny_run / "best.pt"), repository=str(repo)))
+    return repo
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real Triton server (the nvidia-pytriton binary) serving the tiny model."""
+    from plantdx.serving.server import TritonServer, free_port
+
+    log = tmp_path_factory.mktemp("triton") / "triton.log"
+    server = TritonServer(
+        repository=tiny_repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+    )
+    server.start(timeout_s=180)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_metrics_text(triton_server: object, mini_photos: list[Path]) -> str:
+    """A live /metrics scrape after real traffic, including one rejected image."""
+    from plantdx.client import PlantDxClient
+    from plantdx.exceptions import ClientError
+
+    with PlantDxClient(triton_server.http_url) as client:  # type: ignore[attr-defined]
+        for path in mini_photos[:4]:
+            client.predict(path)
+        with pytest.raises(ClientError):
+            client.predict(b"definitely not an image")
+    time.sleep(1.5)  # summaries and custom metrics refresh once a second
+    with urllib.request.urlopen(triton_server.metrics_url, timeout=5) as resp:  # type: ignore[attr-defined]
+        return str(resp.read().decode())
+
+
+def onnx_probabilities(repo: Path, images: list[bytes], version: int = 1) -> np.ndarray:
+    """In-process reference: the same preprocessing and ONNX file, no server."""
+    import onnxruntime as ort
+
+    from plantdx.preprocessing import PreprocessMeta, Preprocessor
+
+    vdir = repo / "classifier" / str(version)
+    pre = Preprocessor(PreprocessMeta.load(vdir / "preprocessing.json"))
+    session = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": np.stack([pre(b) for b in images])})[0]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return np.asarray(e / e.sum(1, keepdims=True))
+
+
+def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,156 @@
+"""Export: ONNX parity, typed configs parsed by Triton's ModelConfig, atomic versions."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plantdx.checkpoint import Checkpoint, save_checkpoint
+from plantdx.exceptions import ParityError, RepositoryError, TensorRTUnavailableError
+from plantdx.export import ExportConfig, export
+from plantdx.export.onnx import check_parity, export_onnx
+from plantdx.model_repository import config as mcfg
+from plantdx.model_repository.repository import list_repository, validate_repository
+from plantdx.models import create_model, get_spec, model_kwargs_for_checkpoint
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("test_tiny", num_classes=3)
+    ckpt = Checkpoint(
+        "test_tiny",
+        ["a", "b", "c"],
+        get_spec("test_tiny").preprocessing(64),
+        model.state_dict(),
+        model_kwargs_for_checkpoint(model),
+    )
+    return save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
+
+
+def test_onnx_parity_on_real_photos(tmp_path: Path, mini_photos: list[Path]) -> None:
+    import onnx
+
+    from plantdx.preprocessing import Preprocessor
+
+    model = create_model(
+        "efficientnet_lite0", num_classes=15, pretrained=True, image_size=128
+    ).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", image_size=128)
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version >= 17
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert not list(tmp_path.glob("*.data"))  # weights inside the one file
+    pre = Preprocessor(get_spec("efficientnet_lite0").preprocessing(128))
+    batch = np.stack([pre(p.read_bytes()) for p in mini_photos])
+    report = check_parity(model, path, batch, source="mini")
+    assert report.passed, report
+    assert report.top1_agreement == 1.0 and report.max_abs_diff_probs < 1e-5
+
+
+def test_parity_failure_publishes_nothing(tmp_path: Path, tiny_ckpt: Path, monkeypatch) -> None:
+    repo = tmp_path / "repo"
+    export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*"))
+
+    import sys
+
+    ex = sys.modules["plantdx.export.export"]
+
+    real = ex.check_parity
+
+    def broken(*args, **kwargs):  # an exporter bug: ONNX answers something else
+        report = real(*args, **kwargs)
+        report.top1_agreement = 0.5
+        return report
+
+    monkeypatch.setattr(ex, "check_parity", broken)
+    with pytest.raises(ParityError, match="nothing was published"):
+        export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) == before
+
+
+def test_versions_count_up_and_configs_parse(tmp_path: Path, tiny_ckpt: Path) -> None:
+    repo = tmp_path / "repo"
+    r1 = export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    r2 = export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    assert (r1.version, r2.version) == (1, 2)
+    assert validate_repository(repo) == []
+    for name in ("plantdx", "preprocess", "classifier", "postprocess"):
+        cfg = mcfg.parse_pbtxt((repo / name / "config.pbtxt").read_text())
+        assert cfg.name == name
+        if name != "plantdx":
+            assert cfg.HasField("dynamic_batching")
+    ens = mcfg.parse_pbtxt((repo / "plantdx" / "config.pbtxt").read_text())
+    assert ens.platform == "ensemble"
+    assert ens.input[0].data_type == mcfg.mc.TYPE_STRING and list(ens.input[0].dims) == [1]
+    assert ens.output[0].label_filename == "labels.txt"
+    assert (repo / "plantdx" / "labels.txt").read_text().splitlines() == ["a", "b", "c"]
+    clf = mcfg.parse_pbtxt((repo / "classifier" / "config.pbtxt").read_text())
+    assert list(clf.output[0].dims) == [3]
+    prov = json.loads((repo / "classifier" / "2" / "provenance.json").read_text())
+    assert prov["version"] == 2 and len(prov["checkpoint_sha256"]) == 64
+    assert prov["parity"]["passed"] is True
+    meta = json.loads((repo / "preprocess" / "2" / "preprocessing.json").read_text())
+    assert meta["image_size"] == 64
+    assert [v.version for v in list_repository(repo) if v.model == "classifier"] == [1, 2]
+    assert not [p for p in repo.iterdir() if p.name.startswith(".staging")]
+
+
+def test_repository_refuses_other_classes(tmp_path: Path, tiny_ckpt: Path) -> None:
+    repo = tmp_path / "repo"
+    export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    model = create_model("test_tiny", num_classes=4)
+    other = Checkpoint(
+        "test_tiny", list("wxyz"), get_spec("test_tiny").preprocessing(64), model.state_dict()
+    )
+    path = save_checkpoint(other, tmp_path / "other.pt")
+    with pytest.raises(RepositoryError, match="other classes"):
+        export(ExportConfig(source=str(path), repository=str(repo)))
+    assert [v.version for v in list_repository(repo) if v.model == "classifier"] == [1]
+
+
+def test_validate_reports_problems(tmp_path: Path, tiny_ckpt: Path) -> None:
+    repo = tmp_path / "repo"
+    export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    (repo / "plantdx" / "labels.txt").write_text("a\nb\n")
+    os.remove(repo / "classifier" / "1" / "model.onnx")
+    problems = validate_repository(repo)
+    assert any("2 labels" in p for p in problems)
+    assert any("model.onnx is missing" in p for p in problems)
+    (repo / "postprocess" / "config.pbtxt").write_text("name: 'postprocess' bogus_field: 3")
+    assert any("does not parse" in p for p in validate_repository(repo))
+
+
+def test_triton_flavour_configs_parse() -> None:
+    opts = mcfg.ServingOptions(kind="gpu")
+    clf = mcfg.classifier_config(224, 15, opts, target="triton", trt_accelerator=True)
+    parsed = mcfg.parse_pbtxt(mcfg.to_pbtxt(clf))
+    assert parsed.platform == "onnxruntime_onnx"
+    assert parsed.instance_group[0].kind == mcfg.mc.ModelInstanceGroup.KIND_GPU
+    accel = parsed.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accel.name == "tensorrt"
+    plan = mcfg.parse_pbtxt(
+        mcfg.to_pbtxt(mcfg.classifier_config(224, 15, opts, target="triton", platform="tensorrt"))
+    )
+    assert plan.platform == "tensorrt_plan"
+    ens = mcfg.ensemble_config(15, opts, target="triton")
+    assert dict(ens.ensemble_scheduling.step[1].input_map) == {"input": "pixels"}
+
+
+def test_tensorrt_fails_fast_without_gpu(tmp_path: Path, tiny_ckpt: Path) -> None:
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has an NVIDIA driver")
+    repo = tmp_path / "repo"
+    with pytest.raises(TensorRTUnavailableError, match="GPU node"):
+        export(ExportConfig(source=str(tiny_ckpt), repository=str(repo), to="tensorrt"))
+    assert not repo.exists()
