@@ -123,6 +123,38 @@ PLANTDX_METRICS = frozenset(
 PLATFORM_METRICS = frozenset(
     {"up", "kube_deployment_spec_replicas", "kube_deployment_status_replicas_available"}
 )
+# The raw metric names the rules, the adapter and the dashboard read (recording rules excluded);
+# test_promql_uses_only_known_metric_names keeps this list equal to what the files use.
+MANIFEST_METRICS = frozenset(
+    {
+        "nv_inference_request_success",
+        "nv_inference_request_failure",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_request_duration_us",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_input_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_inference_compute_output_duration_us",
+        "nv_inference_pending_request_count",
+        "nv_inference_request_summary_us",
+        "nv_inference_queue_summary_us",
+        "nv_inference_compute_infer_summary_us",
+        "nv_cpu_utilization",
+        "nv_cpu_memory_used_bytes",
+        "nv_gpu_utilization",
+        "nv_gpu_memory_used_bytes",
+        "nv_gpu_memory_total_bytes",
+        "nv_gpu_power_usage",
+        "plantdx_predictions_total",
+        "plantdx_prediction_confidence_bucket",
+        "plantdx_prediction_confidence_count",
+        "plantdx_preprocess_rejections_total",
+        "up",
+        "kube_deployment_spec_replicas",
+        "kube_deployment_status_replicas_available",
+    }
+)
 # Everything a Triton /metrics scrape can contain that the manifests may use.
 SCRAPED_METRICS = TRITON_METRICS | GPU_ONLY_METRICS | PLANTDX_METRICS
 KNOWN_METRICS = SCRAPED_METRICS | PLATFORM_METRICS
@@ -1308,6 +1340,7 @@ def test_promql_uses_only_known_metric_names(
         assert check_metric_names(renders[name], dashboard) == []
     used = manifest_metric_names(renders["overlays/gpu"], dashboard)
     assert used <= KNOWN_METRICS
+    assert used == MANIFEST_METRICS, "update MANIFEST_METRICS with the names the files now use"
     # The dashboard shows what was asked of it.
     for needed in (
         "nv_inference_request_success",

@@ -10,7 +10,7 @@ import typer
 
 from plantdx.exceptions import PlantDxError
 
-from . import data, demo, export_cmd, models_cmd, predict, repo, serve, train_cmd
+from . import bench, data, demo, export_cmd, models_cmd, predict, repo, serve, train_cmd
 
 app = typer.Typer(
     name="plantdx",
@@ -25,6 +25,8 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(repo.app, name="repo")
 app.add_typer(models_cmd.app, name="models")
+bench.register_all()
+app.add_typer(bench.app, name="bench")
 train_cmd.register(app)
 export_cmd.register(app)
 serve.register(app)
