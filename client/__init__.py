@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
-from .client import ClassScore, PlantDxClient, Prediction, PredictOutcome
+from .aio import AsyncPlantDxClient
+from .client import PlantDxClient
+from .options import ClientOptions
+from .results import ClassScore, Prediction, PredictOutcome, ServerHealth
 
-__all__ = ["ClassScore", "PlantDxClient", "PredictOutcome", "Prediction"]
+__all__ = [
+    "AsyncPlantDxClient",
+    "ClassScore",
+    "ClientOptions",
+    "PlantDxClient",
+    "PredictOutcome",
+    "Prediction",
+    "ServerHealth",
+]

@@ -3,146 +3,138 @@
 from __future__ import annotations
 
 import contextlib
-import io
+import queue
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from plantdx.exceptions import ClientError, InferenceTimeoutError, ServerUnavailableError
+from plantdx.exceptions import ClientError, ServerUnavailableError
 
-MODEL = "plantdx"
-INPUT = "IMAGE"
-OUTPUT = "PROBABILITIES"
-ImageLike = str | Path | bytes | Any  # Any: a PIL image
+from .options import ClientOptions, Protocol, classify, error_kind, to_error
+from .results import (
+    INPUT,
+    OUTPUT,
+    ImageLike,
+    Prediction,
+    PredictOutcome,
+    ServerHealth,
+    describe,
+    output_count,
+    parse_classification,
+    probe_image,
+    to_bytes,
+    to_prediction,
+)
 
-
-@dataclass(frozen=True)
-class ClassScore:
-    label: str
-    probability: float
-    index: int
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    confidence: float
-    top_k: list[ClassScore]
-    model_version: str
-    latency_ms: float
-    file: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "label": self.label,
-            "confidence": self.confidence,
-            "top_k": [{"label": c.label, "probability": c.probability} for c in self.top_k],
-            "model_version": self.model_version,
-            "latency_ms": self.latency_ms,
-        }
-
-
-@dataclass
-class PredictOutcome:
-    """One input of predict_many: a prediction or the reason it failed."""
-
-    source: str
-    prediction: Prediction | None = None
-    error: str | None = None
-
-
-def to_bytes(image: ImageLike) -> bytes:
-    if isinstance(image, bytes | bytearray | memoryview):
-        return bytes(image)
-    if isinstance(image, str | Path):
-        return Path(image).read_bytes()
-    if hasattr(image, "save"):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return buf.getvalue()
-    raise TypeError(f"cannot send {type(image).__name__}: pass a path, bytes or a PIL image")
-
-
-def parse_classification(entries: Iterable[bytes | str]) -> list[ClassScore]:
-    """Triton's classification extension answers 'score:index:label' (label may hold ':')."""
-    out = []
-    for raw in entries:
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        score, index, label = text.split(":", 2)
-        out.append(ClassScore(label=label, probability=float(score), index=int(index)))
-    return out
-
-
-@dataclass
-class _Proto:
-    module: Any
-    client: Any
-    protocol: str
+OnResult = Callable[[PredictOutcome], None]
 
 
 class PlantDxClient:
-    """A thin, typed layer over tritonclient for the `plantdx` ensemble.
+    """A typed layer over tritonclient for the `plantdx` ensemble.
 
-    One client holds one connection; tritonclient's HTTP client is not thread-safe, so
-    `predict_many` opens one client per worker thread.
+    One client holds one connection and is meant for one thread (tritonclient's HTTP client
+    is gevent-based); `predict_many` gives each of its worker threads a client of its own.
+    Only unavailable-server errors are retried, with capped exponential backoff.
     """
 
     def __init__(
         self,
         url: str = "localhost:8000",
-        protocol: Literal["http", "grpc"] = "http",
+        protocol: Protocol = "http",
         *,
         timeout: float = 30.0,
         retries: int = 3,
         backoff_s: float = 0.2,
-        model: str = MODEL,
+        max_backoff_s: float = 5.0,
+        model: str = "plantdx",
+        model_version: str = "",
         ssl: bool = False,
-        headers: dict[str, str] | None = None,
         root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        insecure: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        if protocol not in ("http", "grpc"):
-            raise ValueError(f"protocol must be 'http' or 'grpc', not {protocol!r}")
-        self.url = url.removeprefix("http://").removeprefix("https://")
-        self.protocol = protocol
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.model = model
-        self.ssl = ssl or url.startswith("https://")
-        self.headers = dict(headers or {})
-        self.root_certificates = root_certificates
-        self._proto = self._connect()
+        self.options = ClientOptions.create(
+            url,
+            protocol,
+            timeout=timeout,
+            retries=retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            model=model,
+            model_version=model_version,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            insecure=insecure,
+            headers=headers,
+        )
+        self._client: Any = None
         self._labels: list[str] | None = None
 
-    def _connect(self) -> _Proto:
-        if self.protocol == "grpc":
+    @classmethod
+    def from_options(cls, options: ClientOptions) -> PlantDxClient:
+        client = cls.__new__(cls)
+        client.options = options
+        client._client = None
+        client._labels = None
+        return client
+
+    @property
+    def url(self) -> str:
+        return self.options.url
+
+    @property
+    def protocol(self) -> str:
+        return self.options.protocol
+
+    # -- connection -----------------------------------------------------------------------
+    def _module(self) -> Any:
+        if self.options.protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
-            client = grpcclient.InferenceServerClient(
-                self.url, ssl=self.ssl, root_certificates=self.root_certificates
-            )
-            return _Proto(grpcclient, client, "grpc")
+            return grpcclient
         import tritonclient.http as httpclient
 
-        client = httpclient.InferenceServerClient(
-            self.url,
-            ssl=self.ssl,
-            connection_timeout=self.timeout,
-            network_timeout=self.timeout,
-            ssl_context_factory=None,
-        )
-        return _Proto(httpclient, client, "http")
+        return httpclient
 
-    # -- context manager ------------------------------------------------------------------
+    def _connect(self) -> Any:
+        o = self.options
+        if o.protocol == "grpc":
+            return self._module().InferenceServerClient(
+                o.url,
+                ssl=o.ssl,
+                root_certificates=o.root_certificates,
+                private_key=o.private_key,
+                certificate_chain=o.certificate_chain,
+                channel_args=o.grpc_channel_args(),
+            )
+        # The HTTP client's timeouts are per connection: they bound connect and every read.
+        return self._module().InferenceServerClient(
+            o.url,
+            connection_timeout=o.timeout,
+            network_timeout=o.timeout,
+            ssl=o.ssl,
+            ssl_options=o.http_ssl_options() or None,
+            insecure=o.insecure,
+        )
+
+    def _raw(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._proto.client.close()
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client = None
 
     def __enter__(self) -> PlantDxClient:
         return self
@@ -151,169 +143,137 @@ class PlantDxClient:
         self.close()
 
     def clone(self) -> PlantDxClient:
-        return PlantDxClient(
-            self.url,
-            self.protocol,  # type: ignore[arg-type]
-            timeout=self.timeout,
-            retries=self.retries,
-            backoff_s=self.backoff_s,
-            model=self.model,
-            ssl=self.ssl,
-            headers=self.headers,
-            root_certificates=self.root_certificates,
-        )
+        """A new client with the same options (and its own connection)."""
+        return PlantDxClient.from_options(self.options)
 
-    # -- errors and retries ---------------------------------------------------------------
-    @staticmethod
-    def _is_unavailable(exc: Exception) -> bool:
-        text = str(exc).lower()
-        status = str(getattr(exc, "status", lambda: "")() or "").lower()
-        return any(
-            s in text or s in status
-            for s in (
-                "unavailable",
-                "connection refused",
-                "failed to connect",
-                "connection reset",
-                "broken pipe",
-                "name or service not known",
-                "connect call failed",
-                "[errno 111]",
-                "remotedisconnected",
-                "connection aborted",
-            )
-        ) or isinstance(exc, ConnectionError)
-
-    @staticmethod
-    def _is_timeout(exc: Exception) -> bool:
-        text = str(exc).lower()
-        return "deadline" in text or "timed out" in text or "timeout" in text
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
+    # -- calls with the retry policy ------------------------------------------------------
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        o = self.options
+        delays = o.delays()
+        if o.protocol == "grpc":
+            kwargs["client_timeout"] = o.timeout
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return fn(*args, **kwargs)
+                fn = getattr(self._raw(), method)
+                return fn(*args, headers=o.request_headers(), **kwargs)
             except Exception as exc:
-                if self._is_timeout(exc) and not self._is_unavailable(exc):
-                    raise InferenceTimeoutError(
-                        f"no answer from {self.url} within {self.timeout:g} s"
-                    ) from exc
-                if not self._is_unavailable(exc):
-                    raise ClientError(_clean(exc)) from exc
-                if attempt == self.retries:
-                    raise ServerUnavailableError(
-                        f"cannot reach plantdx at {self.url} ({self.protocol}) after "
-                        f"{self.retries + 1} attempt(s): {_clean(exc)}"
-                    ) from exc
-                time.sleep(delay)
-                delay *= 2
-                if self.protocol == "http":
+                kind = classify(exc)
+                if kind in ("unavailable", "timeout"):
+                    # A fresh connection next time: an HTTP connection that timed out may
+                    # still deliver the old answer, and a gRPC channel would wait out its own
+                    # reconnect backoff after the server comes back.
                     self.close()
-                    self._proto = self._connect()
-        raise AssertionError("unreachable")
+                if kind != "unavailable" or attempt > len(delays):
+                    raise to_error(exc, kind, o, attempt) from exc
+                time.sleep(delays[attempt - 1])
 
     # -- server information ---------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
-        c = self._proto.client
-        live = bool(self._call(c.is_server_live, headers=self.headers))
-        ready = bool(self._call(c.is_server_ready, headers=self.headers))
-        model_ready = bool(self._call(c.is_model_ready, self.model, headers=self.headers))
+    def health(self) -> ServerHealth:
+        """Liveness, readiness and model readiness; 'unreachable' instead of raising."""
+        model = self.options.model
+        try:
+            live = bool(self._call("is_server_live"))
+            ready = bool(self._call("is_server_ready"))
+            model_ready = bool(self._call("is_model_ready", model, self.options.model_version))
+        except ServerUnavailableError as exc:
+            return ServerHealth("unreachable", False, False, False, model, error=str(exc))
         status = "healthy" if live and ready and model_ready else "unhealthy"
-        return {"status": status, "live": live, "ready": ready, "model_ready": model_ready}
+        return ServerHealth(status, live, ready, model_ready, model)
+
+    def num_classes(self) -> int:
+        meta = self._call("get_model_metadata", self.options.model, self.options.model_version)
+        return output_count(meta)
 
     def classes(self) -> list[str]:
-        """Class names in output order, read from the server (classification extension)."""
+        """Class names in output order, from the server's classification extension."""
         if self._labels is None:
-            n = self._num_classes()
-            white = _tiny_png()
-            result = self._infer([white], class_count=n)
+            result = self.infer([probe_image()], class_count=self.num_classes())
             scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
             self._labels = [s.label for s in sorted(scores, key=lambda s: s.index)]
         return list(self._labels)
 
-    def _num_classes(self) -> int:
-        meta = self._call(self._proto.client.get_model_metadata, self.model, headers=self.headers)
-        outputs = meta["outputs"] if isinstance(meta, dict) else meta.outputs
-        out = outputs[0]
-        shape = out["shape"] if isinstance(out, dict) else list(out.shape)
-        return int(shape[-1])
-
     # -- inference ------------------------------------------------------------------------
-    def _infer(self, images: Sequence[bytes], *, class_count: int) -> Any:
-        m = self._proto.module
+    def infer(self, images: Sequence[bytes], *, class_count: int = 0) -> Any:
+        """One request holding `images` as a batch; tritonclient's InferResult.
+
+        class_count > 0 asks for the classification extension's top classes with labels;
+        0 returns the raw probabilities.
+        """
+        m = self._module()
         inp = m.InferInput(INPUT, [len(images), 1], "BYTES")
         inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
         out = m.InferRequestedOutput(OUTPUT, class_count=class_count)
-        kwargs: dict[str, Any] = {"headers": self.headers}
-        if self.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout
-        else:
-            kwargs["timeout"] = int(self.timeout * 1e6)
-        return self._call(self._proto.client.infer, self.model, [inp], outputs=[out], **kwargs)
+        return self._call(
+            "infer",
+            self.options.model,
+            [inp],
+            model_version=self.options.model_version,
+            outputs=[out],
+        )
 
     def predict(self, image: ImageLike, *, top_k: int = 3) -> Prediction:
+        """Classify one image (a path, encoded bytes or a PIL image)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         data = to_bytes(image)
         start = time.perf_counter()
-        result = self._infer([data], class_count=max(1, top_k))
+        result = self.infer([data], class_count=top_k)
         latency = (time.perf_counter() - start) * 1000
-        scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
-        response = result.get_response()
-        version = (
-            response.get("model_version", "")
-            if isinstance(response, dict)
-            else getattr(response, "model_version", "")
-        )
-        best = scores[0]
-        return Prediction(
-            label=best.label,
-            confidence=best.probability,
-            top_k=scores,
-            model_version=str(version),
-            latency_ms=latency,
-            file=str(image) if isinstance(image, str | Path) else None,
-        )
+        return to_prediction(result, latency, str(image) if isinstance(image, str | Path) else None)
 
     def predict_many(
-        self, images: Sequence[ImageLike], *, concurrency: int = 8, top_k: int = 3
+        self,
+        images: Sequence[ImageLike],
+        *,
+        concurrency: int = 8,
+        top_k: int = 3,
+        on_result: OnResult | None = None,
     ) -> list[PredictOutcome]:
-        """Classify many images concurrently; a failed image never hides the others."""
+        """Classify many images with `concurrency` requests in flight, in input order.
 
-        def source(img: ImageLike) -> str:
-            return str(img) if isinstance(img, str | Path) else f"<{type(img).__name__}>"
+        A failed image never hides the others; once the server is found unreachable (after
+        retries) the images not yet sent fail with that reason instead of each retrying.
+        """
+        n = len(images)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(n):
+            todo.put(i)
+        results: list[PredictOutcome | None] = [None] * n
+        down: list[str] = []  # the unreachable-server message, once known
 
-        def work(chunk: list[tuple[int, ImageLike]]) -> list[tuple[int, PredictOutcome]]:
-            out = []
+        def work() -> None:
             with self.clone() as client:
-                for i, img in chunk:
+                while True:
                     try:
-                        out.append(
-                            (i, PredictOutcome(source(img), client.predict(img, top_k=top_k)))
-                        )
-                    except (ClientError, OSError, TypeError) as exc:
-                        out.append((i, PredictOutcome(source(img), error=str(exc))))
-            return out
-
-        indexed = list(enumerate(images))
-        workers = max(1, min(concurrency, len(indexed)))
-        chunks = [indexed[w::workers] for w in range(workers)]
-        results: list[PredictOutcome | None] = [None] * len(indexed)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for part in pool.map(work, chunks):
-                for i, outcome in part:
+                        i = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    outcome = _outcome(client, images[i], i, top_k, down)
+                    if outcome.kind == "unavailable" and not down:
+                        down.append(outcome.error or "server unavailable")
                     results[i] = outcome
+                    if on_result is not None:
+                        on_result(outcome)
+
+        threads = [
+            threading.Thread(target=work, daemon=True) for _ in range(max(1, min(concurrency, n)))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         return [r for r in results if r is not None]
 
 
-def _clean(exc: Exception) -> str:
-    msg = getattr(exc, "message", None)
-    text = msg() if callable(msg) else str(exc)
-    return str(text).strip()
-
-
-def _tiny_png() -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (128, 160, 96)).save(buf, format="PNG")
-    return buf.getvalue()
+def _outcome(
+    client: PlantDxClient, image: ImageLike, index: int, top_k: int, down: list[str]
+) -> PredictOutcome:
+    source = describe(image, index)
+    if down:
+        return PredictOutcome(source, error=f"not sent: {down[0]}", kind="unavailable")
+    try:
+        return PredictOutcome(source, client.predict(image, top_k=top_k))
+    except (ClientError, OSError, TypeError) as exc:
+        return PredictOutcome(source, error=str(exc), kind=error_kind(exc))

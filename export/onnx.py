@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from plantdx.exceptions import ExportError, ParityError
-from plantdx.model_repository.config import ONNX_INPUT, ONNX_OUTPUT
+from plantdx.model_repository.names import ONNX_INPUT, ONNX_OUTPUT
 
 DEFAULT_OPSET = 17
 
@@ -56,6 +56,68 @@ def export_onnx(
     return path
 
 
+@dataclass
+class Simplification:
+    """What --simplify did; saved in provenance."""
+
+    tool: str | None
+    nodes_before: int
+    nodes_after: int
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _graph_io(proto: Any) -> tuple[list[str], list[str], Any]:
+    inp = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    batch = inp.dim_param or inp.dim_value
+    return [i.name for i in proto.graph.input], [o.name for o in proto.graph.output], batch
+
+
+def simplify_onnx(path: str | Path) -> Simplification:
+    """Fold constants and shape arithmetic in place with onnxslim (or onnxsim) when installed.
+
+    Without either package the model is kept as exported and the note says so: simplification
+    is an optimisation, and the parity check still runs on whatever file is published.
+    """
+    import onnx
+
+    path = Path(path)
+    proto = onnx.load(str(path))
+    before = len(proto.graph.node)
+    try:
+        import onnxslim
+
+        simplified, tool = onnxslim.slim(proto), f"onnxslim {onnxslim.__version__}"
+    except ImportError:
+        try:
+            import onnxsim
+        except ImportError:
+            return Simplification(
+                None,
+                before,
+                before,
+                "--simplify was asked for, but neither onnxslim nor onnxsim is installed "
+                "(pip install onnxslim); the model was exported without simplification",
+            )
+        simplified, ok = onnxsim.simplify(proto)
+        if not ok:
+            raise ExportError("onnxsim could not validate the simplified model") from None
+        tool = f"onnxsim {getattr(onnxsim, '__version__', '?')}"
+    if _graph_io(simplified) != _graph_io(proto):
+        raise ExportError(
+            f"{tool} changed the model's inputs, outputs or batch axis: "
+            f"{_graph_io(proto)} → {_graph_io(simplified)}"
+        )
+    try:
+        onnx.checker.check_model(simplified, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the simplified ONNX fails onnx.checker: {exc}") from exc
+    onnx.save(simplified, str(path))
+    return Simplification(tool, before, len(simplified.graph.node))
+
+
 def onnx_session(path: str | Path, threads: int = 0) -> Any:
     import onnxruntime as ort
 
@@ -63,6 +125,16 @@ def onnx_session(path: str | Path, threads: int = 0) -> Any:
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(path: str | Path, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """The ONNX model's FP32 logits on onnxruntime's CPU provider: the precision gate's reference."""
+    session = onnx_session(path)
+    out = [
+        session.run(None, {ONNX_INPUT: batch[i : i + chunk]})[0]
+        for i in range(0, len(batch), chunk)
+    ]
+    return np.concatenate(out)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

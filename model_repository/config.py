@@ -15,19 +15,22 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from plantdx.exceptions import RepositoryError
 
-ENSEMBLE = "plantdx"
-PREPROCESS = "preprocess"
-CLASSIFIER = "classifier"
-POSTPROCESS = "postprocess"
-COMPOSING = (PREPROCESS, CLASSIFIER, POSTPROCESS)
+from .names import (
+    CLASSIFIER,
+    ENSEMBLE,
+    ENSEMBLE_INPUT,
+    ENSEMBLE_OUTPUT,
+    LOGITS,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    PIXELS,
+    POSTPROCESS,
+    PREPROCESS,
+)
+from .names import COMPOSING as COMPOSING
 
-# Tensor names, shared by the ONNX export and every config.
-ENSEMBLE_INPUT = "IMAGE"
-ENSEMBLE_OUTPUT = "PROBABILITIES"
-PIXELS = "PIXELS"
-ONNX_INPUT = "input"
-ONNX_OUTPUT = "logits"
-LOGITS = "LOGITS"
+# Where the ONNX Runtime TensorRT execution accelerator keeps the engines it builds at load.
+TRT_ENGINE_CACHE_PATH = "/tmp/plantdx-trt-cache"
 
 Kind = Literal["cpu", "gpu"]
 Target = Literal["local", "triton"]
@@ -39,7 +42,7 @@ class Batching:
 
     max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 500  # the sweep in BENCHMARKS.md: best at concurrency 1 and 8
     instances: int = 1
     # Overload is refused quickly instead of letting latency grow without bound.
     max_queue_size: int = 256
@@ -110,9 +113,44 @@ def preprocess_config(image_size: int, opts: ServingOptions) -> mc.ModelConfig:
     )
     _apply_batching(cfg, opts.preprocess, opts.kind, python=True)
     _apply_version_policy(cfg, opts)
-    if opts.response_cache:
-        cfg.response_cache.enable = True
+    # No response cache here: Triton 2.51 caches a Python model's error response as an empty
+    # success, so a bad image sent twice would get a confusing error the second time.
+    if opts.warmup:
+        # A real encoded photo runs through decode, resize and normalise before "ready".
+        w = cfg.model_warmup.add()
+        w.name = "sample_leaf_jpeg"
+        w.batch_size = 1
+        w.inputs[ENSEMBLE_INPUT].data_type = mc.TYPE_STRING
+        w.inputs[ENSEMBLE_INPUT].dims.append(1)
+        w.inputs[ENSEMBLE_INPUT].input_data_file = WARMUP_SAMPLE
     return cfg
+
+
+WARMUP_DIR = "warmup"  # Triton reads input_data_file from <model>/warmup/
+WARMUP_SAMPLE = "sample_leaf_jpeg"
+
+
+def warmup_sample() -> bytes:
+    """Triton's TYPE_STRING warm-up data: a 4-byte little-endian length, then one JPEG
+    (a drawn leaf, the same bytes every time)."""
+    import io
+    import struct
+
+    import numpy as np
+
+    from plantdx.synth import draw_leaf
+
+    buf = io.BytesIO()
+    draw_leaf("healthy", np.random.default_rng(0), size=256).save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    return struct.pack("<I", len(jpeg)) + jpeg
+
+
+def warmup_files(opts: ServingOptions) -> dict[str, bytes]:
+    """Files the warm-up configs need, by path relative to the repository root."""
+    if not opts.warmup:
+        return {}
+    return {f"{PREPROCESS}/{WARMUP_DIR}/{WARMUP_SAMPLE}": warmup_sample()}
 
 
 def classifier_config(
@@ -124,8 +162,14 @@ def classifier_config(
     platform: Literal["onnx", "tensorrt"] = "onnx",
     trt_accelerator: bool = False,
     trt_fp16: bool = False,
+    cc_model_filenames: dict[str, str] | None = None,
 ) -> mc.ModelConfig:
-    """The classifier: onnxruntime inside a Python backend (local) or a native backend (triton)."""
+    """The classifier: onnxruntime inside a Python backend (local) or a native backend (triton).
+
+    A TensorRT plan only loads on the GPU architecture it was built for, so `cc_model_filenames`
+    maps each compute capability ("8.0", "9.0") to the plan built on it; Triton picks the file
+    for the GPU it runs on and refuses to load on an architecture the map does not name.
+    """
     if target == "local":
         cfg = mc.ModelConfig(name=CLASSIFIER, backend="python")
         in_name, out_name = PIXELS, LOGITS
@@ -139,10 +183,14 @@ def classifier_config(
             acc.parameters["precision_mode"] = "FP16" if trt_fp16 else "FP32"
             acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
             acc.parameters["trt_engine_cache_enable"] = "1"
-            acc.parameters["trt_engine_cache_path"] = "/tmp/plantdx-trt-cache"
+            acc.parameters["trt_engine_cache_path"] = TRT_ENGINE_CACHE_PATH
     else:
         cfg = mc.ModelConfig(name=CLASSIFIER, platform="tensorrt_plan")
-        cfg.default_model_filename = "model.plan"
+        if cc_model_filenames:
+            for cc, filename in sorted(cc_model_filenames.items()):
+                cfg.cc_model_filenames[cc] = filename
+        else:
+            cfg.default_model_filename = "model.plan"
         in_name, out_name = ONNX_INPUT, ONNX_OUTPUT
     cfg.input.append(
         mc.ModelInput(name=in_name, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
@@ -150,6 +198,10 @@ def classifier_config(
     cfg.output.append(mc.ModelOutput(name=out_name, data_type=mc.TYPE_FP32, dims=[num_classes]))
     _apply_batching(cfg, opts.classifier, opts.kind, python=(target == "local"))
     _apply_version_policy(cfg, opts)
+    if opts.response_cache:
+        # Keyed on this model's name, version and pixels: a new version never meets an old
+        # entry (an ensemble entry would: its version stays 1 across classifier updates).
+        cfg.response_cache.enable = True
     if opts.warmup:
         w = cfg.model_warmup.add()
         w.name = "zeros"
@@ -179,7 +231,12 @@ def ensemble_config(
     labels_filename: str = "labels.txt",
 ) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=ENSEMBLE, platform="ensemble")
-    cfg.max_batch_size = opts.preprocess.max_batch_size
+    # Triton refuses an ensemble whose batch limit exceeds any composing model's.
+    cfg.max_batch_size = min(
+        opts.preprocess.max_batch_size,
+        opts.classifier.max_batch_size,
+        opts.postprocess.max_batch_size,
+    )
     cfg.input.append(mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
     cfg.output.append(
         mc.ModelOutput(

@@ -1,47 +1,62 @@
-"""The Triton model repository on disk: layout, atomic versions, listing and validation.
+"""The Triton model repository on disk: layout, atomic versions and listing.
 
     REPO/plantdx/config.pbtxt, labels.txt, 1/           ensemble (IMAGE → PROBABILITIES)
     REPO/preprocess/config.pbtxt, N/model.py, N/preprocessing.json
-    REPO/classifier/config.pbtxt, N/model.onnx [N/model.py], N/provenance.json
+    REPO/classifier/config.pbtxt, N/model.onnx [N/model.py] [N/model_smXY.plan, N/engines.json]
+                                  N/provenance.json, N/parity.json [N/precision_gate.json]
     REPO/postprocess/config.pbtxt, labels.txt, 1/model.py
+    REPO/plantdx-repository.json   what the repository serves (classes, size, target, platform)
 
 `preprocess` and `classifier` are published together under the same version number, so the
 preprocessing that version N was exported with always travels with version N.
+
+A version is written in a hidden staging directory inside its model directory (Triton ignores
+non-numeric version directories, but treats every directory at the repository root as a model)
+and renamed into place; configs and shared files are replaced by rename. Every change is
+journalled, and any failure undoes all of them: a failed export leaves the repository as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from plantdx.checkpoint import file_sha256
 from plantdx.exceptions import RepositoryError
-from plantdx.labels import LABELS_FILENAME, read_labels, write_labels
+from plantdx.labels import LABELS_FILENAME, write_labels
 from plantdx.preprocessing import META_FILENAME, PreprocessMeta
 
 from .config import (
-    CLASSIFIER,
-    ENSEMBLE,
-    POSTPROCESS,
-    PREPROCESS,
     ServingOptions,
     Target,
     classifier_config,
     ensemble_config,
-    parse_pbtxt,
     postprocess_config,
     preprocess_config,
     to_pbtxt,
+    warmup_files,
 )
+from .names import CLASSIFIER, ENSEMBLE, POSTPROCESS, PREPROCESS
+
+log = logging.getLogger(__name__)
 
 PROVENANCE_FILENAME = "provenance.json"
+PARITY_FILENAME = "parity.json"
+ENGINES_FILENAME = "engines.json"
+GATE_FILENAME = "precision_gate.json"
 REPOSITORY_FILENAME = "plantdx-repository.json"
+STAGING_PREFIX = ".staging-"
+PLATFORMS = ("onnx", "tensorrt")
 
 
 def backend_source(name: str) -> str:
@@ -57,6 +72,19 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or {} when it is absent or unreadable."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def write_json(path: Path, doc: Any) -> None:
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
 @dataclass
 class RepositoryInfo:
     """What a repository serves; stored at its root so every export can check it fits."""
@@ -66,31 +94,35 @@ class RepositoryInfo:
     target: str
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
+    platform: str = "onnx"
 
     @classmethod
     def load(cls, repo: Path) -> RepositoryInfo | None:
         p = repo / REPOSITORY_FILENAME
         if not p.is_file():
             return None
-        d = json.loads(p.read_text())
+        d = read_json(p)
+        if not d:
+            raise RepositoryError(f"{p} is not readable JSON; restore it or use a new repository")
         return cls(
-            d["class_names"], int(d["image_size"]), d["target"], d["kind"], d.get("options", {})
+            d["class_names"],
+            int(d["image_size"]),
+            d["target"],
+            d["kind"],
+            d.get("options", {}),
+            d.get("platform", "onnx"),
         )
 
-    def save(self, repo: Path) -> None:
+    def to_json(self) -> str:
         doc = {
             "class_names": self.class_names,
             "image_size": self.image_size,
             "target": self.target,
             "kind": self.kind,
+            "platform": self.platform,
             "options": self.options,
         }
-        (repo / REPOSITORY_FILENAME).write_text(json.dumps(doc, indent=2) + "\n")
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+        return json.dumps(doc, indent=2) + "\n"
 
 
 def _options_dict(opts: ServingOptions) -> dict[str, Any]:
@@ -99,61 +131,246 @@ def _options_dict(opts: ServingOptions) -> dict[str, Any]:
     return to_dict(opts)
 
 
+# ---------------------------------------------------------------------------------------------
+# Changes to the live repository, each with its undo.
+
+
+class _Journal:
+    """Every change made to the live repository, so that a failure can undo all of them."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def mkdir(self, path: Path) -> None:
+        missing = []
+        while not path.exists():
+            missing.append(path)
+            path = path.parent
+        for p in reversed(missing):
+            p.mkdir()
+            self._undo.append(p.rmdir)
+
+    def move_dir(self, src: Path, dest: Path) -> None:
+        # rename(2) silently replaces an empty directory: check first (under the repository lock).
+        if dest.exists():
+            raise RepositoryError(f"{dest} already exists; a version is never overwritten")
+        os.rename(src, dest)
+        self._undo.append(lambda: shutil.rmtree(dest))
+
+    def put_file(self, dest: Path, data: bytes) -> None:
+        """Replace (or create) one file by rename; the old bytes are kept for the undo."""
+        old = dest.read_bytes() if dest.is_file() else None
+        _atomic_write(dest, data)
+        if old is None:
+            self._undo.append(dest.unlink)
+        else:
+            self._undo.append(lambda: _atomic_write(dest, old))
+
+    def rollback(self) -> None:
+        for undo in reversed(self._undo):
+            try:
+                undo()
+            except OSError as exc:  # keep undoing the rest
+                log.error("could not undo a repository change: %s", exc)
+        self._undo.clear()
+
+
+def _atomic_write(dest: Path, data: bytes) -> None:
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked(repo: Path) -> Iterator[None]:
+    """One export at a time per repository (flock on the directory itself: no lock file)."""
+    fd = os.open(repo, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # some network filesystems have no flock
+            log.warning("cannot lock %s (%s); do not run two exports into it at once", repo, exc)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_staging(repo: Path) -> None:
+    """Leftovers of an export that was killed; safe to remove while holding the lock."""
+    for model_dir in (repo / PREPROCESS, repo / CLASSIFIER):
+        if model_dir.is_dir():
+            for p in model_dir.glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing a version.
+
+
+@dataclass(frozen=True)
+class StagedVersion:
+    """Where the classifier files of version `version` are written before it is published."""
+
+    dir: Path
+    version: int
+    previous_dir: Path | None
+
+
+def _check_fits(
+    info: RepositoryInfo | None,
+    repo: Path,
+    class_names: list[str],
+    meta: PreprocessMeta,
+    target: str,
+    platform: str,
+) -> None:
+    if info is None:
+        return
+    if info.class_names != list(class_names):
+        raise RepositoryError(
+            f"{repo} serves {len(info.class_names)} other classes; a model with different "
+            "classes needs its own repository"
+        )
+    if info.image_size != meta.image_size:
+        raise RepositoryError(
+            f"{repo} serves {info.image_size} px inputs but this model takes "
+            f"{meta.image_size} px; export it to a new repository"
+        )
+    if info.target != target:
+        raise RepositoryError(
+            f"{repo} is a --target {info.target} repository; this export asked for {target}"
+        )
+    if info.platform != platform:
+        # One config.pbtxt serves every version of a model, so all versions share a platform.
+        raise RepositoryError(
+            f"{repo} serves {info.platform} classifiers; a {platform} export needs its own "
+            "repository"
+        )
+
+
+def plan_filenames(version_dir: Path) -> dict[str, str]:
+    """compute capability → plan file, from a version's engines.json."""
+    plans = read_json(version_dir / ENGINES_FILENAME).get("plans", {})
+    return {cc: str(entry["file"]) for cc, entry in plans.items() if "file" in entry}
+
+
+def _version_files(version_dir: Path) -> dict[str, str]:
+    return {
+        p.name: file_sha256(p)
+        for p in sorted(version_dir.iterdir())
+        if p.is_file() and p.name != PROVENANCE_FILENAME
+    }
+
+
 def publish_version(
     repo: str | Path,
     *,
     class_names: list[str],
     meta: PreprocessMeta,
-    write_classifier_files: Callable[[Path], None],
+    write_classifier_files: Callable[[StagedVersion], None],
     provenance: dict[str, Any],
     options: ServingOptions | None = None,
     target: Target = "local",
     platform: str = "onnx",
+    trt_accelerator: bool = False,
+    trt_fp16: bool = False,
 ) -> int:
     """Add the next version of preprocess + classifier; returns its number.
 
-    Everything is built in a staging directory on the same filesystem and moved into place
-    by rename; on any error the repository is left exactly as it was.
+    `write_classifier_files` fills the staged classifier version (model.onnx, plans and their
+    engines.json, reports). On any error the repository is left exactly as it was, including
+    a repository directory this call created.
     """
+    if platform not in PLATFORMS:
+        raise RepositoryError(f"unknown classifier platform {platform!r}")
     repo = Path(repo)
     opts = options or ServingOptions()
+    created = []
+    p = repo
+    while not p.exists():
+        created.append(p)
+        p = p.parent
     repo.mkdir(parents=True, exist_ok=True)
-    info = RepositoryInfo.load(repo)
-    if info is not None:
-        if info.class_names != list(class_names):
-            raise RepositoryError(
-                f"{repo} serves {len(info.class_names)} other classes; a model with different "
-                "classes needs its own repository"
+    try:
+        with _locked(repo):
+            return _publish_locked(
+                repo,
+                class_names=list(class_names),
+                meta=meta,
+                write_classifier_files=write_classifier_files,
+                provenance=provenance,
+                opts=opts,
+                target=target,
+                platform=platform,
+                trt_accelerator=trt_accelerator,
+                trt_fp16=trt_fp16,
             )
-        if info.image_size != meta.image_size:
-            raise RepositoryError(
-                f"{repo} serves {info.image_size} px inputs but this model takes "
-                f"{meta.image_size} px; export it to a new repository"
-            )
-        if info.target != target:
-            raise RepositoryError(
-                f"{repo} is a --target {info.target} repository; this export asked for {target}"
-            )
+    except BaseException:
+        for d in created:  # innermost first; only if the rollback left them empty
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+
+
+def _publish_locked(
+    repo: Path,
+    *,
+    class_names: list[str],
+    meta: PreprocessMeta,
+    write_classifier_files: Callable[[StagedVersion], None],
+    provenance: dict[str, Any],
+    opts: ServingOptions,
+    target: Target,
+    platform: str,
+    trt_accelerator: bool,
+    trt_fp16: bool,
+) -> int:
+    _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform)
+    _remove_stale_staging(repo)
     existing = set(versions(repo / CLASSIFIER)) | set(versions(repo / PREPROCESS))
     number = max(existing, default=0) + 1
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=repo))
-    moved: list[Path] = []
+    if opts.version_policy == "specific":
+        unknown = sorted(set(opts.specific_versions) - existing - {number})
+        if unknown:
+            raise RepositoryError(
+                f"version_policy 'specific' names versions {unknown} that {repo} does not hold "
+                f"(it will hold {sorted(existing | {number})})"
+            )
+    previous = max(versions(repo / CLASSIFIER), default=None)
+    journal = _Journal()
+    staged: dict[str, Path] = {}
     try:
-        pre_dir = staging / PREPROCESS
-        pre_dir.mkdir()
-        _write(pre_dir / "model.py", backend_source("preprocess"))
-        meta.save(pre_dir / META_FILENAME)
+        for name in (PREPROCESS, CLASSIFIER):
+            journal.mkdir(repo / name)
+            staged[name] = repo / name / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+            staged[name].mkdir()
+        (staged[PREPROCESS] / "model.py").write_text(backend_source("preprocess"))
+        meta.save(staged[PREPROCESS] / META_FILENAME)
 
-        clf_dir = staging / CLASSIFIER
-        clf_dir.mkdir()
-        write_classifier_files(clf_dir)
+        clf_dir = staged[CLASSIFIER]
+        write_classifier_files(
+            StagedVersion(clf_dir, number, repo / CLASSIFIER / str(previous) if previous else None)
+        )
         if target == "local":
-            _write(clf_dir / "model.py", backend_source("classifier_onnx"))
+            (clf_dir / "model.py").write_text(backend_source("classifier_onnx"))
         meta.save(clf_dir / META_FILENAME)
-        provenance = {**provenance, "version": number, "target": target, "platform": platform}
-        _write(clf_dir / PROVENANCE_FILENAME, json.dumps(provenance, indent=2, default=str) + "\n")
+        write_labels(class_names, clf_dir / LABELS_FILENAME)
+        cc_files = _staged_plans(clf_dir, platform)
+        engines = read_json(clf_dir / ENGINES_FILENAME)
+        provenance = {
+            **provenance,
+            "version": number,
+            "target": target,
+            "platform": platform,
+            "files": _version_files(clf_dir),
+        }
+        if engines:
+            provenance["engines"] = engines
+        write_json(clf_dir / PROVENANCE_FILENAME, provenance)
 
-        # Configs and the shared models are (re)written only when the version dirs are complete.
         configs = {
             ENSEMBLE: ensemble_config(len(class_names), opts, target=target),
             PREPROCESS: preprocess_config(meta.image_size, opts),
@@ -163,36 +380,73 @@ def publish_version(
                 opts,
                 target=target,
                 platform="tensorrt" if platform == "tensorrt" else "onnx",
+                trt_accelerator=trt_accelerator,
+                trt_fp16=trt_fp16,
+                cc_model_filenames=cc_files or None,
             ),
             POSTPROCESS: postprocess_config(len(class_names), opts),
         }
-        for name, cfg in configs.items():
-            _write(staging / "configs" / name / "config.pbtxt", to_pbtxt(cfg))
-        write_labels(class_names, staging / LABELS_FILENAME)
+        labels = (clf_dir / LABELS_FILENAME).read_bytes()
+        info = RepositoryInfo(
+            class_names, meta.image_size, target, opts.kind, _options_dict(opts), platform
+        )
 
+        # Commit: versions first, then what points at them.
         for name in (PREPROCESS, CLASSIFIER):
-            dest = repo / name / str(number)
-            dest.parent.mkdir(exist_ok=True)
-            os.rename(staging / name, dest)
-            moved.append(dest)
+            journal.move_dir(staged[name], repo / name / str(number))
         for name in (ENSEMBLE, POSTPROCESS):
-            (repo / name / "1").mkdir(parents=True, exist_ok=True)
+            journal.mkdir(repo / name / "1")
         if not (repo / POSTPROCESS / "1" / "model.py").is_file():
-            _write(repo / POSTPROCESS / "1" / "model.py", backend_source("postprocess"))
+            journal.put_file(
+                repo / POSTPROCESS / "1" / "model.py", backend_source("postprocess").encode()
+            )
         for name in (ENSEMBLE, POSTPROCESS):
-            shutil.copyfile(staging / LABELS_FILENAME, repo / name / LABELS_FILENAME)
-        for name in configs:
-            os.replace(staging / "configs" / name / "config.pbtxt", repo / name / "config.pbtxt")
-        RepositoryInfo(
-            list(class_names), meta.image_size, target, opts.kind, _options_dict(opts)
-        ).save(repo)
+            journal.put_file(repo / name / LABELS_FILENAME, labels)
+        for rel, data in warmup_files(opts).items():
+            journal.mkdir((repo / rel).parent)
+            journal.put_file(repo / rel, data)
+        for name, cfg in configs.items():
+            journal.put_file(repo / name / "config.pbtxt", to_pbtxt(cfg).encode())
+        journal.put_file(repo / REPOSITORY_FILENAME, info.to_json().encode())
     except BaseException:
-        for dest in moved:
-            shutil.rmtree(dest, ignore_errors=True)
+        _remove(staged.values())  # before the undo, which removes model dirs it created
+        journal.rollback()
         raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _remove(staged.values())
     return number
+
+
+def _remove(paths: Iterable[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _staged_plans(clf_dir: Path, platform: str) -> dict[str, str]:
+    """The staged version's plans, checked against its engines.json."""
+    if platform != "tensorrt":
+        return {}
+    cc_files = plan_filenames(clf_dir)
+    if not cc_files:
+        raise RepositoryError("a TensorRT version needs at least one plan listed in engines.json")
+    missing = [f for f in cc_files.values() if not (clf_dir / f).is_file()]
+    if missing:
+        raise RepositoryError(f"engines.json names plans that were not written: {missing}")
+    return cc_files
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing.
+
+
+def served_versions(policy: Any, available: list[int]) -> list[int]:
+    """The versions Triton loads under a ModelVersionPolicy message (latest N by default)."""
+    which = policy.WhichOneof("policy_choice") if policy is not None else None
+    if which == "all":
+        return list(available)
+    if which == "specific":
+        return [v for v in available if v in set(policy.specific.versions)]
+    n = policy.latest.num_versions if which == "latest" else 1
+    return available[-max(n, 1) :] if available else []
 
 
 @dataclass
@@ -201,6 +455,20 @@ class VersionInfo:
     version: int
     files: list[str]
     provenance: dict[str, Any]
+    served: bool = True
+
+
+def _model_policy(model_dir: Path) -> Any:
+    from .config import parse_pbtxt
+
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        return None
+    try:
+        cfg = parse_pbtxt(path.read_text())
+    except RepositoryError:
+        return None
+    return cfg.version_policy if cfg.HasField("version_policy") else None
 
 
 def list_repository(repo: str | Path) -> list[VersionInfo]:
@@ -209,75 +477,50 @@ def list_repository(repo: str | Path) -> list[VersionInfo]:
         raise RepositoryError(f"model repository {repo} does not exist")
     out = []
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for v in versions(model_dir):
+        available = versions(model_dir)
+        served = set(served_versions(_model_policy(model_dir), available))
+        for v in available:
             vdir = model_dir / str(v)
-            prov_path = vdir / PROVENANCE_FILENAME
-            prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
-            out.append(VersionInfo(model_dir.name, v, sorted(p.name for p in vdir.iterdir()), prov))
+            out.append(
+                VersionInfo(
+                    model_dir.name,
+                    v,
+                    sorted(p.name for p in vdir.iterdir() if not p.name.startswith(".")),
+                    read_json(vdir / PROVENANCE_FILENAME),
+                    v in served,
+                )
+            )
     return out
+
+
+def describe_repository(repo: str | Path) -> dict[str, Any]:
+    """Everything `plantdx repo list --json` prints: the repository, its models and versions."""
+    repo = Path(repo)
+    entries = list_repository(repo)
+    info = RepositoryInfo.load(repo)
+    models: dict[str, list[dict[str, Any]]] = {}
+    for v in entries:
+        models.setdefault(v.model, []).append(
+            {
+                "version": v.version,
+                "served": v.served,
+                "files": v.files,
+                "provenance": v.provenance,
+            }
+        )
+    return {
+        "repository": str(repo),
+        "target": info.target if info else None,
+        "kind": info.kind if info else None,
+        "platform": info.platform if info else None,
+        "classes": len(info.class_names) if info else None,
+        "image_size": info.image_size if info else None,
+        "models": models,
+    }
 
 
 def validate_repository(repo: str | Path) -> list[str]:
     """Every problem that would stop the ensemble from loading; an empty list means ready."""
-    repo = Path(repo)
-    problems: list[str] = []
-    if not repo.is_dir():
-        return [f"{repo} does not exist"]
-    configs = {}
-    for name in (ENSEMBLE, PREPROCESS, CLASSIFIER, POSTPROCESS):
-        path = repo / name / "config.pbtxt"
-        if not path.is_file():
-            problems.append(f"{name}: config.pbtxt is missing")
-            continue
-        try:
-            configs[name] = parse_pbtxt(path.read_text())
-        except RepositoryError as exc:
-            problems.append(f"{name}: {exc}")
-            continue
-        if configs[name].name and configs[name].name != name:
-            problems.append(f"{name}: config names the model {configs[name].name!r}")
-        if not versions(repo / name):
-            problems.append(f"{name}: no numbered version directory")
-    if problems:
-        return problems
-    ens, clf = configs[ENSEMBLE], configs[CLASSIFIER]
-    labels_file = ens.output[0].label_filename
-    try:
-        labels = read_labels(repo / ENSEMBLE / labels_file)
-    except RepositoryError as exc:
-        problems.append(f"{ENSEMBLE}: {exc}")
-        labels = []
-    n_out = int(clf.output[0].dims[-1])
-    if labels and len(labels) != n_out:
-        problems.append(f"{len(labels)} labels but the classifier outputs {n_out} classes")
-    if int(ens.output[0].dims[-1]) != n_out:
-        problems.append("ensemble output size differs from the classifier's")
-    for step in ens.ensemble_scheduling.step:
-        target = configs.get(step.model_name)
-        if target is None:
-            problems.append(f"ensemble step names unknown model {step.model_name!r}")
-            continue
-        inputs = {t.name for t in target.input}
-        outputs = {t.name for t in target.output}
-        problems += [
-            f"ensemble maps {k!r} into {step.model_name}, which has inputs {sorted(inputs)}"
-            for k in step.input_map
-            if k not in inputs
-        ]
-        problems += [
-            f"ensemble maps {k!r} out of {step.model_name}, which has outputs {sorted(outputs)}"
-            for k in step.output_map
-            if k not in outputs
-        ]
-    for v in versions(repo / CLASSIFIER):
-        vdir = repo / CLASSIFIER / str(v)
-        if clf.backend == "python":
-            needed = ["model.py", "model.onnx"]
-        elif clf.platform == "tensorrt_plan":
-            needed = [] if any(vdir.glob("*.plan")) else ["model.plan"]
-        else:
-            needed = ["model.onnx"]
-        problems += [f"classifier/{v}: {f} is missing" for f in needed if not (vdir / f).is_file()]
-        if not (repo / PREPROCESS / str(v) / META_FILENAME).is_file():
-            problems.append(f"preprocess/{v}: {META_FILENAME} is missing (versions must pair)")
-    return problems
+    from .validate import validate
+
+    return validate(Path(repo))

@@ -39,6 +39,10 @@ class TensorRTUnavailableError(ExportError):
     """TensorRT or an NVIDIA GPU is missing on this machine."""
 
 
+class PrecisionGateError(ParityError):
+    """A reduced-precision engine disagrees with FP32 more than the gate allows."""
+
+
 class RepositoryError(PlantDxError):
     """A Triton model repository is missing files or is inconsistent."""
 
@@ -65,3 +69,11 @@ class ServerUnavailableError(ClientError):
 
 class InferenceTimeoutError(ClientError):
     """A request took longer than its timeout."""
+
+
+class InvalidImageError(ClientError):
+    """The server rejected an image (`reason` is one of the preprocessing rejection reasons)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

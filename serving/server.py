@@ -8,6 +8,8 @@ and the interpreter's own `lib/` joins LD_LIBRARY_PATH so the stub loads the sam
 from __future__ import annotations
 
 import ctypes
+import json
+import logging
 import os
 import shutil
 import signal
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +28,8 @@ from pathlib import Path
 from plantdx.exceptions import ServerError
 
 PR_SET_PDEATHSIG = 1
+log = logging.getLogger(__name__)
+ADMIN_HEADER = "plantdx-key"  # the restricted-API header; the key itself is never logged
 
 
 def pytriton_root() -> Path:
@@ -96,6 +101,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of a process (R, S, Z...), or None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def _die_with_parent() -> None:
     # The server must not outlive the process that started it (Ctrl-C, kill, crash).
     try:
@@ -125,6 +149,7 @@ class TritonServer:
         log_file: str | Path | None = None,
         extra_args: Sequence[str] = (),
         exit_timeout_s: int = 30,
+        restart_dead_stubs: bool = True,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
@@ -141,6 +166,10 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: object | None = None
+        self.restart_dead_stubs = restart_dead_stubs
+        self._watchdog: threading.Thread | None = None
+        self._stopping = threading.Event()  # stubs die on purpose during shutdown
+        self.stub_restarts: list[str] = []  # models reloaded because a stub died
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -191,8 +220,8 @@ class TritonServer:
             cmd += [f"--load-model={m}" for m in self.load_models]
         if self._admin_key:
             cmd += [
-                f"--http-restricted-api=model-repository:plantdx-key={self._admin_key}",
-                f"--grpc-restricted-protocol=model-repository:plantdx-key={self._admin_key}",
+                f"--http-restricted-api=model-repository:{ADMIN_HEADER}={self._admin_key}",
+                f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={self._admin_key}",
             ]
         return cmd + self.extra_args
 
@@ -204,6 +233,7 @@ class TritonServer:
     def start(self, *, timeout_s: float = 120.0, wait_for: str | None = "plantdx") -> TritonServer:
         if self.is_alive():
             return self
+        self._stopping.clear()
         if not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
         for name, port in (
@@ -234,7 +264,79 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        if self.restart_dead_stubs and self.model_control == "explicit":
+            self._watchdog = threading.Thread(target=self._watch_stubs, daemon=True)
+            self._watchdog.start()
         return self
+
+    # -- stub watchdog -----------------------------------------------------------------------
+    def _stubs(self) -> dict[int, tuple[str, str]]:
+        """Live Python-backend stubs of this server: pid → (model, version)."""
+        out = {}
+        for pid in _children(self.pid or -1):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(cmd) > 1 and cmd[0].endswith(b"triton_python_backend_stub"):
+                # argv[1] is <repository>/<model>/<version>/model.py
+                version_dir = Path(cmd[1].decode(errors="replace")).parent
+                out[pid] = (version_dir.parent.name, version_dir.name)
+        return out
+
+    def _ready_versions(self) -> set[tuple[str, str]] | None:
+        try:
+            index = self._repository_call("/index")
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        return {
+            (str(m.get("name")), str(m.get("version")))
+            for m in (index if isinstance(index, list) else [])
+            if m.get("state") == "READY"
+        }
+
+    def _watch_stubs(self, interval_s: float = 1.0) -> None:
+        """Reload a model whose stub died: Triton 2.51 does not restart it, and answers
+        "Stub process is not healthy" for that instance until the model is reloaded."""
+        known: dict[int, tuple[str, str]] = {}
+        suspects: set[int] = set()
+        while self.is_alive() and not self._stopping.is_set():
+            known.update(self._stubs())
+            dead = {pid for pid in known if _process_state(pid) in ("Z", None)}
+            # A stub Triton stops on purpose is reaped at once; one still dead a scan later
+            # was killed behind Triton's back.
+            confirmed = dead & suspects
+            suspects = dead - confirmed
+            if confirmed:
+                # Stubs of a version that failed to load or is being unloaded die on purpose
+                # (and may be reaped late on a busy machine): only a READY version's stub counts.
+                ready = self._ready_versions() or set()
+                for model in sorted({known[pid][0] for pid in confirmed if known[pid] in ready}):
+                    if not self._stopping.is_set():
+                        self._reload(model)
+            for pid in confirmed:
+                known.pop(pid, None)
+            for pid in [p for p in known if _process_state(p) is None and p not in suspects]:
+                known.pop(pid, None)
+            time.sleep(interval_s)
+
+    def _reload(self, model: str) -> None:
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.http_url}/v2/models/{model}/config", timeout=10
+            ) as resp:
+                cfg = json.loads(resp.read())
+            # Triton skips a load whose config is unchanged; a fresh parameter forces it.
+            cfg.setdefault("parameters", {})["plantdx_restarted_at"] = {
+                "string_value": str(time.time())
+            }
+            self._repository_call(
+                f"/models/{model}/load", {"parameters": {"config": json.dumps(cfg)}}
+            )
+            self.stub_restarts.append(model)
+            log.warning("a Python-backend stub of %s died; the model was reloaded", model)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            log.error("a stub of %s died and reloading it failed: %s", model, exc)
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -280,12 +382,20 @@ class TritonServer:
         text = "\n".join(line.replace(key, "***") if key else line for line in lines)
         return "\nlast lines of the server log:\n" + text
 
-    def stop(self, *, timeout_s: float | None = None) -> int | None:
-        """SIGTERM (Triton finishes in-flight requests), then SIGKILL after the timeout."""
+    def stop(self, *, timeout_s: float | None = None, drain: bool = True) -> int | None:
+        """Drain, then SIGTERM, then SIGKILL after the timeout.
+
+        Triton 2.51's SIGTERM stops every model's scheduler at once, so an ensemble request
+        that is still in preprocessing fails at the classifier step. Draining first unloads
+        the ensemble: requests already inside finish, new ones get "no available versions".
+        """
         proc = self._proc
         if proc is None:
             return None
+        self._stopping.set()
         if proc.poll() is None:
+            if drain:
+                self.drain(timeout_s=self.exit_timeout_s)
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
@@ -297,6 +407,45 @@ class TritonServer:
             handle.close()
         self._log_handle = None
         return proc.returncode
+
+    def _repository_call(self, path: str, body: dict[str, object] | None = None) -> object:
+        """POST to Triton's repository API with the admin key (never logged)."""
+        headers = {"Content-Type": "application/json"}
+        if self._admin_key:
+            headers[ADMIN_HEADER] = self._admin_key
+        data = json.dumps(body or {}).encode()
+        req = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository{path}", data=data, headers=headers
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else None
+
+    def drain(self, *, timeout_s: float = 30.0) -> bool:
+        """Unload the served models and wait until their in-flight requests are done.
+
+        Only in explicit model-control mode (the only mode with an unload API); returns
+        whether everything drained within the timeout."""
+        if self.model_control != "explicit" or not self.is_alive() or not self.load_models:
+            return False
+        try:
+            for model in self.load_models:
+                self._repository_call(f"/models/{model}/unload")
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and self.is_alive():
+                index = self._repository_call("/index")
+                busy = [
+                    m
+                    for m in (index if isinstance(index, list) else [])
+                    if m.get("name") in self.load_models
+                    and m.get("state") in ("READY", "UNLOADING")
+                ]
+                if not busy:
+                    return True
+                time.sleep(0.05)
+        except (urllib.error.URLError, OSError, ValueError):
+            pass  # the server is going down anyway; SIGTERM follows
+        return False
 
     def __enter__(self) -> TritonServer:
         return self.start()

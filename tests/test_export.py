@@ -154,3 +154,149 @@ def test_tensorrt_fails_fast_without_gpu(tmp_path: Path, tiny_ckpt: Path) -> Non
     with pytest.raises(TensorRTUnavailableError, match="GPU node"):
         export(ExportConfig(source=str(tiny_ckpt), repository=str(repo), to="tensorrt"))
     assert not repo.exists()
+
+
+def test_parity_report_saved_beside_the_model(
+    tmp_path: Path, tiny_ckpt: Path, synth_dir: Path
+) -> None:
+    repo = tmp_path / "repo"
+    result = export(
+        ExportConfig(source=str(tiny_ckpt), repository=str(repo), check_data=str(synth_dir))
+    )
+    parity = json.loads((repo / "classifier" / "1" / "parity.json").read_text())
+    prov = json.loads((repo / "classifier" / "1" / "provenance.json").read_text())
+    assert parity == prov["parity"] == result.parity
+    assert parity["n_images"] == 64 and parity["source"] == str(synth_dir)
+    assert parity["passed"] and parity["top1_agreement"] == 1.0
+    assert prov["tools"]["onnx"] and prov["tools"]["torch"] and prov["exported_at"]
+    assert prov["source_kind"] == "checkpoint" and prov["opset"] >= 17
+
+
+def test_probability_drift_alone_refuses_publication(
+    tmp_path: Path, tiny_ckpt: Path, monkeypatch
+) -> None:
+    import sys
+
+    ex = sys.modules["plantdx.export.export"]
+    real = ex.check_parity
+
+    def drifted(*args, **kwargs):  # same top-1 everywhere, probabilities off by 2e-4
+        report = real(*args, **kwargs)
+        report.max_abs_diff_probs = 2e-4
+        return report
+
+    monkeypatch.setattr(ex, "check_parity", drifted)
+    repo = tmp_path / "repo"
+    with pytest.raises(ParityError, match=r"max \|Δp\| = 2.00e-04 \(limit 1e-04\)"):
+        export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    assert not repo.exists()
+
+
+def test_simplify_with_onnxslim(tmp_path: Path, tiny_ckpt: Path) -> None:
+    pytest.importorskip("onnxslim")
+    repo = tmp_path / "repo"
+    result = export(ExportConfig(source=str(tiny_ckpt), repository=str(repo), simplify=True))
+    simp = result.provenance["simplify"]
+    assert simp["tool"].startswith("onnxslim") and not result.notes
+    assert simp["nodes_after"] <= simp["nodes_before"]
+    assert result.parity["passed"]  # parity ran on the simplified file that was published
+    import onnx
+
+    proto = onnx.load(str(repo / "classifier" / "1" / "model.onnx"))
+    assert len(proto.graph.node) == simp["nodes_after"]
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert validate_repository(repo) == []
+
+
+def test_simplify_without_a_simplifier_falls_back_with_a_message(
+    tmp_path: Path, tiny_ckpt: Path, monkeypatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxslim", None)
+    monkeypatch.setitem(sys.modules, "onnxsim", None)
+    result = export(
+        ExportConfig(source=str(tiny_ckpt), repository=str(tmp_path / "r"), simplify=True)
+    )
+    assert result.version == 1
+    assert any("neither onnxslim nor onnxsim is installed" in n for n in result.notes)
+    simp = result.provenance["simplify"]
+    assert simp["tool"] is None and simp["nodes_after"] == simp["nodes_before"]
+
+
+def test_bad_sources_are_clear_errors(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    from plantdx.exceptions import CheckpointError, ExportError
+
+    with pytest.raises(ExportError, match="MLflow run id"):
+        export(ExportConfig(source=str(tmp_path / "nope.pt"), repository=str(tmp_path / "r")))
+    with pytest.raises(CheckpointError, match="cannot fetch"):
+        export(ExportConfig(source="models:/no-such-model/1", repository=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture()
+def mlflow_env(mlflow_store: str, monkeypatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    return mlflow_store
+
+
+@pytest.mark.parametrize("form", ["run id", "registry version", "registry alias"])
+def test_mlflow_sources_end_to_end(
+    form: str, tiny_run: Path, mlflow_env: str, tmp_path: Path
+) -> None:
+    """Run ids and registry URIs resolve through a real SQLite MLflow store."""
+    import mlflow
+
+    from plantdx.checkpoint import file_sha256, load_checkpoint
+
+    ckpt = load_checkpoint(tiny_run / "best.pt")
+    client = mlflow.MlflowClient(tracking_uri=mlflow_env)
+    (registered,) = [
+        v
+        for v in client.search_model_versions("name='plantdx-test'")
+        if v.run_id == ckpt.mlflow_run_id
+    ]
+    if form == "run id":
+        source = ckpt.mlflow_run_id
+    elif form == "registry version":
+        source = f"models:/plantdx-test/{registered.version}"
+    else:
+        client.set_registered_model_alias("plantdx-test", "champion", registered.version)
+        source = "models:/plantdx-test@champion"
+    repo = tmp_path / "repo"
+    result = export(ExportConfig(source=str(source), repository=str(repo)))
+    prov = json.loads((repo / "classifier" / "1" / "provenance.json").read_text())
+    assert prov["mlflow_run_id"] == ckpt.mlflow_run_id
+    assert prov["checkpoint_sha256"] == file_sha256(tiny_run / "best.pt")
+    assert prov["source"] == source
+    assert prov["source_kind"] == ("mlflow_run" if form == "run id" else "mlflow_registry")
+    # The run's split.json comes from MLflow too: parity ran on its real held-out photos.
+    assert ckpt.mlflow_run_id in result.parity["source"]
+    assert result.parity["n_images"] == 64 and result.parity["passed"]
+    assert validate_repository(repo) == []
+
+
+def test_cli_export_json_and_options(tmp_path: Path, tiny_ckpt: Path, synth_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    args = [sys.executable, "-m", "plantdx", "export", str(tiny_ckpt), "--repository", str(repo)]
+    r = subprocess.run(
+        [*args, "--check-data", str(synth_dir), "--max-batch", "16", "--opt-batch", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["version"] == 1 and doc["parity"]["passed"] and doc["precision_gate"] is None
+    r = subprocess.run(
+        [*args, "--version-policy", "specific", "--versions", "1,x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "--versions takes numbers" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -124,3 +124,101 @@ def test_meta_round_trip(tmp_path) -> None:
     assert PreprocessMeta.load(tmp_path / "p.json") == META
     with pytest.raises(ValueError, match="interpolation"):
         PreprocessMeta(interpolation="magic")
+
+
+def test_vectorised_normaliser_is_bit_identical_to_the_plain_formula() -> None:
+    from plantdx.preprocessing import Normalizer
+
+    rng = np.random.default_rng(3)
+    batch = rng.integers(0, 256, (5, 64, 48, 3), dtype=np.uint8)
+    norm = Normalizer(META)
+    plain = np.stack(
+        [
+            np.ascontiguousarray(
+                (x.astype(np.float32) * norm.scale + norm.offset).transpose(2, 0, 1)
+            )
+            for x in batch
+        ]
+    )
+    assert np.array_equal(norm.batch(batch), plain)
+    assert np.array_equal(norm(batch[2]), plain[2])
+    assert norm(batch[2]).flags.c_contiguous and norm(batch[2]).dtype == np.float32
+
+
+def test_decode_batch_keeps_each_error_with_its_image() -> None:
+    good = encode(Image.new("RGB", (80, 60), (10, 200, 30)), "JPEG")
+    pre = Preprocessor(META)
+    pixels, errors = pre.decode_batch([good, b"", b"<html>", good, good[:300]])
+    assert pixels.shape == (5, 64, 64, 3) and pixels.dtype == np.uint8
+    assert [e.reason if e else None for e in errors] == [
+        None,
+        "empty",
+        "not_an_image",
+        None,
+        "truncated",
+    ]
+    assert pixels[1].max() == 0 and pixels[0].mean() > 50
+    assert np.array_equal(pre.normalize.batch(pixels)[3], pre(good))
+    with pytest.raises(PreprocessError, match="empty"):
+        pre.batch([good, b""])
+
+
+def test_batch_equals_one_at_a_time_on_real_photos(mini_photos) -> None:
+    images = [p.read_bytes() for p in mini_photos[:8]]
+    pre = Preprocessor(PreprocessMeta(image_size=224))
+    assert np.array_equal(pre.batch(images), np.stack([pre(b) for b in images]))
+
+
+def test_exif_orientation_survives_draft_decoding() -> None:
+    """A big rotated JPEG goes through draft decoding and still comes out upright."""
+    img = Image.new("RGB", (600, 400), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 300, 400))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = open_image(encode(img, "JPEG", exif=exif.tobytes(), quality=95), draft_size=64)
+    assert out.size[0] < out.size[1] and out.size[1] < 400  # upright and drafted
+    arr = np.asarray(out).mean(axis=(1, 2))
+    assert arr[: len(arr) // 3].mean() > 200 and arr[-len(arr) // 3 :].mean() < 50
+
+
+def test_warmup_sample_is_a_real_photo_in_tritons_string_format() -> None:
+    import struct
+
+    from plantdx.model_repository.config import warmup_sample
+
+    data = warmup_sample()
+    (length,) = struct.unpack("<I", data[:4])
+    assert length == len(data) - 4
+    assert data[4:6] == b"\xff\xd8"  # a JPEG
+    pixels = Preprocessor(META)(data[4:])
+    assert pixels.shape == (3, 64, 64) and np.isfinite(pixels).all()
+    assert data == warmup_sample()  # the same bytes every export
+
+
+def test_preprocess_bench_measures_both_in_one_run(mini_photos) -> None:
+    from plantdx.serving.preprocess_bench import measure
+
+    cost = measure([p.read_bytes() for p in mini_photos[:8]], image_size=64, rounds=1)
+    assert cost.images == 8 and cost.decode_ms > 0 and cost.preprocess_ms > 0
+    assert cost.ratio == pytest.approx(cost.preprocess_ms / cost.decode_ms)
+
+
+def test_bomb_between_one_and_two_times_the_limit_is_refused_by_its_reason() -> None:
+    """Pillow only warns below twice its limit; that must still be too_many_pixels."""
+    import struct
+    import zlib
+
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0)
+    idat = b"IDAT" + zlib.compress(b"\x00" * 64)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + ihdr
+        + struct.pack(">I", zlib.crc32(ihdr))
+        + struct.pack(">I", len(idat) - 4)
+        + idat
+        + struct.pack(">I", zlib.crc32(idat))
+    )
+    with pytest.raises(PreprocessError) as err:
+        open_image(data)
+    assert err.value.reason == "too_many_pixels"

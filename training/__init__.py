@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .config import AugmentConfig, TrainConfig
 from .evaluate import EvaluateConfig, evaluate_checkpoint
-from .train import TrainResult, train
+from .train import TrainResult, resume_config, train
 
 __all__ = [
     "AugmentConfig",
@@ -12,5 +12,6 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "evaluate_checkpoint",
+    "resume_config",
     "train",
 ]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 
 @dataclass
@@ -30,9 +29,12 @@ def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> to
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
@@ -41,9 +43,13 @@ def train_one_epoch(
     channels_last: bool = False,
     scaler: torch.amp.GradScaler | None = None,
     max_batches: int | None = None,
+    frozen: Sequence[nn.Module] = (),
     on_batch: Callable[[int, float], None] | None = None,
 ) -> EpochStats:
+    """`frozen`: modules kept in eval mode (the BatchNorm of a frozen backbone)."""
     model.train()
+    for module in frozen:
+        module.eval()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
@@ -89,7 +95,7 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Batches,
     criterion: nn.Module,
     device: torch.device,
     *,

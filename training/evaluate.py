@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,9 @@ class EvaluateConfig:
     data: str = ""
     split: Literal["all", "test", "val"] = "all"
     batch_size: int = 64
+    # Where report.json and confusion_matrix.png go (default: eval-SPLIT beside the checkpoint).
     out: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 def classification_report(
@@ -87,6 +89,31 @@ def plot_confusion_matrix(cm: list[list[int]], class_names: list[str], path: str
     plt.close(fig)
 
 
+def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> None:
+    """Loss, accuracy and learning rate per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key in zip(axes[:2], ("loss", "acc"), strict=True):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ax.plot(epochs, [r[f"{split}_{key}"] for r in history], style, label=split, ms=3)
+        ax.set_title("accuracy" if key == "acc" else key)
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[2].plot(epochs, [r["lr"] for r in history], "-o", ms=3, color="tab:green")
+    axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _samples(cfg: EvaluateConfig, class_names: list[str]) -> list[Sample]:
     if cfg.split != "all":
         split_file = Path(cfg.checkpoint).parent / SPLIT_FILENAME
@@ -111,10 +138,23 @@ def _samples(cfg: EvaluateConfig, class_names: list[str]) -> list[Sample]:
     return samples
 
 
+def _checkpoint_path(source: str) -> Path:
+    path = Path(source)
+    if not path.exists() and source.startswith(("models:/", "runs:/")):
+        from plantdx.tracking import download_checkpoint
+
+        return download_checkpoint(source)
+    return path / "best.pt" if path.is_dir() else path
+
+
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
-    ckpt = load_checkpoint(cfg.checkpoint)
-    model = ckpt.build_model()
-    samples = _samples(cfg, ckpt.class_names)
+    from .distributed import pick_device
+
+    path = _checkpoint_path(cfg.checkpoint)
+    ckpt = load_checkpoint(path)
+    device = pick_device(cfg.device)
+    model = ckpt.build_model().to(device)
+    samples = _samples(replace(cfg, checkpoint=str(path)), ckpt.class_names)
     decoded = decode_samples(samples, Preprocessor(ckpt.preprocessing))
     loader = DataLoader(
         PixelDataset(decoded, Normalizer(ckpt.preprocessing)), batch_size=cfg.batch_size
@@ -122,12 +162,15 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     probs = []
     with torch.no_grad():
         for images, _ in loader:
-            probs.append(model(images).softmax(1).numpy())
+            probs.append(model(images.to(device)).float().softmax(1).cpu().numpy())
     p = np.concatenate(probs) if probs else np.zeros((0, ckpt.num_classes))
     pred = p.argmax(1)
-    report = classification_report(decoded.labels, pred, ckpt.class_names)
+    report: dict[str, Any] = {"checkpoint": str(path), "model": ckpt.model_name}
+    report.update(classification_report(decoded.labels, pred, ckpt.class_names))
     report["split"] = cfg.split
     report["skipped"] = [[str(path), why] for path, why in decoded.skipped]
+    wrong = np.flatnonzero(pred != decoded.labels)
+    # The most confident mistakes first: those are the ones worth a look.
     report["misclassified"] = [
         {
             "file": str(decoded.paths[i]),
@@ -135,14 +178,14 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
             "predicted": ckpt.class_names[int(pred[i])],
             "confidence": float(p[i, pred[i]]),
         }
-        for i in np.flatnonzero(pred != decoded.labels)
+        for i in wrong[np.argsort(-p[wrong, pred[wrong]], kind="stable")]
     ]
-    if cfg.out:
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
-        plot_confusion_matrix(
-            report["confusion_matrix"], ckpt.class_names, out / "confusion_matrix.png"
-        )
-        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        report["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+    out = Path(cfg.out) if cfg.out else path.parent / f"eval-{cfg.split}"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion_matrix(
+        report["confusion_matrix"], ckpt.class_names, out / "confusion_matrix.png"
+    )
+    report["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+    report["report_json"] = str(out / "report.json")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -59,7 +60,7 @@ class Reporter:
             self.console.print(msg)
 
     def warn(self, msg: str) -> None:
-        self.console.print(f"[yellow]warning:[/yellow] {msg}")
+        self.console.print(f"[yellow]warning:[/yellow] {escape(msg)}")
 
     def epoch(self, row: dict[str, Any]) -> None:
         self.info(

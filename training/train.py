@@ -1,36 +1,62 @@
-"""`plantdx train`: fine-tune a registered model on an ImageFolder and write a checkpoint."""
+"""`plantdx train`: fine-tune a registered model on an ImageFolder and write a checkpoint.
+
+A run directory holds config.yaml (the resolved config), labels.txt, split.json, best.pt (best
+validation accuracy), last.pt (everything `--resume` needs), metrics.json, history.json, the
+test report and its plots. The same code runs on a CPU, one GPU, or one process per GPU under
+`torchrun` (see `distributed.py`).
+"""
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from plantdx.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from plantdx.config import save_yaml, to_dict
-from plantdx.data import SPLIT_FILENAME, save_split, scan_image_folder, stratified_split
+from plantdx.config import resolve, save_yaml, to_dict
+from plantdx.data import SPLIT_FILENAME, ImageFolder, save_split, scan_image_folder
+from plantdx.data import stratified_split as split_dataset
 from plantdx.exceptions import ConfigError, DatasetError
 from plantdx.labels import write_labels
-from plantdx.models import create_model, get_spec, model_kwargs_for_checkpoint
-from plantdx.preprocessing import Normalizer, Preprocessor
+from plantdx.models import create_model, get_spec, head_module, model_kwargs_for_checkpoint
+from plantdx.preprocessing import PreprocessMeta
 
 from .config import TrainConfig
-from .data import PixelDataset, build_augment, decode_samples
-from .engine import EvalResult, evaluate, train_one_epoch
+from .distributed import Distributed, pick_device, setup
+from .engine import EpochStats, evaluate, train_one_epoch
+from .evaluate import classification_report, plot_confusion_matrix, plot_training_curves
+from .loading import PreparedData, eval_loader, prepare_datasets, train_loader
 from .progress import Reporter
+from .tracking import RunTracker
 
 log = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "pick_device", "resume_config", "train"]
+
+# Seconds a time-budgeted run keeps for the end (test pass, plots, checkpoint, MLflow upload).
+FINISH_RESERVE_S = 45.0
+
+# Settings a resumed run must share with the run it continues.
+RESUME_MUST_MATCH = (
+    "model",
+    "model_kwargs",
+    "image_size",
+    "batch_size",
+    "seed",
+    "val_fraction",
+    "test_fraction",
+)
 
 
 @dataclass
@@ -38,6 +64,25 @@ class TrainResult:
     run_dir: Path
     best_checkpoint: Path
     metrics: dict[str, Any]
+    rank: int = 0
+
+
+@dataclass
+class LoopState:
+    """Where a run stands at an epoch boundary; saved in last.pt, restored by --resume."""
+
+    epoch: int = 0
+    epochs: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
 
 
 def seed_everything(seed: int) -> None:
@@ -46,16 +91,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA device is available")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # No weight decay on biases and norm layers: it only fights the normalisation.
+    # Frozen parameters stay in the groups: without gradients the optimizer skips them, and
+    # unfreezing later needs no new optimizer (nor breaks a resume).
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for p in model.parameters():
@@ -74,6 +113,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, epochs: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step LR factor: linear warm-up, then cosine to zero or steps of `gamma`."""
     total = max(1, steps_per_epoch * epochs)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -90,203 +130,564 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def reschedule(
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    epochs: int,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule for a new number of epochs, at the step `scheduler` had reached."""
+    done = scheduler.last_epoch
+    fresh = build_scheduler(optimizer, cfg, steps_per_epoch, epochs)
+    fresh.last_epoch = done - 1
+    fresh.step()
+    return fresh
+
+
 def plan_epochs(cfg: TrainConfig, seconds_per_epoch: float, overhead_s: float) -> int:
     """Epochs that fit the time budget (at least one), never more than cfg.epochs."""
-    if cfg.time_budget_min is None:
+    if not cfg.time_budget_min or cfg.time_budget_min <= 0:
         return cfg.epochs
     left = cfg.time_budget_min * 60 - overhead_s
     return int(max(1, min(cfg.epochs, math.floor(left / max(seconds_per_epoch, 1e-6)))))
 
 
+def backbone_frozen(cfg: TrainConfig, epoch: int) -> bool:
+    """Head-only training under --freeze-backbone, until epoch `unfreeze_after` is done."""
+    if not (cfg.freeze_backbone or cfg.unfreeze_after is not None):
+        return False
+    return cfg.unfreeze_after is None or epoch <= cfg.unfreeze_after
+
+
+def set_backbone_frozen(model: nn.Module, name: str, frozen: bool) -> list[nn.Module]:
+    """Freeze (or free) all but the head; returns the norm layers that must stay in eval mode."""
+    head = head_module(model, name)
+    head_params = {id(p) for p in head.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(not frozen or id(p) in head_params)
+    if not frozen:
+        return []
+    in_head = {id(m) for m in head.modules()}
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in in_head
+    ]
+
+
+def freeze_stem(model: nn.Module, blocks: int | None) -> list[nn.Module]:
+    """Freeze the stem and the first `blocks` blocks of an EfficientNet-style model (`_conv_stem`,
+    `_bn0`, `_blocks`); returns their norm layers, which must stay in eval mode. Other models,
+    or `blocks` None, are left alone."""
+    layers = getattr(model, "_blocks", None)
+    if blocks is None or layers is None or not hasattr(model, "_conv_stem"):
+        return []
+    stem = cast(nn.Module, model._conv_stem)
+    parts: list[nn.Module] = [stem, getattr(model, "_bn0", nn.Identity())]
+    parts += list(layers[:blocks])
+    norms: list[nn.Module] = []
+    for part in parts:
+        for p in part.parameters():
+            p.requires_grad_(False)
+        norms += [m for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return norms
+
+
+def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config a run was started with (its config.yaml), with `overrides` on top."""
+    run = Path(run_dir)
+    if not (run / "last.pt").is_file():
+        raise ConfigError(f"cannot resume {run}: it has no last.pt (no epoch was completed)")
+    merged = {**(overrides or {}), "resume": str(run), "out": str(run)}
+    return resolve(TrainConfig, run / "config.yaml", merged)
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+
+
 def train(cfg: TrainConfig, *, reporter: Reporter | None = None) -> TrainResult:
     if not cfg.data:
         raise ConfigError("no dataset: pass --data DIR (an ImageFolder: one folder per class)")
-    started = time.perf_counter()
-    rep = reporter or Reporter()
-    seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    channels_last = cfg.channels_last
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = _load_resume(cfg)
+    if resume is not None:
+        cfg = dataclasses.replace(cfg, out=str(cfg.resume))
+    dist = setup(cfg.device)
+    try:
+        return _Run(cfg, reporter, dist, resume).run()
+    finally:
+        dist.close()
 
-    dataset = scan_image_folder(cfg.data)
-    split = stratified_split(
-        dataset, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
-    )
-    save_split(split, dataset, run_dir / SPLIT_FILENAME, seed=cfg.seed)
-    write_labels(dataset.class_names, run_dir / "labels.txt")
-    save_yaml(cfg, run_dir / "config.yaml")
 
-    spec = get_spec(cfg.model)
-    meta = spec.preprocessing(cfg.image_size)
-    pre = Preprocessor(meta)
-    decoded = {}
-    with rep.task("decode images", total=len(dataset.samples)) as advance:
-        for name in ("train", "val", "test"):
-            decoded[name] = decode_samples(split[name], pre, progress=advance)
-    skipped = [(str(p), why) for d in decoded.values() for p, why in d.skipped]
-    if skipped:
-        rep.warn(
-            f"skipped {len(skipped)} unreadable file(s): " + ", ".join(p for p, _ in skipped[:5])
+def _load_resume(cfg: TrainConfig) -> Checkpoint | None:
+    if not cfg.resume:
+        return None
+    last = Path(cfg.resume) / "last.pt"
+    if not last.is_file():
+        raise ConfigError(f"cannot resume {cfg.resume}: it has no last.pt")
+    ckpt = load_checkpoint(last)
+    if not ckpt.train_state:
+        raise ConfigError(f"{last} holds no training state to resume from")
+    mine, defaults = to_dict(cfg), to_dict(TrainConfig())
+    changed = [k for k in RESUME_MUST_MATCH if ckpt.config.get(k, defaults[k]) != mine[k]]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {cfg.resume} with other {', '.join(changed)} "
+            f"(run: {[ckpt.config.get(k) for k in changed]}, now: {[mine.get(k) for k in changed]})"
         )
-    if len(decoded["train"].labels) == 0 or len(decoded["val"].labels) == 0:
-        raise DatasetError("no readable images left in the train or validation split")
+    return ckpt
 
-    normalize = Normalizer(meta)
-    train_ds = PixelDataset(decoded["train"], normalize, build_augment(cfg.augment))
-    loaders = {
-        "train": DataLoader(
-            train_ds,
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=len(train_ds) > cfg.batch_size,
-            num_workers=cfg.num_workers,
-            persistent_workers=cfg.num_workers > 0,
-            generator=torch.Generator().manual_seed(cfg.seed),
-        ),
-        **{
-            k: DataLoader(PixelDataset(decoded[k], normalize), batch_size=64, num_workers=0)
-            for k in ("val", "test")
-        },
-    }
 
-    model = create_model(
-        cfg.model,
-        num_classes=len(dataset.class_names),
-        pretrained=cfg.pretrained,
-        image_size=meta.image_size,
-        weights=cfg.weights,
-    ).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None
+class _Run:
+    """One training run, split into the steps train() takes in order."""
 
-    steps = len(loaders["train"])
-    if cfg.max_train_batches:
-        steps = min(steps, cfg.max_train_batches)
-    epochs = cfg.epochs
-    if cfg.time_budget_min is not None:
-        sec_per_img = _measure_step_time(model, loaders["train"], criterion, device, channels_last)
-        per_epoch = sec_per_img * steps * cfg.batch_size * 1.05 + sec_per_img * 0.35 * len(
-            decoded["val"].labels
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        reporter: Reporter | None,
+        dist: Distributed,
+        resume: Checkpoint | None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist
+        self.device = dist.device
+        self.resume = resume
+        self.rep = (reporter or Reporter()) if dist.is_main else Reporter(quiet=True)
+        self.run_dir = Path(cfg.out)
+        self.started = time.perf_counter()
+        self.tracker: RunTracker | None = None
+        self.state = LoopState()
+
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.dist.rank)
+        folder, data = self._data()
+        self._model(folder)
+        self._loop_setup()
+        if cfg.mlflow and self.dist.is_main:
+            self.tracker = RunTracker(
+                cfg,
+                folder,
+                resume_run_id=self.resume.mlflow_run_id if self.resume else None,
+                extra_params={"world_size": self.dist.world_size},
+            )
+            self.tracker.log_skipped(len(data.skipped))
+        try:
+            self._fit()
+            metrics = self._finish(data) if self.dist.is_main else {"rank": self.dist.rank}
+        except BaseException:
+            if self.tracker:
+                self.tracker.fail()
+            raise
+        self.rep.summary(metrics)
+        return TrainResult(self.run_dir, self.run_dir / "best.pt", metrics, self.dist.rank)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def _data(self) -> tuple[ImageFolder, PreparedData]:
+        cfg = self.cfg
+        folder = scan_image_folder(cfg.data)
+        split = split_dataset(
+            folder, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
         )
-        epochs = plan_epochs(cfg, per_epoch, time.perf_counter() - started + 30)
-        rep.info(
+        self.class_names = folder.class_names
+        if self.dist.is_main:
+            self._write_run_files(folder, split)
+        self.meta: PreprocessMeta = get_spec(cfg.model).preprocessing(cfg.image_size)
+        with self.rep.task("decode images", total=len(folder.samples)) as advance:
+            data = prepare_datasets(
+                split, self.meta, cfg.augment, cache=cfg.cache_images, progress=advance
+            )
+        self.skipped = [(str(p), why) for p, why in data.skipped]
+        if self.skipped:
+            shown = ", ".join(p for p, _ in self.skipped[:20])
+            more = f" and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
+            self.rep.warn(
+                f"skipped {len(self.skipped)} unreadable file(s) (listed in skipped.json): "
+                f"{shown}{more}"
+            )
+            if self.dist.is_main:
+                (self.run_dir / "skipped.json").write_text(
+                    json.dumps(self.skipped, indent=2) + "\n"
+                )
+        self._check_readable(data)
+        self.data = data
+        sampler: DistributedSampler[Any] | None = None
+        if self.dist.enabled:
+            sampler = DistributedSampler(
+                data.datasets["train"],
+                num_replicas=self.dist.world_size,
+                rank=self.dist.rank,
+                shuffle=True,
+                seed=cfg.seed,
+            )
+        self.sampler = sampler
+        self.loaders: dict[str, DataLoader[Any]] = {
+            "train": train_loader(
+                data.datasets["train"],
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+                seed=cfg.seed + self.dist.rank,
+                sampler=sampler,
+            ),
+            "val": eval_loader(data.datasets["val"]),
+            "test": eval_loader(data.datasets["test"]),
+        }
+        return folder, data
+
+    def _write_run_files(self, folder: ImageFolder, split: dict[str, Any]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # A process killed mid-save leaves its temp file behind; the real files are intact.
+        for stale in self.run_dir.glob(".*.pt.*.tmp"):
+            stale.unlink(missing_ok=True)
+        save_split(split, folder, self.run_dir / SPLIT_FILENAME, seed=self.cfg.seed)
+        write_labels(folder.class_names, self.run_dir / "labels.txt")
+        save_yaml(self.cfg, self.run_dir / "config.yaml")
+
+    def _check_readable(self, data: PreparedData) -> None:
+        if data.size("train") == 0 or data.size("val") == 0:
+            raise DatasetError("no readable images left in the train or validation split")
+        present = set(np.concatenate([data.labels[k] for k in data.labels]).tolist())
+        lost = [n for i, n in enumerate(self.class_names) if i not in present]
+        if lost:
+            raise DatasetError(f"class folder(s) with no readable image: {', '.join(lost)}")
+
+    # -- model and optimisation ----------------------------------------------------------------
+
+    def _model(self, folder: ImageFolder) -> None:
+        cfg = self.cfg
+        kwargs = dict(cfg.model_kwargs)
+        if self.resume is not None:
+            kwargs = dict(self.resume.model_kwargs)
+        net = create_model(
+            cfg.model,
+            num_classes=len(folder.class_names),
+            pretrained=cfg.pretrained and self.resume is None,
+            image_size=self.meta.image_size,
+            weights=cfg.weights if self.resume is None else None,
+            **kwargs,
+        )
+        if self.resume is not None:
+            net.load_state_dict(self.resume.state_dict)
+        net = net.to(self.device)
+        self.channels_last = cfg.channels_last
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.net = net
+        self.frozen_norms: list[nn.Module] = freeze_stem(net, cfg.freeze_blocks)
+        self.frozen: bool | None = None
+        self.model = net
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.optimizer = build_optimizer(net, cfg)
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
+
+    def _loop_setup(self) -> None:
+        cfg = self.cfg
+        steps = len(self.loaders["train"])
+        if cfg.max_train_batches:
+            steps = min(steps, cfg.max_train_batches)
+        self.steps = steps
+        if self.resume is not None:
+            saved = self.resume.train_state
+            changed_epochs = cfg.epochs != self.resume.config.get("epochs")
+            epochs = cfg.epochs if changed_epochs else int(saved["loop"]["epochs"])
+        else:
+            epochs = self._planned_epochs()
+        self.scheduler = build_scheduler(self.optimizer, cfg, steps, epochs)
+        if self.resume is not None:
+            self._restore(self.resume.train_state, epochs, changed_epochs)
+        else:
+            self.state.epochs = epochs
+
+    @property
+    def budgeted(self) -> bool:
+        """The time budget applies on a CPU only: elsewhere the epochs are what was asked."""
+        return bool(self.cfg.time_budget_min) and self.device.type == "cpu"
+
+    def _finish_reserve(self) -> float:
+        """Seconds kept for what follows the last epoch: the test pass, reports, MLflow."""
+        return FINISH_RESERVE_S + self.eval_s_per_img * self.data.size("test")
+
+    def _planned_epochs(self) -> int:
+        cfg = self.cfg
+        self.eval_s_per_img = 0.0
+        if not self.budgeted:
+            return cfg.epochs
+        sec_per_img = _measure_step_time(
+            self.net, self.loaders["train"], self.criterion, self.device, self.channels_last
+        )
+        self.eval_s_per_img = sec_per_img * 0.35
+        per_epoch = sec_per_img * self.steps * cfg.batch_size * 1.05 + self.eval_s_per_img * (
+            self.data.size("val")
+        )
+        elapsed = time.perf_counter() - self.started
+        epochs = plan_epochs(cfg, per_epoch, elapsed + self._finish_reserve())
+        epochs = int(self.dist.broadcast(epochs))  # every rank must run the same epochs
+        self.rep.info(
             f"time budget {cfg.time_budget_min:g} min → {epochs} epoch(s) of ~{per_epoch:.0f} s"
         )
-    scheduler = build_scheduler(optimizer, cfg, steps, epochs)
+        return epochs
 
-    tracker = _Tracker(cfg, dataset.class_names) if cfg.mlflow else None
-    if tracker:
-        tracker.log_dataset(dataset)
-    history: list[dict[str, float]] = []
-    best_acc, best_epoch = -1.0, 0
-    try:
-        for epoch in range(1, epochs + 1):
-            with rep.task(
-                f"epoch {epoch}/{epochs}", total=steps * cfg.batch_size, unit="img"
+    # -- the epoch loop ------------------------------------------------------------------------
+
+    def _fit(self) -> None:
+        cfg, st = self.cfg, self.state
+        epoch = st.epoch
+        while epoch < st.epochs:
+            epoch += 1
+            epoch_started = time.perf_counter()
+            self._apply_freezing(epoch)
+            if self.sampler is not None:
+                self.sampler.set_epoch(epoch)
+            with self.rep.task(
+                f"epoch {epoch}/{st.epochs}", total=self.steps * cfg.batch_size, unit="img"
             ) as adv:
                 stats = train_one_epoch(
-                    model,
-                    loaders["train"],
-                    criterion,
-                    optimizer,
-                    scheduler,
-                    device,
-                    channels_last=channels_last,
-                    scaler=scaler,
+                    self.model,
+                    self.loaders["train"],
+                    self.criterion,
+                    self.optimizer,
+                    self.scheduler,
+                    self.device,
+                    channels_last=self.channels_last,
+                    scaler=self.scaler,
                     max_batches=cfg.max_train_batches,
+                    frozen=self.frozen_norms,
                     on_batch=lambda n, _loss: adv(n),
                 )
-            val = evaluate(model, loaders["val"], criterion, device, channels_last=channels_last)
-            row = {
-                "epoch": epoch,
-                "train_loss": stats.loss,
-                "train_acc": stats.acc,
-                "val_loss": val.loss,
-                "val_acc": val.acc,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_img_per_s": stats.img_per_s,
-            }
-            history.append(row)
-            rep.epoch(row)
-            if tracker:
-                tracker.log_epoch(row)
-            ckpt = _checkpoint(model, cfg, dataset.class_names, meta, tracker, row)
-            if val.acc > best_acc:
-                best_acc, best_epoch = val.acc, epoch
-                save_checkpoint(ckpt, run_dir / "best.pt")
-            ckpt.train_state = {"epoch": epoch, "optimizer": optimizer.state_dict()}
-            save_checkpoint(ckpt, run_dir / "last.pt")
+            stats = self._reduce(stats)
+            stop = self._end_epoch(epoch, stats) if self.dist.is_main else False
+            if self.dist.broadcast(stop):
+                break
+            if self.budgeted and self.resume is None:
+                self._keep_to_budget(epoch, time.perf_counter() - epoch_started)
 
+    def _keep_to_budget(self, epoch: int, epoch_s: float) -> None:
+        """Re-plan from the first epoch's measured time (augmentation, validation, checkpoints
+        included, which the step-time estimate leaves out), then stop early if the machine
+        slows down so much that the next epoch would overrun the budget."""
+        cfg, st = self.cfg, self.state
+        elapsed = time.perf_counter() - self.started
+        reserve = self._finish_reserve()
+        if epoch == 1:
+            epochs = plan_epochs(cfg, epoch_s, elapsed - epoch_s + reserve)
+            epochs = int(self.dist.broadcast(epochs))
+            if epochs != st.epochs:
+                self.rep.info(f"time budget: {epochs} epoch(s) of {epoch_s:.0f} s as measured")
+                st.epochs = epochs
+                self.scheduler = reschedule(self.scheduler, self.optimizer, cfg, self.steps, epochs)
+            return
+        budget_s = float(cfg.time_budget_min or 0) * 60
+        overrun = bool(self.dist.broadcast(elapsed + epoch_s + reserve > budget_s))
+        if overrun and epoch < st.epochs:
+            self.rep.warn(
+                f"time budget: stopping after epoch {epoch}/{st.epochs}, the next would overrun"
+            )
+            st.epochs = epoch
+
+    def _apply_freezing(self, epoch: int) -> None:
+        frozen = backbone_frozen(self.cfg, epoch)
+        if frozen == self.frozen:
+            return
+        if self.frozen is not None:
+            self.rep.info(f"epoch {epoch}: unfreezing the backbone")
+        self.frozen = frozen
+        self.frozen_norms = set_backbone_frozen(self.net, self.cfg.model, frozen)
+        self.frozen_norms += freeze_stem(self.net, self.cfg.freeze_blocks)
+        self.model = self.dist.wrap(self.net)  # DDP reduces only what is trainable at wrap time
+
+    def _reduce(self, stats: EpochStats) -> EpochStats:
+        loss_sum, correct, seen = self.dist.sum(
+            [stats.loss * stats.images, stats.acc * stats.images, float(stats.images)]
+        )
+        n = max(seen, 1.0)
+        return EpochStats(loss_sum / n, correct / n, int(seen), stats.seconds)
+
+    def _end_epoch(self, epoch: int, stats: EpochStats) -> bool:
+        """Rank 0: validate, log, checkpoint; True when early stopping ends the run."""
+        cfg, st = self.cfg, self.state
+        val = evaluate(
+            self.net,
+            self.loaders["val"],
+            self.criterion,
+            self.device,
+            channels_last=self.channels_last,
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_acc": stats.acc,
+            "val_loss": val.loss,
+            "val_acc": val.acc,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "train_images": stats.images,
+            "train_img_per_s": stats.img_per_s,
+        }
+        st.history.append(row)
+        st.epoch = epoch
+        improved_acc = val.acc > st.best_acc
+        if improved_acc:
+            st.best_acc, st.best_epoch = val.acc, epoch
+        if val.loss < st.best_val_loss - cfg.early_stopping_min_delta:
+            st.best_val_loss, st.bad_epochs = val.loss, 0
+        else:
+            st.bad_epochs += 1
+        patience = cfg.early_stopping_patience
+        st.stopped_early = (
+            bool(patience) and st.bad_epochs >= int(patience or 0) and epoch < st.epochs
+        )
+        if self.tracker:
+            self.tracker.log_epoch(row)
+        ckpt = self._checkpoint(row)
+        if improved_acc:
+            save_checkpoint(ckpt, self.run_dir / "best.pt")
+        ckpt.train_state = self._train_state()
+        save_checkpoint(ckpt, self.run_dir / "last.pt")
+        self.rep.epoch(row)
+        if st.stopped_early:
+            self.rep.info(
+                f"early stopping: val_loss has not improved for {st.bad_epochs} epoch(s) "
+                f"(best {st.best_val_loss:.4f})"
+            )
+        return st.stopped_early
+
+    def _checkpoint(self, row: dict[str, Any]) -> Checkpoint:
+        state = {
+            k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
+            if v.is_floating_point()
+            else v.detach().cpu().clone()
+            for k, v in self.net.state_dict().items()
+        }
+        return Checkpoint(
+            model_name=self.cfg.model,
+            class_names=list(self.class_names),
+            preprocessing=self.meta,
+            state_dict=state,
+            model_kwargs=model_kwargs_for_checkpoint(self.net),
+            config=to_dict(self.cfg),
+            metrics=dict(row),
+            mlflow_run_id=self.tracker.run_id if self.tracker else None,
+        )
+
+    # -- resume --------------------------------------------------------------------------------
+
+    def _train_state(self) -> dict[str, Any]:
+        """Everything besides the weights that the next epoch depends on (weights_only-safe)."""
+        py = random.getstate()
+        np_state: Any = np.random.get_state()
+        rng: dict[str, Any] = {
+            "python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "loader": self.loaders["train"].generator.get_state(),  # type: ignore[union-attr]
+        }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "loop": dataclasses.asdict(self.state),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "rng": rng,
+            "world_size": self.dist.world_size,
+        }
+
+    def _restore(self, saved: dict[str, Any], epochs: int, more_epochs: bool) -> None:
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        st = self.state = LoopState(**saved["loop"])
+        st.epochs = epochs
+        if st.epoch >= epochs or (st.stopped_early and not more_epochs):
+            how = "stopped early after" if st.stopped_early else "already finished"
+            raise ConfigError(
+                f"{self.cfg.resume} {how} {st.epoch} epoch(s); pass a larger --epochs to go on"
+            )
+        if st.stopped_early:  # asked for more epochs: patience starts over
+            st.stopped_early, st.bad_epochs = False, 0
+        if saved.get("world_size", 1) != self.dist.world_size or self.dist.rank != 0:
+            # The saved RNG streams are rank 0's: other ranks (or layouts) reseed per epoch.
+            seed_everything(self.cfg.seed + self.dist.rank + 1000 * self.state.epoch)
+            return
+        rng = saved["rng"]
+        py = rng["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        np_state = rng["numpy"]
+        np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self.loaders["train"].generator.set_state(rng["loader"])  # type: ignore[union-attr]
+        self.rep.info(f"resuming {self.run_dir} after epoch {self.state.epoch}/{epochs}")
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def _finish(self, data: PreparedData) -> dict[str, Any]:
+        cfg, st, run_dir = self.cfg, self.state, self.run_dir
         best = load_checkpoint(run_dir / "best.pt")
-        model.load_state_dict(best.state_dict)
-        test = evaluate(model, loaders["test"], criterion, device, channels_last=channels_last)
+        self.net.load_state_dict(best.state_dict)
+        test = evaluate(
+            self.net,
+            self.loaders["test"],
+            self.criterion,
+            self.device,
+            channels_last=self.channels_last,
+        )
         metrics: dict[str, Any] = {
-            "val_acc": best_acc,
-            "best_epoch": best_epoch,
+            "val_acc": st.best_acc,
+            "best_epoch": st.best_epoch,
             "test_acc": test.acc,
             "test_loss": test.loss,
-            "n_train": len(decoded["train"].labels),
-            "n_val": len(decoded["val"].labels),
-            "n_test": len(decoded["test"].labels),
-            "epochs": epochs,
-            "skipped_files": len(skipped),
-            "seconds": time.perf_counter() - started,
+            "n_train": data.size("train"),
+            "n_val": data.size("val"),
+            "n_test": data.size("test"),
+            "epochs": st.epoch,
+            "planned_epochs": st.epochs,
+            "stopped_early": st.stopped_early,
+            "skipped_files": len(self.skipped),
+            "seconds": time.perf_counter() - self.started,
             "model": cfg.model,
-            "image_size": meta.image_size,
-            "device": str(device),
+            "image_size": self.meta.image_size,
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "amp": self.amp,
         }
-        best.metrics = {**best.metrics, **{k: v for k, v in metrics.items()}}
+        if len(test.targets):
+            report = classification_report(test.targets, test.predictions, self.class_names)
+            metrics["test_macro_f1"] = report["macro_f1"]
+            report["misclassified"] = [
+                {
+                    "file": str(data.paths["test"][i]),
+                    "true": self.class_names[int(test.targets[i])],
+                    "predicted": self.class_names[int(test.predictions[i])],
+                }
+                for i in np.flatnonzero(test.predictions != test.targets)
+            ]
+            (run_dir / "test_report.json").write_text(json.dumps(report, indent=2) + "\n")
+            plot_confusion_matrix(
+                report["confusion_matrix"], self.class_names, run_dir / "confusion_matrix.png"
+            )
+        plot_training_curves(st.history, run_dir / "training_curves.png")
+        best.metrics = {**best.metrics, **metrics}
         save_checkpoint(best, run_dir / "best.pt")
+        (run_dir / "history.json").write_text(json.dumps(st.history, indent=2) + "\n")
+        if self.tracker:
+            metrics["mlflow_run_id"] = self.tracker.run_id
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-        if skipped:
-            (run_dir / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n")
-        if tracker:
-            tracker.finish(metrics, run_dir, test, dataset.class_names)
-            metrics["mlflow_run_id"] = tracker.run_id
-            if tracker.registered:
-                metrics["registered_model"] = tracker.registered
-    except BaseException:
-        if tracker:
-            tracker.fail()
-        raise
-    rep.summary(metrics)
-    return TrainResult(run_dir, run_dir / "best.pt", metrics)
-
-
-def _checkpoint(
-    model: nn.Module,
-    cfg: TrainConfig,
-    class_names: list[str],
-    meta: Any,
-    tracker: _Tracker | None,
-    row: dict[str, Any],
-) -> Checkpoint:
-    state = {
-        k: v.detach().to("cpu", memory_format=torch.contiguous_format).clone()
-        if v.is_floating_point()
-        else v.detach().cpu().clone()
-        for k, v in model.state_dict().items()
-    }
-    return Checkpoint(
-        model_name=cfg.model,
-        class_names=list(class_names),
-        preprocessing=meta,
-        state_dict=state,
-        model_kwargs=model_kwargs_for_checkpoint(model),
-        config=to_dict(cfg),
-        metrics=dict(row),
-        mlflow_run_id=tracker.run_id if tracker else None,
-    )
+        if self.tracker:
+            self.tracker.finish(metrics, run_dir)
+            if self.tracker.registered:
+                metrics["registered_model"] = self.tracker.registered
+                (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
 
 
 def _measure_step_time(
     model: nn.Module,
-    loader: DataLoader,
+    loader: DataLoader[Any],
     criterion: nn.Module,
     device: torch.device,
     channels_last: bool,
@@ -305,71 +706,3 @@ def _measure_step_time(
         times.append((time.perf_counter() - t0) / images.size(0))
     model.zero_grad(set_to_none=True)
     return float(np.median(times[1:] if len(times) > 1 else times))
-
-
-class _Tracker:
-    """MLflow logging for one run; never lets a tracking hiccup kill a training run."""
-
-    def __init__(self, cfg: TrainConfig, class_names: list[str]) -> None:
-        from plantdx.tracking import configure
-
-        self.mlflow = configure()
-        self.mlflow.set_experiment(cfg.experiment)
-        self.run = self.mlflow.start_run()
-        self.run_id: str = self.run.info.run_id
-        self.cfg = cfg
-        flat = {k: v for k, v in to_dict(cfg).items() if not isinstance(v, dict)}
-        flat.update({f"augment.{k}": v for k, v in to_dict(cfg.augment).items()})
-        flat["num_classes"] = len(class_names)
-        self.mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-        self.data_hash = ""
-        self.registered: str | None = None
-
-    def log_dataset(self, dataset: Any) -> None:
-        """A hash of the file list and sizes: cheap, and changes whenever the data does."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for s in dataset.samples:
-            h.update(
-                f"{s.path.relative_to(dataset.root)}:{s.path.stat().st_size}:{s.label}\n".encode()
-            )
-        self.data_hash = h.hexdigest()
-        self.mlflow.set_tags({"data_sha256": self.data_hash, "data_root": str(dataset.root)})
-
-    def log_epoch(self, row: dict[str, Any]) -> None:
-        step = int(row["epoch"])
-        self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
-
-    def finish(
-        self, metrics: dict[str, Any], run_dir: Path, test: EvalResult, class_names: list[str]
-    ) -> None:
-        numeric = {
-            ("best_val_acc" if k == "val_acc" else k): float(v)
-            for k, v in metrics.items()
-            if isinstance(v, int | float)
-        }
-        self.mlflow.log_metrics(numeric)
-        for name in ("config.yaml", "labels.txt", SPLIT_FILENAME, "metrics.json", "history.json"):
-            if (run_dir / name).is_file():
-                self.mlflow.log_artifact(str(run_dir / name))
-        self.mlflow.log_artifact(str(run_dir / "best.pt"), artifact_path="checkpoint")
-        if self.cfg.register_as:
-            self.register(self.cfg.register_as, metrics)
-        self.mlflow.end_run()
-
-    def register(self, name: str, metrics: dict[str, Any]) -> None:
-        """A registry version whose source is the checkpoint folder, so models:/NAME/N exports."""
-        from mlflow.exceptions import MlflowException
-
-        client = self.mlflow.MlflowClient()
-        with contextlib.suppress(MlflowException):  # already registered
-            client.create_registered_model(name)
-        tags = {k: str(v) for k, v in metrics.items() if isinstance(v, int | float | str)}
-        tags["data_sha256"] = self.data_hash
-        source = f"{self.run.info.artifact_uri}/checkpoint"
-        version = client.create_model_version(name, source, run_id=self.run_id, tags=tags)
-        self.registered = f"models:/{name}/{version.version}"
-
-    def fail(self) -> None:
-        self.mlflow.end_run(status="FAILED")

@@ -1,7 +1,8 @@
 """Triton Python backend: encoded image bytes → normalised pixels.
 
 Runs `plantdx.preprocessing` — the same code training evaluation uses — with the metadata
-that export wrote beside this file. A bad image fails its own request only.
+that export wrote beside this file. All images of a dynamic batch are decoded into one buffer
+and normalised in one vectorised pass; a bad image fails its own request only, with its reason.
 """
 
 from __future__ import annotations
@@ -34,21 +35,32 @@ class TritonPythonModel:
         }
 
     def execute(self, requests: list) -> list:
+        try:
+            batches = [
+                pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy().reshape(-1)
+                for r in requests
+            ]
+            images = [bytes(data) for batch in batches for data in batch]
+            pixels, errors = self.preprocessor.decode_batch(images)
+            normalized = self.preprocessor.normalize.batch(pixels)
+        except Exception as exc:  # nothing decodable: every request gets the reason, none hangs
+            error = pb_utils.TritonError(f"preprocessing failed: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses = []
-        for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, "IMAGE").as_numpy().reshape(-1)
-            try:
-                pixels = np.stack([self.preprocessor(bytes(data)) for data in images])
-            except PreprocessError as exc:
-                self.rejections[exc.reason].increment(1)
-                error = pb_utils.TritonError(f"invalid image ({exc.reason}): {exc}")
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-                continue
-            except Exception as exc:  # never let one request take the batch down
-                error = pb_utils.TritonError(f"preprocessing failed: {exc}")
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
-                continue
-            responses.append(
-                pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, pixels)])
-            )
+        start = 0
+        for batch in batches:
+            end = start + len(batch)
+            responses.append(self._response(normalized[start:end], errors[start:end]))
+            start = end
         return responses
+
+    def _response(self, pixels: np.ndarray, errors: list[PreprocessError | None]) -> object:
+        bad = [(i, e) for i, e in enumerate(errors) if e is not None]
+        if not bad:
+            return pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, pixels)])
+        for _, exc in bad:
+            self.rejections.get(exc.reason, self.rejections["not_an_image"]).increment(1)
+        index, exc = bad[0]
+        where = f"image {index + 1} of {len(errors)}: " if len(errors) > 1 else ""
+        error = pb_utils.TritonError(f"invalid image ({exc.reason}): {where}{exc}")
+        return pb_utils.InferenceResponse(output_tensors=[], error=error)

@@ -2,8 +2,186 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from plantdx.config import resolve
+from plantdx.exceptions import ConfigError
+
+from .options import overrides as _overrides
+from .predict import default_url, parse_headers
+
+
+def _levels(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        levels = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--concurrency takes comma-separated integers, got {text!r}") from None
+    if not levels or min(levels) < 1:
+        raise ConfigError(f"--concurrency levels must be positive, got {text!r}")
+    return levels
+
+
+def _write_json(path: Path | None, rows: list[dict[str, Any]]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+        typer.echo(f"wrote {path}", err=True)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def serve(
+    url: str = typer.Option(
+        None, "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
+    ),
+    images: str = typer.Option(None, "--images", help="Folder of images to send (recursively)."),
+    protocol: str = typer.Option(None, "--protocol", help="http | grpc"),
+    concurrency: str = typer.Option(None, "--concurrency", help="Levels, e.g. 1,8,32."),
+    duration: float = typer.Option(None, "--duration", help="Measured seconds per level."),
+    warmup: float = typer.Option(None, "--warmup", help="Unmeasured seconds before each level."),
+    driver: str = typer.Option(None, "--driver", help="async (one event loop) | threads"),
+    unique: bool = typer.Option(
+        None, "--unique/--no-unique", help="Make every request unique (defeats the response cache)."
+    ),
+    max_images: int = typer.Option(None, "--max-images", help="Use only the first N images."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds per request."),
+    header: list[str] = typer.Option([], "--header", help="Extra header NAME=VALUE; repeatable."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results (a list) here."),
+    plot: Path = typer.Option(None, "--plot", help="PNG of throughput and p99 vs concurrency."),
+    config: Path = typer.Option(None, "--config", help="YAML file with these options."),
+) -> None:
+    """Closed-loop load on a running server: images/s, p50/p90/p99 and errors per level."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from plantdx.client.loadgen import ServeBenchConfig, machine, plot_levels, run_serve_bench
+
+    cfg = resolve(
+        ServeBenchConfig,
+        config,
+        _overrides(
+            url=url or (default_url(protocol) if protocol else None),
+            images=images,
+            protocol=protocol,
+            concurrency=_levels(concurrency),
+            duration_s=duration,
+            warmup_s=warmup,
+            driver=driver,
+            unique=unique,
+            max_images=max_images,
+            timeout_s=timeout,
+            headers=parse_headers(header) or None,
+        ),
+    )
+    if not cfg.images:
+        raise ConfigError("--images is required")
+    err = Console(stderr=True)
+    err.print(f"plantdx bench serve: {cfg.protocol}://{cfg.url}, {machine()}")
+    results = run_serve_bench(
+        cfg,
+        on_level=lambda r: err.print(
+            f"  concurrency {r.concurrency:>3}: {r.img_per_s:7.1f} img/s, p50 {_ms(r.p50_ms)} ms, "
+            f"p99 {_ms(r.p99_ms)} ms, errors {r.errors}, client CPU {r.client_cpu_pct:.0f}%"
+        ),
+    )
+    table = Table(title=f"plantdx over {cfg.protocol} ({cfg.driver} driver)")
+    cols = ("concurrency", "img/s", "p50 ms", "p90 ms", "p99 ms", "errors", "client CPU")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(
+            str(r.concurrency),
+            f"{r.img_per_s:.1f}",
+            _ms(r.p50_ms),
+            _ms(r.p90_ms),
+            _ms(r.p99_ms),
+            str(r.errors),
+            f"{r.client_cpu_pct:.0f}% ({r.client_cpu_ms_per_img or 0:.2f} ms/img)",
+        )
+    Console().print(table)
+    for r in results:
+        for example in r.error_examples:
+            err.print(f"[red]concurrency {r.concurrency}: {example}[/red]")
+    _write_json(json_out, [r.to_dict() for r in results])
+    if plot is not None:
+        typer.echo(f"wrote {plot_levels(results, plot)}", err=True)
+
+
+def inprocess(
+    repository: str = typer.Option(None, "--repository", help="Triton model repository."),
+    images: str = typer.Option(None, "--images", help="Folder of images (recursively)."),
+    version: int = typer.Option(None, "--version", help="Classifier version (default: newest)."),
+    duration: float = typer.Option(None, "--duration", help="Measured seconds per layout."),
+    warmup: float = typer.Option(None, "--warmup", help="Unmeasured seconds per layout."),
+    layouts: str = typer.Option(
+        None,
+        "--layouts",
+        help="Comma-separated WORKERSxTHREADSbBATCH, e.g. 1x2b1,2x1b8 (default: every core "
+        "busy as processes or threads, batch 1 and 8).",
+    ),
+    max_images: int = typer.Option(None, "--max-images", help="Use only the first N images."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results (a list) here."),
+    config: Path = typer.Option(None, "--config", help="YAML file with these options."),
+) -> None:
+    """The machine's limit: the same preprocessing and ONNX model in-process, no server."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from plantdx.client.inprocess import InprocessBenchConfig, run_inprocess_bench
+    from plantdx.client.loadgen import machine
+
+    cfg = resolve(
+        InprocessBenchConfig,
+        config,
+        _overrides(
+            repository=repository,
+            images=images,
+            version=version,
+            duration_s=duration,
+            warmup_s=warmup,
+            layouts=[x for x in layouts.split(",") if x.strip()] if layouts else None,
+            max_images=max_images,
+        ),
+    )
+    if not cfg.repository or not cfg.images:
+        raise ConfigError("--repository and --images are required")
+    err = Console(stderr=True)
+    err.print(f"plantdx bench inprocess: {cfg.repository}, {machine()}")
+    results = run_inprocess_bench(
+        cfg,
+        on_layout=lambda r: err.print(
+            f"  {r.layout:>7}: {r.img_per_s:7.1f} img/s, p50 {_ms(r.p50_ms)} ms, "
+            f"p99 {_ms(r.p99_ms)} ms (preprocess {r.preprocess_ms_per_img:.1f} + model "
+            f"{r.model_ms_per_img:.1f} ms/img)"
+        ),
+    )
+    table = Table(title="in-process limit (workers x onnxruntime threads, batch)")
+    cols = ("layout", "img/s", "p50 ms", "p99 ms", "preprocess ms/img", "model ms/img", "")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(
+            r.layout,
+            f"{r.img_per_s:.1f}",
+            _ms(r.p50_ms),
+            _ms(r.p99_ms),
+            f"{r.preprocess_ms_per_img:.2f}",
+            f"{r.model_ms_per_img:.2f}",
+            "best" if r.best else "",
+        )
+    Console().print(table)
+    _write_json(json_out, [r.to_dict() for r in results])
 
 
 def register(app: typer.Typer) -> None:
     """Adds `plantdx bench serve` and `plantdx bench inprocess` to the bench group."""
+    app.command("serve", help=serve.__doc__)(serve)
+    app.command("inprocess", help=inprocess.__doc__)(inprocess)

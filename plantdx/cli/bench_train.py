@@ -2,8 +2,75 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from plantdx.config import resolve
+
+from .options import overrides as _overrides
+
+
+def train(
+    data: str = typer.Option(
+        None, "--data", help="ImageFolder (default: synthetic leaves in a temp folder)."
+    ),
+    model: str = typer.Option(None, "--model", help="Architecture (see `plantdx models list`)."),
+    batches: int = typer.Option(10, "--batches", help="Measured batches per pass."),
+    repeats: int = typer.Option(3, "--repeats", help="Passes of each kind (medians reported)."),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    image_size: int = typer.Option(None, "--image-size"),
+    num_workers: int = typer.Option(None, "--num-workers"),
+    cache_images: bool = typer.Option(
+        None, "--cache-images/--no-cache-images", help="Decode once into memory, or per access."
+    ),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    config: Path = typer.Option(None, "--config", help="Training YAML (loader settings)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the result here."),
+) -> None:
+    """Training images/s with the real loader vs preloaded tensors, and their ratio."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from plantdx.training import TrainConfig
+    from plantdx.training.bench import BenchTrainConfig, bench_train, machine
+
+    tc = resolve(
+        TrainConfig,
+        config,
+        _overrides(
+            data=data,
+            model=model,
+            batch_size=batch_size,
+            image_size=image_size,
+            num_workers=num_workers,
+            cache_images=cache_images,
+            device=device,
+            mlflow=False,
+        ),
+    )
+    err = Console(stderr=True)
+    err.print(f"plantdx bench train: {tc.model} @ {tc.image_size} px, {machine()}")
+    result = bench_train(
+        BenchTrainConfig(batches=batches, repeats=repeats, train=tc),
+        on_pass=lambda kind, v: err.print(f"  {kind:>12}: {v:7.1f} img/s"),
+    )
+    table = Table(title=f"training input pipeline ({result['model']}, {result['device']})")
+    for col in ("fed by", "img/s"):
+        table.add_column(col, justify="right")
+    table.add_row("real loader", f"{result['real_loader_img_per_s']:.1f}")
+    table.add_row("preloaded tensors", f"{result['preloaded_img_per_s']:.1f}")
+    table.add_row("loader alone", f"{result['loader_only_img_per_s']:.1f}")
+    table.add_row("ratio", f"{result['ratio']:.1%} (target {result['target_ratio']:.0%})")
+    Console(stderr=True).print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+        err.print(f"wrote {json_out}")
+    typer.echo(json.dumps(result))
 
 
 def register(app: typer.Typer) -> None:
     """Adds `plantdx bench train` to the bench group."""
+    app.command("train", help=train.__doc__)(train)

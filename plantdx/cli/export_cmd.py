@@ -2,30 +2,77 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 from plantdx.config import resolve
+from plantdx.exceptions import ConfigError
 
 from .options import overrides as _overrides
 
 
+def _versions(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as exc:
+        raise ConfigError(f"--versions takes numbers separated by commas, got {text!r}") from exc
+
+
 def export(
     source: str = typer.Argument(
-        ..., help="Checkpoint, run directory, MLflow run id or models:/ URI."
+        ...,
+        help="Checkpoint, run directory, MLflow run id, or registry URI "
+        "(models:/plantdx/3, models:/plantdx@champion).",
     ),
     to: str = typer.Option("onnx", "--to", help="onnx | tensorrt"),
     repository: str = typer.Option(None, "--repository", help="Triton model repository directory."),
-    precision: str = typer.Option(None, "--precision", help="fp32 | fp16 | int8 (TensorRT)"),
-    target: str = typer.Option(None, "--target", help="local (pip Triton) | triton (NGC Triton)"),
-    kind: str = typer.Option(None, "--kind", help="cpu | gpu instance groups"),
-    max_batch: int = typer.Option(None, "--max-batch"),
-    opt_batch: int = typer.Option(None, "--opt-batch"),
-    check_data: str = typer.Option(None, "--check-data", help="Images for the parity check."),
+    precision: str = typer.Option(
+        None, "--precision", help="fp32 | fp16 | int8 (fp16/int8: TensorRT, gated against FP32)"
+    ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        help="local (pip Triton, onnxruntime in a Python backend; default for ONNX) | "
+        "triton (NGC Triton's native onnxruntime_onnx / tensorrt_plan; default for TensorRT)",
+    ),
+    kind: str = typer.Option(
+        None, "--kind", help="cpu | gpu instance groups (default cpu for ONNX, gpu for TensorRT)"
+    ),
+    max_batch: int = typer.Option(None, "--max-batch", help="Largest batch (profile max)."),
+    opt_batch: int = typer.Option(None, "--opt-batch", help="Batch TensorRT optimises for."),
+    check_data: str = typer.Option(
+        None, "--check-data", help="Images for parity and the precision gate (default: test split)."
+    ),
     calibration: str = typer.Option(None, "--calibration", help="INT8 calibration images."),
+    simplify: bool = typer.Option(
+        None, "--simplify/--no-simplify", help="Simplify the ONNX graph (onnxslim or onnxsim)."
+    ),
+    gate_threshold: float = typer.Option(
+        None, "--gate-threshold", help="Min top-1 agreement of FP16/INT8 with FP32 (0.99)."
+    ),
+    calibration_cache: str = typer.Option(None, "--calibration-cache", help="INT8 cache file."),
+    timing_cache: str = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
+    workspace_mb: int = typer.Option(None, "--workspace-mb", help="TensorRT builder workspace."),
+    carry_plans: bool = typer.Option(
+        None,
+        "--carry-plans/--no-carry-plans",
+        help="Copy the previous version's plans for other GPU architectures (same model).",
+    ),
+    trt_accelerator: bool = typer.Option(
+        None,
+        "--trt-accelerator/--no-trt-accelerator",
+        help="--to onnx --target triton --kind gpu: ONNX Runtime's TensorRT accelerator.",
+    ),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset (17 or newer)."),
     version_policy: str = typer.Option(None, "--version-policy", help="latest | all | specific"),
+    latest_n: int = typer.Option(None, "--latest-n", help="Versions served with 'latest'."),
+    specific: str = typer.Option(None, "--versions", help="Versions served with 'specific': 3,4"),
     config: Path = typer.Option(None, "--config", help="YAML file with export options."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Export to ONNX (or TensorRT) as the next version of a Triton model repository."""
     from plantdx.export import ExportConfig
@@ -45,16 +92,53 @@ def export(
             opt_batch=opt_batch,
             check_data=check_data,
             calibration=calibration,
+            simplify=simplify,
+            gate_threshold=gate_threshold,
+            calibration_cache=calibration_cache,
+            timing_cache=timing_cache,
+            workspace_mb=workspace_mb,
+            carry_plans=carry_plans,
+            trt_accelerator=trt_accelerator,
+            opset=opset,
             version_policy=version_policy,
+            latest_versions=latest_n,
+            specific_versions=_versions(specific),
         ),
     )
     result = run_export(cfg)
+    if as_json:
+        doc = {
+            "repository": str(result.repository),
+            "version": result.version,
+            "parity": result.parity,
+            "precision_gate": result.gate,
+            "plans": result.plans,
+            "notes": result.notes,
+        }
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
     p = result.parity
     typer.echo(
         f"published {result.repository}/classifier/{result.version} "
         f"(parity on {p['n_images']} images: top-1 agreement {p['top1_agreement']:.2%}, "
         f"max |Δp| {p['max_abs_diff_probs']:.1e})"
     )
+    if result.gate:
+        g = result.gate
+        typer.echo(
+            f"precision gate {g['precision']} on sm{g['compute_capability']}: top-1 agreement "
+            f"with FP32 {g['top1_agreement']:.2%} on {g['n_images']} images "
+            f"(threshold {g['min_top1_agreement']:.0%})"
+        )
+    for cc, plan in sorted(result.plans.items()):
+        origin = (
+            f"carried from version {plan['carried_from_version']}"
+            if "carried_from_version" in plan
+            else "built now"
+        )
+        typer.echo(f"  plan {plan['file']} for compute capability {cc} ({origin})")
+    for note in result.notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
 
 
 def register(app: typer.Typer) -> None:

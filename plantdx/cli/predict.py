@@ -4,85 +4,186 @@ from __future__ import annotations
 
 import glob
 import json
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from plantdx.data import IMAGE_SUFFIXES
+from plantdx.exceptions import ConfigError
 
-
-def expand_inputs(items: list[str]) -> list[Path]:
-    """Files as given, folders recursively (images only), globs expanded; order kept."""
-    out: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-        elif any(ch in item for ch in "*?["):
-            out += sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
-        else:
-            out.append(p)
-    return out
-
-
-def predict(
-    images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
-    url: str = typer.Option("localhost:8000", "--url", help="Server address (HTTP or gRPC port)."),
-    protocol: str = typer.Option("http", "--protocol", help="http | grpc"),
-    top_k: int = typer.Option(3, "--top-k", help="Classes to show per image."),
-    concurrency: int = typer.Option(4, "--concurrency", help="Requests in flight."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
-) -> None:
-    """Classify leaf photos; exits non-zero when any image failed, with a reason per file."""
+if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import track
     from rich.table import Table
 
     from plantdx.client import PlantDxClient, PredictOutcome
 
-    paths = expand_inputs(images)
-    if not paths:
-        raise typer.BadParameter("no image files matched")
-    outcomes: list[PredictOutcome] = []
-    with PlantDxClient(url, protocol, timeout=timeout) as client:  # type: ignore[arg-type]
-        if len(paths) <= 8 or as_json:
-            outcomes = client.predict_many(paths, concurrency=concurrency, top_k=top_k)
+# Above this many images a progress bar is drawn on stderr.
+PROGRESS_MIN = 8
+
+
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given, folders recursively (images only), globs expanded; order kept.
+
+    Returns the paths and, for every argument that matched nothing, (argument, reason).
+    """
+    out: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not found:
+                problems.append(
+                    (item, f"no images in folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                )
+            out += found
+        elif any(ch in item for ch in "*?[") and not p.exists():
+            found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
+            if not found:
+                problems.append((item, "no files match this pattern"))
+            out += found
+        elif not p.exists():
+            problems.append((item, "file does not exist"))
         else:
-            batch = max(concurrency * 4, 16)
-            chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
-            for chunk in track(
-                chunks, description=f"classifying {len(paths)} images", console=Console(stderr=True)
-            ):
-                outcomes += client.predict_many(chunk, concurrency=concurrency, top_k=top_k)
-    failed = [o for o in outcomes if o.error]
-    if as_json:
-        rows = []
-        for o in outcomes:
-            if o.prediction:
-                rows.append({**o.prediction.to_dict(), "file": o.source})
-            else:
-                rows.append({"file": o.source, "error": o.error})
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        table = Table()
-        for col in ("file", "label", "confidence", f"top-{top_k}"):
-            table.add_column(col)
-        for o in outcomes:
-            if o.prediction:
-                p = o.prediction
-                others = ", ".join(f"{c.label} {c.probability:.2f}" for c in p.top_k[1:])
-                table.add_row(o.source, p.label, f"{p.confidence:.3f}", others)
-            else:
-                table.add_row(o.source, "[red]error[/red]", "", str(o.error))
-        Console().print(table)
-    if failed:
-        typer.secho(
-            f"{len(failed)} of {len(outcomes)} image(s) failed", fg=typer.colors.RED, err=True
+            out.append(p)
+    return out, problems
+
+
+def default_url(protocol: str) -> str:
+    """`plantdx serve`'s defaults: HTTP on 8000, gRPC on 8001."""
+    return "localhost:8001" if protocol == "grpc" else "localhost:8000"
+
+
+def parse_headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for v in values:
+        name, sep, value = v.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--header takes NAME=VALUE, got {v!r}")
+        headers[name.strip()] = value
+    return headers
+
+
+def predict(
+    images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
+    url: str = typer.Option(
+        None, "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
+    ),
+    protocol: str = typer.Option("http", "--protocol", help="http | grpc"),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per image."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
+    retries: int = typer.Option(
+        3, "--retries", min=0, help="Retries when the server is unreachable."
+    ),
+    header: list[str] = typer.Option(
+        [],
+        "--header",
+        help="Extra request header NAME=VALUE (e.g. a gateway's API key); repeatable.",
+    ),
+    ssl: bool = typer.Option(False, "--ssl", help="Use TLS (implied by https:// in --url)."),
+    root_certificates: str = typer.Option(
+        None, "--root-certificates", help="CA bundle (PEM) that signed the server's certificate."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Classify leaf photos; exits non-zero when any image failed, with a reason per file."""
+    from rich.console import Console
+
+    from plantdx.client import PlantDxClient, PredictOutcome
+
+    paths, problems = expand_inputs(images)
+    outcomes = [PredictOutcome(item, error=reason, kind="io") for item, reason in problems]
+    if not paths and not problems:
+        raise typer.BadParameter("no image files matched")
+    err = Console(stderr=True)
+    start = time.perf_counter()
+    with PlantDxClient(
+        url or default_url(protocol),
+        protocol,  # type: ignore[arg-type]
+        timeout=timeout,
+        retries=retries,
+        headers=parse_headers(header),
+        ssl=ssl,
+        root_certificates=root_certificates,
+    ) as client:
+        outcomes += _run(
+            client, paths, concurrency, top_k, progress and len(paths) > PROGRESS_MIN, err
         )
-        raise typer.Exit(1)
+    elapsed = time.perf_counter() - start
+    if as_json:
+        typer.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))
+    else:
+        Console().print(_table(outcomes, top_k))
+    _summary(outcomes, elapsed, err)
+
+
+def _run(
+    client: PlantDxClient,
+    paths: list[Path],
+    concurrency: int,
+    top_k: int,
+    show_progress: bool,
+    console: Console,
+) -> list[PredictOutcome]:
+    if not paths:
+        return []
+    if not show_progress:
+        return client.predict_many(paths, concurrency=concurrency, top_k=top_k)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("classifying", total=len(paths))
+        return client.predict_many(
+            paths,
+            concurrency=concurrency,
+            top_k=top_k,
+            on_result=lambda _o: bar.advance(task),
+        )
+
+
+def _table(outcomes: list[PredictOutcome], top_k: int) -> Table:
+    from rich.table import Table
+
+    table = Table()
+    for col in ("file", "label", "confidence", f"top-{top_k}", "ms"):
+        table.add_column(col, overflow="fold")
+    for o in outcomes:
+        if o.prediction:
+            p = o.prediction
+            others = ", ".join(f"{c.label} {c.probability:.2f}" for c in p.top_k[1:])
+            table.add_row(o.source, p.label, f"{p.confidence:.3f}", others, f"{p.latency_ms:.0f}")
+        else:
+            table.add_row(o.source, f"[red]error: {o.kind}[/red]", "", str(o.error), "")
+    return table
+
+
+def _summary(outcomes: list[PredictOutcome], elapsed: float, console: Console) -> None:
+    failed = [o for o in outcomes if not o.ok]
+    done = len(outcomes) - len(failed)
+    console.print(
+        f"{done} of {len(outcomes)} image(s) classified in {elapsed:.1f} s"
+        + (f" ({done / elapsed:.1f} img/s)" if done and elapsed > 0 else "")
+    )
+    if not failed:
+        return
+    unreachable = next((o.error for o in failed if o.kind == "unavailable"), None)
+    if unreachable:
+        console.print(f"[red]{unreachable}[/red]")
+    typer.secho(f"{len(failed)} of {len(outcomes)} image(s) failed", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

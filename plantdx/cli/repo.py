@@ -2,38 +2,82 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 app = typer.Typer(help="Inspect and validate a Triton model repository.", no_args_is_help=True)
 
 
-@app.command("list")
-def list_repo(repository: Path = typer.Argument(..., help="Model repository directory.")) -> None:
-    """Models, versions, precision and provenance."""
-    from plantdx.model_repository.repository import list_repository
+def _summary(prov: dict[str, Any]) -> str:
+    """One line of what a classifier version is and where it came from."""
+    if not prov:
+        return ""
+    parts = [
+        f"{prov.get('model_name', '?')}",
+        f"{prov.get('format', '?')}/{prov.get('precision', '?')}",
+    ]
+    engines = (prov.get("engines") or {}).get("plans") or {}
+    if engines:
+        parts.append("sm" + ",".join(cc.replace(".", "") for cc in sorted(engines)))
+    parity = prov.get("parity") or {}
+    if "top1_agreement" in parity:
+        parts.append(f"parity {parity['top1_agreement']:.0%}")
+    gate = prov.get("precision_gate") or {}
+    if "top1_agreement" in gate:
+        parts.append(f"gate {gate['top1_agreement']:.1%}")
+    acc = (prov.get("metrics") or {}).get("test_acc")
+    if isinstance(acc, float):
+        parts.append(f"test_acc {acc:.4f}")
+    parts.append(f"exported {prov.get('exported_at', '?')}")
+    if prov.get("mlflow_run_id"):
+        parts.append(f"run {str(prov['mlflow_run_id'])[:12]}")
+    parts.append(f"sha256 {str(prov.get('checkpoint_sha256', ''))[:12]}")
+    return "  ".join(parts)
 
-    for v in list_repository(repository):
-        prov = v.provenance
-        detail = ""
-        if prov:
-            acc = prov.get("metrics", {}).get("test_acc")
-            detail = (
-                f"  {prov.get('model_name', '?')} {prov.get('format', '?')}/{prov.get('precision', '?')}"
-                f"  exported {prov.get('exported_at', '?')}"
-                + (f"  test_acc {acc:.4f}" if isinstance(acc, float) else "")
-                + f"  sha256 {str(prov.get('checkpoint_sha256', ''))[:12]}"
-            )
-        typer.echo(f"{v.model:12s} {v.version:3d}{detail}")
+
+@app.command("list")
+def list_repo(
+    repository: Path = typer.Argument(..., help="Model repository directory."),
+    as_json: bool = typer.Option(False, "--json", help="Everything, with full provenance."),
+) -> None:
+    """Models, versions (* = served under the version policy), precision and provenance."""
+    from plantdx.model_repository.repository import describe_repository
+
+    doc = describe_repository(repository)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    if doc["target"]:
+        typer.echo(
+            f"{repository}: --target {doc['target']}, {doc['platform']} classifier, "
+            f"{doc['kind']} instances, {doc['classes']} classes, {doc['image_size']} px"
+        )
+    for model, entries in sorted(doc["models"].items()):
+        for v in entries:
+            mark = "*" if v["served"] else " "
+            typer.echo(f"{model:12s} {v['version']:3d}{mark} {_summary(v['provenance'])}".rstrip())
 
 
 @app.command()
-def validate(repository: Path = typer.Argument(..., help="Model repository directory.")) -> None:
-    """Check configs, files, labels and ensemble wiring; non-zero exit with the reasons."""
+def validate(
+    repository: Path = typer.Argument(..., help="Model repository directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print {ok, problems} as JSON."),
+) -> None:
+    """Check configs, files, labels, ensemble wiring, version pairs, plans and ONNX I/O.
+
+    Exits non-zero with the reasons when anything would stop the ensemble from serving.
+    """
     from plantdx.model_repository.repository import validate_repository
 
     problems = validate_repository(repository)
+    if as_json:
+        typer.echo(json.dumps({"ok": not problems, "problems": problems}, indent=2))
+        if problems:
+            raise typer.Exit(1)
+        return
     if problems:
         for p in problems:
             typer.secho(f"  - {p}", fg=typer.colors.RED, err=True)

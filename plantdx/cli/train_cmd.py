@@ -35,12 +35,36 @@ def train(
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
     seed: int = typer.Option(None, "--seed"),
     num_workers: int = typer.Option(None, "--num-workers"),
-    register_as: str = typer.Option(None, "--register-as", help="Register in the MLflow registry."),
+    weight_decay: float = typer.Option(None, "--weight-decay"),
+    label_smoothing: float = typer.Option(None, "--label-smoothing"),
+    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear LR warm-up."),
+    early_stopping_patience: int = typer.Option(
+        None, "--early-stopping-patience", help="Stop after N epochs without a lower val_loss."
+    ),
+    cache_images: bool = typer.Option(
+        None, "--cache-images/--no-cache-images", help="Decode once into memory, or per access."
+    ),
+    amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA."),
+    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last"),
+    resume: str = typer.Option(
+        None, "--resume", help="Continue RUN_DIR from its last.pt (other flags override)."
+    ),
+    register_as: str = typer.Option(
+        None, "--register-as", help="MLflow registered model name (default plantdx)."
+    ),
+    register: bool = typer.Option(
+        None, "--register/--no-register", help="Register the best model in MLflow."
+    ),
+    alias: str = typer.Option(None, "--alias", help="Point this registry alias at the version."),
+    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment name."),
     mlflow: bool = typer.Option(None, "--mlflow/--no-mlflow", help="Log to MLflow."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Fine-tune a model on an ImageFolder; writes best.pt, last.pt and metrics.json."""
-    from plantdx.training import TrainConfig
+    """Fine-tune a model on an ImageFolder; writes best.pt, last.pt and metrics.json.
+
+    Under `torchrun --nproc_per_node=N` it trains with DistributedDataParallel unchanged.
+    """
+    from plantdx.training import TrainConfig, resume_config
     from plantdx.training import train as run_train
     from plantdx.training.progress import Reporter
 
@@ -62,26 +86,49 @@ def train(
         device=device,
         seed=seed,
         num_workers=num_workers,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        warmup_epochs=warmup_epochs,
+        early_stopping_patience=early_stopping_patience,
+        cache_images=cache_images,
+        amp=amp,
+        channels_last=channels_last,
         register_as=register_as,
+        register=register,
+        register_alias=alias,
+        experiment=experiment,
         mlflow=mlflow,
     )
-    cfg = resolve(TrainConfig, config, overrides)
+    if resume:
+        if config is not None:
+            raise typer.BadParameter("--resume uses the run's config.yaml; drop --config")
+        cfg = resume_config(resume, overrides)
+    else:
+        cfg = resolve(TrainConfig, config, overrides)
     result = run_train(cfg, reporter=Reporter(quiet=quiet))
-    typer.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, default=str))
+    if result.rank == 0:
+        typer.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, default=str))
 
 
 def evaluate(
-    checkpoint: str = typer.Argument(..., help="A checkpoint file or run directory."),
+    checkpoint: str = typer.Argument(
+        ..., help="A checkpoint file, run directory or MLflow models:/ URI."
+    ),
     data: str = typer.Option(None, "--data", help="ImageFolder to evaluate on."),
     split: str = typer.Option("all", "--split", help="all (every image in --data) | test | val"),
-    out: str = typer.Option(None, "--out", help="Write report.json and confusion_matrix.png here."),
+    out: str = typer.Option(
+        None, "--out", help="Folder for report.json and confusion_matrix.png (default eval-SPLIT)."
+    ),
+    device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
 ) -> None:
     """Accuracy, macro-F1, per-class report, confusion matrix and misclassified files."""
     from plantdx.training import EvaluateConfig, evaluate_checkpoint
 
     cfg = resolve(
-        EvaluateConfig, None, _overrides(checkpoint=checkpoint, data=data, split=split, out=out)
+        EvaluateConfig,
+        None,
+        _overrides(checkpoint=checkpoint, data=data, split=split, out=out, device=device),
     )
     if cfg.split == "all" and not cfg.data:
         raise typer.BadParameter("--data is required with --split all")
@@ -102,7 +149,15 @@ def evaluate(
             name, *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1")), str(row["support"])
         )
     Console().print(table)
-    typer.echo(f"{len(report['misclassified'])} misclassified file(s)")
+    wrong = report["misclassified"]
+    typer.echo(f"{len(wrong)} misclassified file(s), most confident first:")
+    for row in wrong[:10]:
+        typer.echo(f"  {row['file']}: {row['true']} → {row['predicted']} ({row['confidence']:.2f})")
+    if report["skipped"]:
+        typer.echo(f"{len(report['skipped'])} unreadable file(s) skipped")
+    typer.echo(
+        f"report: {report['report_json']}, confusion matrix: {report['confusion_matrix_png']}"
+    )
 
 
 def register(app: typer.Typer) -> None:

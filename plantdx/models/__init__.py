@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from plantdx.exceptions import ModelNotFoundError
+from plantdx.exceptions import ConfigError, ModelNotFoundError
 from plantdx.preprocessing import PreprocessMeta
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -36,6 +36,8 @@ class ModelSpec:
     description: str = ""
     # Extra keyword arguments the builder must get again when a checkpoint is rebuilt.
     returns_kwargs: bool = False
+    # Dotted attribute path of the classification head: what trains under --freeze-backbone.
+    head: str = "classifier"
 
     def preprocessing(self, image_size: int | None = None) -> PreprocessMeta:
         return PreprocessMeta(
@@ -91,6 +93,15 @@ def create_model(
         weights=weights,
         **kwargs,
     )
+
+
+def head_module(model: nn.Module, name: str) -> nn.Module:
+    """The classification head of a model built by `create_model(name, ...)`."""
+    path = get_spec(name).head
+    try:
+        return model.get_submodule(path)
+    except AttributeError as exc:
+        raise ModelNotFoundError(f"model {name!r} has no head module {path!r}") from exc
 
 
 def model_kwargs_for_checkpoint(model: nn.Module) -> dict[str, Any]:
@@ -197,6 +208,7 @@ register_model(
         mean=LITE_MEAN,
         std=LITE_STD,
         description="EfficientNet-Lite0, ImageNet-pretrained (offline weights); the default",
+        head="_fc",
     )
 )
 
@@ -213,19 +225,49 @@ _TORCHVISION = {
 }
 
 
-def _replace_head(model: nn.Module, attr: str, num_classes: int) -> None:
+def _last_linear(model: nn.Module, attr: str) -> tuple[nn.Module, str]:
+    """The module that owns the final nn.Linear of the head, and that Linear's name in it."""
     head = getattr(model, attr)
     if isinstance(head, nn.Linear):
-        setattr(model, attr, nn.Linear(head.in_features, num_classes))
-        return
+        return model, attr
     assert isinstance(head, nn.Sequential)
-    last = head[-1]
-    assert isinstance(last, nn.Linear)
-    head[-1] = nn.Linear(last.in_features, num_classes)
+    last = str(len(head) - 1)
+    assert isinstance(head[-1], nn.Linear)
+    return head, last
+
+
+def _replace_head(model: nn.Module, attr: str, num_classes: int) -> None:
+    owner, name = _last_linear(model, attr)
+    old = getattr(owner, name)
+    setattr(owner, name, nn.Linear(old.in_features, num_classes))
 
 
 def torch_hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _load_torchvision_weights(model: nn.Module, name: str, path: Path, head_attr: str) -> None:
+    """ImageNet (or any same-architecture) weights; a head of another size is left out."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(f"{path} is not a readable PyTorch weights file: {exc}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelNotFoundError(f"{path} does not hold a state dict for {name}")
+    own = model.state_dict()
+    head_prefix = f"{head_attr}."
+    misfit = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in misfit}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head_prefix)]
+    misfit = [k for k in misfit if not k.startswith(head_prefix)]  # a head of another size is fine
+    if missing or misfit or result.unexpected_keys:
+        raise ModelNotFoundError(
+            f"{path} does not hold {name} weights (missing {missing[:3]}, other shapes "
+            f"{misfit[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
 
 
 def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
@@ -234,7 +276,7 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
     weights_enum, head_attr = _TORCHVISION[name]
 
     def build(*, num_classes: int, pretrained: bool, image_size: int, weights: Any) -> nn.Module:
-        model = torchvision.models.get_model(name, weights=None, num_classes=1000)
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         if pretrained or weights:
             if weights:
                 path = Path(weights)
@@ -248,16 +290,13 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
                     "pass --weights FILE or put the file there. plantdx never downloads at "
                     "training time and never silently trains from scratch."
                 )
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        if num_classes != 1000:
-            _replace_head(model, head_attr, num_classes)
+            _load_torchvision_weights(model, name, path, head_attr)
         return model
 
     return build
 
 
-for _name in _TORCHVISION:
+for _name, (_, _head) in _TORCHVISION.items():
     register_model(
         ModelSpec(
             _name,
@@ -266,12 +305,15 @@ for _name in _TORCHVISION:
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             description=f"torchvision {_name}",
+            head=_head,
         )
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Vision Transformer from HuggingFace transformers.
+
+VIT_HUB_ID = "google/vit-base-patch16-224"
 
 
 class HFViT(nn.Module):
@@ -295,6 +337,52 @@ TINY_VIT_CONFIG: dict[str, Any] = {
 }
 
 
+def _vit_from_pretrained(weights: Any, num_classes: int) -> Any:
+    """A local HuggingFace directory (--weights DIR), else the offline HuggingFace cache."""
+    from transformers import ViTForImageClassification
+
+    source = str(weights) if weights else VIT_HUB_ID
+    path = Path(source)
+    if path.exists() and not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{path} is not a HuggingFace model directory (no config.json)")
+    try:
+        return ViTForImageClassification.from_pretrained(
+            source, num_labels=num_classes, ignore_mismatched_sizes=True, local_files_only=True
+        )
+    except OSError as exc:
+        hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        raise ModelNotFoundError(
+            f"no pretrained ViT weights: looked for {source!r} as a local directory and in the "
+            f"HuggingFace cache (HF_HOME={hf_home}); pass --weights DIR (a model saved with "
+            "save_pretrained, e.g. google/vit-base-patch16-224). plantdx never downloads at "
+            "training time and never silently trains from scratch."
+        ) from exc
+
+
+def _resize_vit(hf: Any, image_size: int) -> Any:
+    """The same ViT for another input size: position embeddings resampled (bicubic)."""
+    import copy
+
+    from transformers import ViTForImageClassification
+
+    config = copy.deepcopy(hf.config)
+    patch = int(config.patch_size)
+    if image_size % patch:
+        raise ConfigError(f"ViT image size {image_size} is not a multiple of its patch {patch}")
+    config.image_size = image_size
+    resized = ViTForImageClassification(config)
+    state = hf.state_dict()
+    key = "vit.embeddings.position_embeddings"
+    pos = state[key]
+    old = round((pos.shape[1] - 1) ** 0.5)
+    new = image_size // patch
+    grid = pos[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    state[key] = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)], 1)
+    resized.load_state_dict(state)
+    return resized
+
+
 def _build_vit(
     *,
     num_classes: int,
@@ -306,20 +394,11 @@ def _build_vit(
 ) -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
+    hf: Any
     if pretrained or weights:
-        if not weights:
-            raise ModelNotFoundError(
-                "vit --pretrained needs a local HuggingFace model directory (for example a saved "
-                "google/vit-base-patch16-224): pass --weights DIR"
-            )
-        path = Path(weights)
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{path} is not a HuggingFace model directory (no config.json)"
-            )
-        hf = ViTForImageClassification.from_pretrained(
-            str(path), num_labels=num_classes, ignore_mismatched_sizes=True
-        )
+        hf = _vit_from_pretrained(weights, num_classes)
+        if int(hf.config.image_size) != image_size:
+            hf = _resize_vit(hf, image_size)
     else:
         base = dict(TINY_VIT_CONFIG) if tiny else {}
         base.update(hf_config or {})
@@ -347,5 +426,6 @@ register_model(
         std=(0.5, 0.5, 0.5),
         interpolation="bilinear",
         description="Vision Transformer (HuggingFace ViTForImageClassification)",
+        head="vit.classifier",
     )
 )

@@ -1,0 +1,159 @@
+"""Typed results of the plantdx client, and the conversions both clients share."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MODEL = "plantdx"
+INPUT = "IMAGE"
+OUTPUT = "PROBABILITIES"
+
+# A path, encoded bytes or a PIL image (anything with `.save(buffer, format=...)`).
+ImageLike = str | Path | bytes | bytearray | memoryview | Any
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    label: str
+    probability: float
+    index: int
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    confidence: float
+    top_k: list[ClassScore]
+    model_version: str
+    latency_ms: float
+    file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "label": self.label,
+            "confidence": self.confidence,
+            "top_k": [{"label": c.label, "probability": c.probability} for c in self.top_k],
+            "model_version": self.model_version,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+
+@dataclass
+class PredictOutcome:
+    """One input of predict_many: a prediction, or the reason it failed.
+
+    `kind` names the failure: invalid_image, unavailable, timeout, denied, io, failed.
+    """
+
+    source: str
+    prediction: Prediction | None = None
+    error: str | None = None
+    kind: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.prediction is not None:
+            return {**self.prediction.to_dict(), "file": self.source}
+        return {"file": self.source, "error": self.error, "kind": self.kind}
+
+
+@dataclass(frozen=True)
+class ServerHealth:
+    """What the original design's `/health` answered, from Triton's health and model APIs.
+
+    status: "healthy" (live, ready, model ready), "unhealthy" (answers, not ready) or
+    "unreachable" (no answer after the client's retries; `error` says why).
+    """
+
+    status: str
+    live: bool
+    ready: bool
+    model_ready: bool
+    model: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "live": self.live,
+            "ready": self.ready,
+            "model_ready": self.model_ready,
+            "model": self.model,
+            "error": self.error,
+        }
+
+
+def to_bytes(image: ImageLike) -> bytes:
+    """Encoded image bytes for a path, bytes or a PIL image (sent losslessly as PNG)."""
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    if isinstance(image, str | Path):
+        return Path(image).read_bytes()
+    if hasattr(image, "save"):
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+    raise TypeError(f"cannot send {type(image).__name__}: pass a path, bytes or a PIL image")
+
+
+def describe(image: ImageLike, index: int) -> str:
+    """How an input is named in outcomes and error messages."""
+    if isinstance(image, str | Path):
+        return str(image)
+    return f"#{index} <{type(image).__name__}>"
+
+
+def parse_classification(entries: Iterable[bytes | str]) -> list[ClassScore]:
+    """Triton's classification extension answers 'score:index:label' (a label may hold ':')."""
+    out = []
+    for raw in entries:
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        score, index, label = text.split(":", 2)
+        out.append(ClassScore(label=label, probability=float(score), index=int(index)))
+    return out
+
+
+def response_version(response: Any) -> str:
+    """The model version of an HTTP (dict) or gRPC (protobuf) inference response."""
+    if isinstance(response, dict):
+        return str(response.get("model_version", ""))
+    return str(getattr(response, "model_version", ""))
+
+
+def to_prediction(result: Any, latency_ms: float, file: str | None) -> Prediction:
+    scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
+    best = scores[0]
+    return Prediction(
+        label=best.label,
+        confidence=best.probability,
+        top_k=scores,
+        model_version=response_version(result.get_response()),
+        latency_ms=latency_ms,
+        file=file,
+    )
+
+
+def output_count(metadata: Any) -> int:
+    """Number of classes from HTTP (dict) or gRPC (protobuf) model metadata."""
+    outputs = metadata["outputs"] if isinstance(metadata, dict) else metadata.outputs
+    out = outputs[0]
+    shape = out["shape"] if isinstance(out, dict) else list(out.shape)
+    return int(shape[-1])
+
+
+def probe_image() -> bytes:
+    """A small valid PNG, sent by classes() to read the labels through the classification
+    extension (the KServe API has no other way to list them)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 160, 96)).save(buf, format="PNG")
+    return buf.getvalue()

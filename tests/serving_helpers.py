@@ -1,0 +1,131 @@
+"""Helpers for the serving, lifecycle and reliability tests: private repository copies with
+changed configs, servers on free ports, gRPC calls with timeouts, the stub processes."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def copy_repo(src: Path, dest: Path, tweak: Callable[[str, Any], None] | None = None) -> Path:
+    """Copy a repository; `tweak(model_name, config)` may change each composing config."""
+    from plantdx.model_repository.config import parse_pbtxt, to_pbtxt
+
+    shutil.copytree(src, dest)
+    if tweak:
+        for cfg_path in dest.glob("*/config.pbtxt"):
+            cfg = parse_pbtxt(cfg_path.read_text())
+            tweak(cfg_path.parent.name, cfg)
+            cfg_path.write_text(to_pbtxt(cfg))
+    return dest
+
+
+def start_server(repo: Path, log: Path, **kwargs: Any) -> Any:
+    from plantdx.serving.server import TritonServer, free_port
+
+    server = TritonServer(
+        repository=repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+        **kwargs,
+    )
+    return server.start(timeout_s=180)
+
+
+def infer(
+    url: str, images: list[bytes], *, timeout_s: float = 30.0, client: Any = None
+) -> np.ndarray:
+    """Probabilities for one request holding `images` (raises InferenceServerException)."""
+    import tritonclient.grpc as grpcclient
+
+    own = client is None
+    client = client or grpcclient.InferenceServerClient(url)
+    try:
+        inp = grpcclient.InferInput("IMAGE", [len(images), 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
+        result = client.infer("plantdx", [inp], client_timeout=timeout_s)
+        return np.asarray(result.as_numpy("PROBABILITIES"))
+    finally:
+        if own:
+            client.close()
+
+
+def try_infer(url: str, image: bytes, *, timeout_s: float = 30.0, client: Any = None) -> Any:
+    """(probabilities, None) or (None, error text), and never raises."""
+    try:
+        return infer(url, [image], timeout_s=timeout_s, client=client)[0], None
+    except Exception as exc:
+        return None, str(exc)
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes of `pid`, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def stub_pids(server_pid: int, model: str) -> list[int]:
+    """The triton_python_backend_stub processes serving `model` (one per instance)."""
+    pids = []
+    for pid in children(server_pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        is_stub = len(cmd) > 1 and cmd[0].endswith(b"triton_python_backend_stub")
+        if is_stub and f"/{model}/".encode() in cmd[1]:
+            pids.append(pid)
+    return sorted(pids)
+
+
+def alt_checkpoint(source: Path, dest: Path, shift: float = 2.0) -> Path:
+    """The same model with a shifted classifier bias: a new version whose answers differ."""
+    import torch
+
+    from plantdx.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(source)
+    bias_key = next(k for k in ckpt.state_dict if k.endswith("classifier.bias"))
+    bias = ckpt.state_dict[bias_key]
+    ckpt.state_dict = {
+        **ckpt.state_dict,
+        bias_key: bias + torch.linspace(-shift, shift, bias.numel()).reshape(bias.shape),
+    }
+    return save_checkpoint(ckpt, dest)
+
+
+def jpeg(img: Image.Image, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def png(img: Image.Image, **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
