@@ -13,10 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import fake_tensorrt
 import numpy as np
 import pytest
-from export_helpers import snapshot, tiny_checkpoint
 
 from plantdx.data import is_image_file
 from plantdx.exceptions import (
@@ -30,6 +28,9 @@ from plantdx.export import tensorrt as trt_export
 from plantdx.model_repository import config as mcfg
 from plantdx.model_repository.repository import validate_repository
 from plantdx.preprocessing import PreprocessMeta, Preprocessor
+
+import fake_tensorrt
+from export_helpers import snapshot, tiny_checkpoint
 
 
 @pytest.fixture()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import alt_checkpoint, copy_repo, start_server, try_infer
 
 from conftest import onnx_probabilities
+from serving_helpers import alt_checkpoint, copy_repo, start_server, try_infer
 
 pytestmark = pytest.mark.triton
 

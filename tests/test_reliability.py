@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from serving_helpers import jpeg, png, start_server, stub_pids, try_infer, wait_until
 from test_serving import _png_header_only
 
 from conftest import onnx_probabilities
+from serving_helpers import jpeg, png, start_server, stub_pids, try_infer, wait_until
 
 pytestmark = pytest.mark.triton
 

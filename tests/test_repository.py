@@ -11,7 +11,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from export_helpers import snapshot, tiny_checkpoint
 
 from plantdx.exceptions import ExportError, RepositoryError
 from plantdx.export import ExportConfig, export
@@ -22,6 +21,8 @@ from plantdx.model_repository.repository import (
     list_repository,
     validate_repository,
 )
+
+from export_helpers import snapshot, tiny_checkpoint
 
 EXPORT = sys.modules["plantdx.export.export"]
 KIND_CPU = mcfg.mc.ModelInstanceGroup.KIND_CPU

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import onnx_probabilities, wait_for
 from serving_helpers import (
     copy_repo,
     infer,
@@ -26,8 +28,6 @@ from serving_helpers import (
     try_infer,
     wait_until,
 )
-
-from conftest import onnx_probabilities, wait_for
 
 pytestmark = pytest.mark.triton
 
