@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,10 @@ from plantdx.exceptions import ExportError, ParityError
 from plantdx.model_repository.names import ONNX_INPUT, ONNX_OUTPUT
 
 DEFAULT_OPSET = 17
+
+# torch.onnx keeps its export state in module globals: two exports in one process at once
+# fail with "GLOBALS.in_onnx_export must be False".
+_EXPORT_LOCK = threading.Lock()
 
 
 def export_onnx(
@@ -30,7 +35,7 @@ def export_onnx(
     path = Path(path)
     model = model.eval().to(memory_format=torch.contiguous_format)
     dummy = torch.zeros(2, 3, image_size, image_size)
-    with warnings.catch_warnings():
+    with _EXPORT_LOCK, warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which takes 15 s here and
         # writes external weights; the classic exporter is exact for these CNNs and ViTs.
         warnings.simplefilter("ignore")

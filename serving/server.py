@@ -302,21 +302,20 @@ class TritonServer:
         suspects: set[int] = set()
         while self.is_alive() and not self._stopping.is_set():
             known.update(self._stubs())
-            dead = {pid for pid in known if _process_state(pid) in ("Z", None)}
-            # A stub Triton stops on purpose is reaped at once; one still dead a scan later
-            # was killed behind Triton's back.
-            confirmed = dead & suspects
-            suspects = dead - confirmed
+            # Triton reaps the stubs it stops (unload, reload, failed load) with a blocking
+            # waitpid, so they vanish; a stub killed behind its back stays a zombie until the
+            # model is reloaded. Only a zombie seen on two scans in a row counts as dead.
+            zombies = {pid for pid in known if _process_state(pid) == "Z"}
+            confirmed = zombies & suspects
+            suspects = zombies - confirmed
             if confirmed:
-                # Stubs of a version that failed to load or is being unloaded die on purpose
-                # (and may be reaped late on a busy machine): only a READY version's stub counts.
                 ready = self._ready_versions() or set()
                 for model in sorted({known[pid][0] for pid in confirmed if known[pid] in ready}):
                     if not self._stopping.is_set():
                         self._reload(model)
             for pid in confirmed:
                 known.pop(pid, None)
-            for pid in [p for p in known if _process_state(p) is None and p not in suspects]:
+            for pid in [p for p in known if _process_state(p) is None]:
                 known.pop(pid, None)
             time.sleep(interval_s)
 
