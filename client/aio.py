@@ -10,32 +10,27 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from plantdx.exceptions import ClientError, ServerUnavailableError
 
+from .base import ClientBase, health_of, not_sent, source_name
 from .client import OnResult
-from .options import ClientOptions, Protocol, classify, error_kind, to_error
+from .options import Protocol, classify, error_kind, to_error
 from .results import (
-    INPUT,
-    OUTPUT,
     ImageLike,
     Prediction,
     PredictOutcome,
     ServerHealth,
     describe,
     output_count,
-    parse_classification,
     probe_image,
     to_bytes,
     to_prediction,
 )
 
 
-class AsyncPlantDxClient:
+class AsyncPlantDxClient(ClientBase):
     """`async with AsyncPlantDxClient(url, "grpc") as c: await c.predict(path)`."""
 
     def __init__(
@@ -43,68 +38,19 @@ class AsyncPlantDxClient:
         url: str = "localhost:8000",
         protocol: Protocol = "http",
         *,
-        timeout: float = 30.0,
-        retries: int = 3,
-        backoff_s: float = 0.2,
-        max_backoff_s: float = 5.0,
-        model: str = "plantdx",
-        model_version: str = "",
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        insecure: bool = False,
-        headers: dict[str, str] | None = None,
         max_connections: int = 100,
+        **options: Any,
     ) -> None:
-        self.options = ClientOptions.create(
-            url,
-            protocol,
-            timeout=timeout,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_backoff_s=max_backoff_s,
-            model=model,
-            model_version=model_version,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            insecure=insecure,
-            headers=headers,
-        )
+        """The options of PlantDxClient, and aiohttp's connection-pool size for HTTP."""
+        super().__init__(url, protocol, **options)
         self.max_connections = max_connections
-        self._client: Any = None
-        self._labels: list[str] | None = None
 
-    @property
-    def url(self) -> str:
-        return self.options.url
-
-    @property
-    def protocol(self) -> str:
-        return self.options.protocol
-
-    def _module(self) -> Any:
-        if self.options.protocol == "grpc":
-            import tritonclient.grpc.aio as grpcaio
-
-            return grpcaio
-        import tritonclient.http.aio as httpaio
-
-        return httpaio
+    _MODULE_SUFFIX = ".aio"
 
     def _connect(self) -> Any:
         o = self.options
         if o.protocol == "grpc":
-            return self._module().InferenceServerClient(
-                o.url,
-                ssl=o.ssl,
-                root_certificates=o.root_certificates,
-                private_key=o.private_key,
-                certificate_chain=o.certificate_chain,
-                channel_args=o.grpc_channel_args(),
-            )
+            return self._grpc_client()
         # aiohttp's total timeout covers connect, send and the whole answer of every request.
         return self._module().InferenceServerClient(
             o.url,
@@ -113,11 +59,6 @@ class AsyncPlantDxClient:
             ssl=o.ssl,
             ssl_context=o.ssl_context() if o.ssl else None,
         )
-
-    def _raw(self) -> Any:
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -135,8 +76,7 @@ class AsyncPlantDxClient:
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         o = self.options
         delays = o.delays()
-        if o.protocol == "grpc":
-            kwargs["client_timeout"] = o.timeout
+        kwargs = self._call_kwargs(kwargs)
         attempt = 0
         while True:
             attempt += 1
@@ -159,8 +99,7 @@ class AsyncPlantDxClient:
             )
         except ServerUnavailableError as exc:
             return ServerHealth("unreachable", False, False, False, model, error=str(exc))
-        status = "healthy" if live and ready and model_ready else "unhealthy"
-        return ServerHealth(status, live, ready, model_ready, model)
+        return health_of(live, ready, model_ready, model)
 
     async def num_classes(self) -> int:
         meta = await self._call(
@@ -170,23 +109,12 @@ class AsyncPlantDxClient:
 
     async def classes(self) -> list[str]:
         if self._labels is None:
-            result = await self.infer([probe_image()], class_count=await self.num_classes())
-            scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
-            self._labels = [s.label for s in sorted(scores, key=lambda s: s.index)]
+            count = await self.num_classes()
+            return self._remember_labels(await self.infer([probe_image()], class_count=count))
         return list(self._labels)
 
     async def infer(self, images: Sequence[bytes], *, class_count: int = 0) -> Any:
-        m = self._module()
-        inp = m.InferInput(INPUT, [len(images), 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
-        out = m.InferRequestedOutput(OUTPUT, class_count=class_count)
-        return await self._call(
-            "infer",
-            self.options.model,
-            [inp],
-            model_version=self.options.model_version,
-            outputs=[out],
-        )
+        return await self._call("infer", **self._infer_request(images, class_count))
 
     async def predict(self, image: ImageLike, *, top_k: int = 3) -> Prediction:
         if top_k < 1:
@@ -195,7 +123,7 @@ class AsyncPlantDxClient:
         start = time.perf_counter()
         result = await self.infer([data], class_count=top_k)
         latency = (time.perf_counter() - start) * 1000
-        return to_prediction(result, latency, str(image) if isinstance(image, str | Path) else None)
+        return to_prediction(result, latency, source_name(image))
 
     async def predict_many(
         self,
@@ -214,10 +142,9 @@ class AsyncPlantDxClient:
         async def work() -> None:
             for i in next_index:
                 source = describe(images[i], i)
-                if down:
-                    outcome = PredictOutcome(
-                        source, error=f"not sent: {down[0]}", kind="unavailable"
-                    )
+                skipped = not_sent(images[i], i, down)
+                if skipped is not None:
+                    outcome = skipped
                 else:
                     try:
                         outcome = PredictOutcome(source, await self.predict(images[i], top_k=top_k))

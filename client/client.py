@@ -7,24 +7,19 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from plantdx.exceptions import ClientError, ServerUnavailableError
 
-from .options import ClientOptions, Protocol, classify, error_kind, to_error
+from .base import ClientBase, health_of, not_sent, source_name
+from .options import ClientOptions, classify, error_kind, to_error
 from .results import (
-    INPUT,
-    OUTPUT,
     ImageLike,
     Prediction,
     PredictOutcome,
     ServerHealth,
     describe,
     output_count,
-    parse_classification,
     probe_image,
     to_bytes,
     to_prediction,
@@ -33,50 +28,13 @@ from .results import (
 OnResult = Callable[[PredictOutcome], None]
 
 
-class PlantDxClient:
+class PlantDxClient(ClientBase):
     """A typed layer over tritonclient for the `plantdx` ensemble.
 
     One client holds one connection and is meant for one thread (tritonclient's HTTP client
     is gevent-based); `predict_many` gives each of its worker threads a client of its own.
     Only unavailable-server errors are retried, with capped exponential backoff.
     """
-
-    def __init__(
-        self,
-        url: str = "localhost:8000",
-        protocol: Protocol = "http",
-        *,
-        timeout: float = 30.0,
-        retries: int = 3,
-        backoff_s: float = 0.2,
-        max_backoff_s: float = 5.0,
-        model: str = "plantdx",
-        model_version: str = "",
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        insecure: bool = False,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.options = ClientOptions.create(
-            url,
-            protocol,
-            timeout=timeout,
-            retries=retries,
-            backoff_s=backoff_s,
-            max_backoff_s=max_backoff_s,
-            model=model,
-            model_version=model_version,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            insecure=insecure,
-            headers=headers,
-        )
-        self._client: Any = None
-        self._labels: list[str] | None = None
 
     @classmethod
     def from_options(cls, options: ClientOptions) -> PlantDxClient:
@@ -86,35 +44,13 @@ class PlantDxClient:
         client._labels = None
         return client
 
-    @property
-    def url(self) -> str:
-        return self.options.url
-
-    @property
-    def protocol(self) -> str:
-        return self.options.protocol
-
     # -- connection -----------------------------------------------------------------------
-    def _module(self) -> Any:
-        if self.options.protocol == "grpc":
-            import tritonclient.grpc as grpcclient
-
-            return grpcclient
-        import tritonclient.http as httpclient
-
-        return httpclient
+    _MODULE_SUFFIX = ""
 
     def _connect(self) -> Any:
         o = self.options
         if o.protocol == "grpc":
-            return self._module().InferenceServerClient(
-                o.url,
-                ssl=o.ssl,
-                root_certificates=o.root_certificates,
-                private_key=o.private_key,
-                certificate_chain=o.certificate_chain,
-                channel_args=o.grpc_channel_args(),
-            )
+            return self._grpc_client()
         # The HTTP client's timeouts are per connection: they bound connect and every read.
         return self._module().InferenceServerClient(
             o.url,
@@ -124,11 +60,6 @@ class PlantDxClient:
             ssl_options=o.http_ssl_options() or None,
             insecure=o.insecure,
         )
-
-    def _raw(self) -> Any:
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
 
     def close(self) -> None:
         if self._client is not None:
@@ -150,8 +81,7 @@ class PlantDxClient:
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         o = self.options
         delays = o.delays()
-        if o.protocol == "grpc":
-            kwargs["client_timeout"] = o.timeout
+        kwargs = self._call_kwargs(kwargs)
         attempt = 0
         while True:
             attempt += 1
@@ -179,8 +109,7 @@ class PlantDxClient:
             model_ready = bool(self._call("is_model_ready", model, self.options.model_version))
         except ServerUnavailableError as exc:
             return ServerHealth("unreachable", False, False, False, model, error=str(exc))
-        status = "healthy" if live and ready and model_ready else "unhealthy"
-        return ServerHealth(status, live, ready, model_ready, model)
+        return health_of(live, ready, model_ready, model)
 
     def num_classes(self) -> int:
         meta = self._call("get_model_metadata", self.options.model, self.options.model_version)
@@ -189,9 +118,9 @@ class PlantDxClient:
     def classes(self) -> list[str]:
         """Class names in output order, from the server's classification extension."""
         if self._labels is None:
-            result = self.infer([probe_image()], class_count=self.num_classes())
-            scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
-            self._labels = [s.label for s in sorted(scores, key=lambda s: s.index)]
+            return self._remember_labels(
+                self.infer([probe_image()], class_count=self.num_classes())
+            )
         return list(self._labels)
 
     # -- inference ------------------------------------------------------------------------
@@ -201,17 +130,7 @@ class PlantDxClient:
         class_count > 0 asks for the classification extension's top classes with labels;
         0 returns the raw probabilities.
         """
-        m = self._module()
-        inp = m.InferInput(INPUT, [len(images), 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
-        out = m.InferRequestedOutput(OUTPUT, class_count=class_count)
-        return self._call(
-            "infer",
-            self.options.model,
-            [inp],
-            model_version=self.options.model_version,
-            outputs=[out],
-        )
+        return self._call("infer", **self._infer_request(images, class_count))
 
     def predict(self, image: ImageLike, *, top_k: int = 3) -> Prediction:
         """Classify one image (a path, encoded bytes or a PIL image)."""
@@ -221,7 +140,7 @@ class PlantDxClient:
         start = time.perf_counter()
         result = self.infer([data], class_count=top_k)
         latency = (time.perf_counter() - start) * 1000
-        return to_prediction(result, latency, str(image) if isinstance(image, str | Path) else None)
+        return to_prediction(result, latency, source_name(image))
 
     def predict_many(
         self,
@@ -270,9 +189,10 @@ class PlantDxClient:
 def _outcome(
     client: PlantDxClient, image: ImageLike, index: int, top_k: int, down: list[str]
 ) -> PredictOutcome:
+    skipped = not_sent(image, index, down)
+    if skipped is not None:
+        return skipped
     source = describe(image, index)
-    if down:
-        return PredictOutcome(source, error=f"not sent: {down[0]}", kind="unavailable")
     try:
         return PredictOutcome(source, client.predict(image, top_k=top_k))
     except (ClientError, OSError, TypeError) as exc:

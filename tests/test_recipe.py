@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+from plantdx.config import resolve, to_dict
 from plantdx.training.config import AugmentConfig, TrainConfig
 from plantdx.training.data import GroundBank, build_augment, paste_on_ground, random_ground
 
@@ -103,6 +107,43 @@ def test_planned_epochs_fit_the_budget(
         assert overhead + reserve + (n + 1) * per_epoch > budget * 60
 
 
+def _simulate(
+    cfg: TrainConfig, times: list[float], estimate: float, start: float, reserve: float
+) -> tuple[int, float]:
+    """The budgeted loop of train.py on a clock: (epochs run, seconds at the end)."""
+    from plantdx.training.train import plan_epochs, replan_epochs
+
+    planned = plan_epochs(cfg, estimate, start + reserve)
+    spent, done, seen = start, 0, []
+    while done < planned:
+        seen.append(times[min(done, len(times) - 1)])
+        spent += seen[-1]
+        done += 1
+        if done >= planned:
+            break
+        planned = replan_epochs(cfg, done, seen, spent + reserve)
+    return done, spent + reserve
+
+
+@pytest.mark.parametrize("estimate_error", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("pace", [20.0, 61.0, 150.0])
+def test_replanning_uses_the_budget_without_overrunning(pace: float, estimate_error: float) -> None:
+    cfg = TrainConfig(time_budget_min=18.0, epochs=40)
+    done, end = _simulate(cfg, [pace], pace * estimate_error, start=25.0, reserve=50.0)
+    assert end <= 18 * 60
+    assert done == 40 or 18 * 60 - end < pace  # less than an epoch left unused
+
+
+def test_replanning_follows_the_machine() -> None:
+    cfg = TrainConfig(time_budget_min=18.0, epochs=40)
+    # Slow while other work shares the CPU, then fast: the run grows to use the time.
+    done, end = _simulate(cfg, [140, 200, 80, 70], 190, start=10, reserve=50)
+    assert end <= 18 * 60 and 18 * 60 - end < 70 and done > 7
+    # Fast, then three times slower from epoch 4 on: it stops early, within one slow epoch.
+    done, end = _simulate(cfg, [60, 60, 60, 180], 60, start=10, reserve=50)
+    assert end <= 18 * 60 + (180 - 60) and done < 16
+
+
 def test_no_budget_means_the_epochs_asked_for() -> None:
     from plantdx.training.train import plan_epochs
 
@@ -167,4 +208,63 @@ def test_freeze_stem_leaves_other_models_alone() -> None:
     assert freeze_stem(tiny, 3) == []
     assert all(p.requires_grad for p in tiny.parameters())
     lite = create_model("efficientnet_lite0", num_classes=3, pretrained=False, image_size=64)
-    assert freeze_stem(lite, None) == []
+    assert freeze_stem(lite, None) == [] and freeze_stem(lite, -1) == []
+    assert all(p.requires_grad for p in lite.parameters())
+
+
+def test_freeze_blocks_flag_reaches_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import plantdx.training
+    from plantdx.cli import app
+
+    seen: list[TrainConfig] = []
+
+    def fake_train(cfg: TrainConfig, **_: Any) -> Any:
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(plantdx.training, "train", fake_train)
+    for flag, want in (([], 3), (["--freeze-blocks", "-1"], -1), (["--freeze-blocks", "5"], 5)):
+        seen.clear()
+        CliRunner().invoke(app, ["train", "--data", str(tmp_path), *flag])
+        assert seen and seen[0].freeze_blocks == want, flag
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe as documented
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_default_yaml_is_exactly_the_defaults() -> None:
+    assert resolve(TrainConfig, ROOT / "plantdx/configs/default.yaml") == TrainConfig()
+
+
+def test_plain_yaml_is_the_plain_fine_tune() -> None:
+    plain = resolve(TrainConfig, ROOT / "plantdx/configs/plain.yaml")
+    assert (plain.image_size, plain.epochs, plain.time_budget_min) == (192, 8, None)
+    assert plain.freeze_blocks is None
+    assert plain.augment.field_p == plain.augment.zoom_p == 0.0
+
+
+def test_benchmarks_state_the_defaults() -> None:
+    """Every row of the recipe table in BENCHMARKS.md matches TrainConfig()."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    section = text.split("### Accuracy", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", section, flags=re.M)
+    assert len(rows) >= 10, "the recipe table in BENCHMARKS.md (### Accuracy) is missing"
+    defaults = _flat(to_dict(TrainConfig()))
+    for key, value in rows:
+        assert key in defaults, f"BENCHMARKS.md names an unknown option {key}"
+        assert yaml.safe_load(value) == defaults[key], f"{key}: BENCHMARKS.md says {value}"

@@ -41,12 +41,13 @@ class TrainConfig:
     model: str = "efficientnet_lite0"
     pretrained: bool = True
     weights: str | None = None
-    image_size: int | None = 192
+    image_size: int | None = 160
     # The most epochs; on a GPU (no time budget there) exactly this many.
     epochs: int = 20
     # On a CPU, plan the epochs so the whole run (decoding, training, validation, test pass,
-    # MLflow) fits this many minutes; re-planned from the first epoch's measured time, and cut
-    # short if the machine slows down. None or 0: no limit. Ignored on a GPU.
+    # MLflow) fits this many minutes; re-planned after every epoch from the measured epoch
+    # times (more epochs if the machine is faster, fewer if it slows down). None or 0: no limit.
+    # Ignored on a GPU.
     time_budget_min: float | None = 18.0
     batch_size: int = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
@@ -61,7 +62,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     # Keep the stem and the first N blocks of an EfficientNet frozen for the whole run (weights
     # and BatchNorm statistics): no backward pass through the early high-resolution layers,
-    # which roughly halves a CPU training step. None: train every layer. Models without a
+    # which roughly halves a CPU training step. None or -1: train every layer. Models without a
     # stem/blocks layout (test_tiny, vit) ignore it.
     freeze_blocks: int | None = 3
     unfreeze_after: int | None = None

@@ -145,6 +145,15 @@ def reschedule(
     return fresh
 
 
+def replan_epochs(cfg: TrainConfig, done: int, epoch_s: list[float], spent_s: float) -> int:
+    """Epochs in all once `done` have run and `spent_s` seconds (reserve for the end included)
+    are gone: as many more as fit at the recent pace (the median of the last three epochs, or
+    the last one if it was slower), never more than cfg.epochs; `done` means stop now."""
+    pace = max(float(np.median(epoch_s[-3:])), epoch_s[-1], 1e-6)
+    left = float(cfg.time_budget_min or 0) * 60 - spent_s
+    return int(min(cfg.epochs, done + max(0, math.floor(left / pace))))
+
+
 def plan_epochs(cfg: TrainConfig, seconds_per_epoch: float, overhead_s: float) -> int:
     """Epochs that fit the time budget (at least one), never more than cfg.epochs."""
     if not cfg.time_budget_min or cfg.time_budget_min <= 0:
@@ -179,9 +188,9 @@ def set_backbone_frozen(model: nn.Module, name: str, frozen: bool) -> list[nn.Mo
 def freeze_stem(model: nn.Module, blocks: int | None) -> list[nn.Module]:
     """Freeze the stem and the first `blocks` blocks of an EfficientNet-style model (`_conv_stem`,
     `_bn0`, `_blocks`); returns their norm layers, which must stay in eval mode. Other models,
-    or `blocks` None, are left alone."""
+    or `blocks` None or negative, are left alone."""
     layers = getattr(model, "_blocks", None)
-    if blocks is None or layers is None or not hasattr(model, "_conv_stem"):
+    if blocks is None or blocks < 0 or layers is None or not hasattr(model, "_conv_stem"):
         return []
     stem = cast(nn.Module, model._conv_stem)
     parts: list[nn.Module] = [stem, getattr(model, "_bn0", nn.Identity())]
@@ -413,6 +422,7 @@ class _Run:
     def _planned_epochs(self) -> int:
         cfg = self.cfg
         self.eval_s_per_img = 0.0
+        self.epoch_times: list[float] = []
         if not self.budgeted:
             return cfg.epochs
         sec_per_img = _measure_step_time(
@@ -465,27 +475,26 @@ class _Run:
                 self._keep_to_budget(epoch, time.perf_counter() - epoch_started)
 
     def _keep_to_budget(self, epoch: int, epoch_s: float) -> None:
-        """Re-plan from the first epoch's measured time (augmentation, validation, checkpoints
-        included, which the step-time estimate leaves out), then stop early if the machine
-        slows down so much that the next epoch would overrun the budget."""
+        """After every epoch, re-plan the rest of the run from the measured epoch times
+        (augmentation, validation and checkpoints included, which the step-time estimate leaves
+        out): more epochs when the machine is faster than estimated, fewer (down to stopping
+        now) when it is slower. The cosine schedule is stretched or squeezed to the new plan."""
         cfg, st = self.cfg, self.state
-        elapsed = time.perf_counter() - self.started
-        reserve = self._finish_reserve()
-        if epoch == 1:
-            epochs = plan_epochs(cfg, epoch_s, elapsed - epoch_s + reserve)
-            epochs = int(self.dist.broadcast(epochs))
-            if epochs != st.epochs:
-                self.rep.info(f"time budget: {epochs} epoch(s) of {epoch_s:.0f} s as measured")
-                st.epochs = epochs
-                self.scheduler = reschedule(self.scheduler, self.optimizer, cfg, self.steps, epochs)
+        self.epoch_times.append(epoch_s)
+        if epoch >= st.epochs:  # the schedule has run out: the run ends as planned
             return
-        budget_s = float(cfg.time_budget_min or 0) * 60
-        overrun = bool(self.dist.broadcast(elapsed + epoch_s + reserve > budget_s))
-        if overrun and epoch < st.epochs:
-            self.rep.warn(
-                f"time budget: stopping after epoch {epoch}/{st.epochs}, the next would overrun"
-            )
+        elapsed = time.perf_counter() - self.started
+        epochs = replan_epochs(cfg, epoch, self.epoch_times, elapsed + self._finish_reserve())
+        epochs = int(self.dist.broadcast(epochs))
+        if epochs == st.epochs:
+            return
+        if epochs <= epoch:
+            self.rep.warn(f"time budget: stopping after epoch {epoch}/{st.epochs}")
             st.epochs = epoch
+            return
+        self.rep.info(f"time budget: {epochs} epoch(s) at the measured {epoch_s:.0f} s/epoch")
+        st.epochs = epochs
+        self.scheduler = reschedule(self.scheduler, self.optimizer, cfg, self.steps, epochs)
 
     def _apply_freezing(self, epoch: int) -> None:
         frozen = backbone_frozen(self.cfg, epoch)

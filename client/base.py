@@ -1,0 +1,136 @@
+"""What the blocking and the asyncio clients share: options, the connection's arguments, how a
+request is built and how its answers are read. Only the calls themselves differ."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .options import ClientOptions, Protocol
+from .results import (
+    INPUT,
+    OUTPUT,
+    ImageLike,
+    PredictOutcome,
+    ServerHealth,
+    describe,
+    parse_classification,
+)
+
+
+class ClientBase:
+    """Options and request building; subclasses add the blocking or awaitable calls."""
+
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        protocol: Protocol = "http",
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        model: str = "plantdx",
+        model_version: str = "",
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        insecure: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.options = ClientOptions.create(
+            url,
+            protocol,
+            timeout=timeout,
+            retries=retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            model=model,
+            model_version=model_version,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            insecure=insecure,
+            headers=headers,
+        )
+        self._client: Any = None
+        self._labels: list[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.options.url
+
+    @property
+    def protocol(self) -> str:
+        return self.options.protocol
+
+    # tritonclient's module for each protocol: blocking or asyncio.
+    _MODULE_SUFFIX: ClassVar[str] = ""
+
+    def _module(self) -> Any:
+        return importlib.import_module(f"tritonclient.{self.options.protocol}{self._MODULE_SUFFIX}")
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def _raw(self) -> Any:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def _grpc_client(self) -> Any:
+        o = self.options
+        return self._module().InferenceServerClient(
+            o.url,
+            ssl=o.ssl,
+            root_certificates=o.root_certificates,
+            private_key=o.private_key,
+            certificate_chain=o.certificate_chain,
+            channel_args=o.grpc_channel_args(),
+        )
+
+    def _call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.options.protocol == "grpc":
+            kwargs["client_timeout"] = self.options.timeout
+        return kwargs
+
+    def _infer_request(self, images: Sequence[bytes], class_count: int) -> dict[str, Any]:
+        """The arguments of tritonclient's `infer` for one batch of encoded images."""
+        m = self._module()
+        inp = m.InferInput(INPUT, [len(images), 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
+        return {
+            "model_name": self.options.model,
+            "inputs": [inp],
+            "model_version": self.options.model_version,
+            "outputs": [m.InferRequestedOutput(OUTPUT, class_count=class_count)],
+        }
+
+    def _remember_labels(self, result: Any) -> list[str]:
+        scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
+        self._labels = [s.label for s in sorted(scores, key=lambda s: s.index)]
+        return list(self._labels)
+
+
+def health_of(live: bool, ready: bool, model_ready: bool, model: str) -> ServerHealth:
+    status = "healthy" if live and ready and model_ready else "unhealthy"
+    return ServerHealth(status, live, ready, model_ready, model)
+
+
+def not_sent(image: ImageLike, index: int, down: list[str]) -> PredictOutcome | None:
+    """Once the server is known to be unreachable, the images not yet sent fail with that."""
+    if down:
+        return PredictOutcome(
+            describe(image, index), error=f"not sent: {down[0]}", kind="unavailable"
+        )
+    return None
+
+
+def source_name(image: ImageLike) -> str | None:
+    return str(image) if isinstance(image, str | Path) else None
