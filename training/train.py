@@ -267,6 +267,7 @@ class _Run:
         self.started = time.perf_counter()
         self.tracker: RunTracker | None = None
         self.state = LoopState()
+        self.epoch_times: list[float] = []  # measured, for re-planning under a time budget
 
     def run(self) -> TrainResult:
         cfg = self.cfg
@@ -422,7 +423,6 @@ class _Run:
     def _planned_epochs(self) -> int:
         cfg = self.cfg
         self.eval_s_per_img = 0.0
-        self.epoch_times: list[float] = []
         if not self.budgeted:
             return cfg.epochs
         sec_per_img = _measure_step_time(
