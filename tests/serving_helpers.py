@@ -5,13 +5,30 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR announcing width × height, with one tiny IDAT."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = b"IDAT" + zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + ihdr
+        + struct.pack(">I", zlib.crc32(ihdr))
+        + struct.pack(">I", len(idat) - 4)
+        + idat
+        + struct.pack(">I", zlib.crc32(idat))
+    )
 
 
 def copy_repo(src: Path, dest: Path, tweak: Callable[[str, Any], None] | None = None) -> Path:

@@ -11,6 +11,8 @@ from PIL import Image
 from plantdx.exceptions import PreprocessError
 from plantdx.preprocessing import PreprocessMeta, Preprocessor, open_image
 
+from serving_helpers import png_header_only
+
 META = PreprocessMeta(image_size=64, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 
 
@@ -99,21 +101,7 @@ def test_limits() -> None:
         open_image(b"\xff" * (21 * 1024 * 1024))
     assert err.value.reason == "too_large"
     # A PNG header that announces 10000 x 10000 pixels: refused before decoding.
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", 10000, 10000, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    idat = b"IDAT" + zlib.compress(b"\x00" * 64)
-    bomb = (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + chunk
-        + struct.pack(">I", zlib.crc32(chunk))
-        + struct.pack(">I", len(idat) - 4)
-        + idat
-        + struct.pack(">I", zlib.crc32(idat))
-    )
+    bomb = png_header_only(10000, 10000)
     with pytest.raises(PreprocessError) as err:
         open_image(bomb)
     assert err.value.reason == "too_many_pixels"
@@ -205,20 +193,7 @@ def test_preprocess_bench_measures_both_in_one_run(mini_photos) -> None:
 
 def test_bomb_between_one_and_two_times_the_limit_is_refused_by_its_reason() -> None:
     """Pillow only warns below twice its limit; that must still be too_many_pixels."""
-    import struct
-    import zlib
-
-    ihdr = b"IHDR" + struct.pack(">IIBBBBB", 8000, 6000, 8, 2, 0, 0, 0)
-    idat = b"IDAT" + zlib.compress(b"\x00" * 64)
-    data = (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + ihdr
-        + struct.pack(">I", zlib.crc32(ihdr))
-        + struct.pack(">I", len(idat) - 4)
-        + idat
-        + struct.pack(">I", zlib.crc32(idat))
-    )
+    data = png_header_only(8000, 6000)
     with pytest.raises(PreprocessError) as err:
         open_image(data)
     assert err.value.reason == "too_many_pixels"

@@ -5,11 +5,9 @@ graceful shutdown. Every test talks to a real Triton server."""
 from __future__ import annotations
 
 import io
-import struct
 import threading
 import time
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +21,7 @@ from serving_helpers import (
     copy_repo,
     infer,
     png,
+    png_header_only,
     start_server,
     stub_pids,
     try_infer,
@@ -32,21 +31,6 @@ from serving_helpers import (
 pytestmark = pytest.mark.triton
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A valid PNG signature and IHDR announcing width × height, with one tiny IDAT."""
-    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = b"IDAT" + zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", 13)
-        + ihdr
-        + struct.pack(">I", zlib.crc32(ihdr))
-        + struct.pack(">I", len(idat) - 4)
-        + idat
-        + struct.pack(">I", zlib.crc32(idat))
-    )
-
-
 def limit_cases(photo: bytes) -> dict[str, bytes]:
     """One input per limit, keyed by the rejection reason it must produce."""
     return {
@@ -54,7 +38,7 @@ def limit_cases(photo: bytes) -> dict[str, bytes]:
         "not_an_image": b"<!doctype html><html><body>404</body></html>",
         "truncated": photo[: len(photo) // 2],
         "too_large": b"\xff\xd8\xff\xe0" + b"\x00" * (21 * 1024 * 1024),
-        "too_many_pixels": _png_header_only(8000, 6000),
+        "too_many_pixels": png_header_only(8000, 6000),
         "too_small": png(Image.new("RGB", (31, 200), (0, 128, 0))),
     }
 
