@@ -19,10 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_serving import _png_header_only
 
 from conftest import onnx_probabilities
-from serving_helpers import jpeg, png, start_server, stub_pids, try_infer, wait_until
+from serving_helpers import (
+    jpeg,
+    png,
+    png_header_only,
+    start_server,
+    stub_pids,
+    try_infer,
+    wait_until,
+)
 
 pytestmark = pytest.mark.triton
 
@@ -56,8 +63,8 @@ def malformed_corpus(photo: bytes) -> dict[str, bytes]:
         "1x1 jpeg": jpeg(Image.new("RGB", (1, 1), (0, 255, 0))),
         "31x31 jpeg": jpeg(small.resize((31, 31))),
         "strip 2000x10 png": png(Image.new("RGB", (2000, 10), (0, 90, 0))),
-        "png announcing 10000x10000": _png_header_only(10000, 10000),
-        "png announcing 7000x6000": _png_header_only(7000, 6000),
+        "png announcing 10000x10000": png_header_only(10000, 10000),
+        "png announcing 7000x6000": png_header_only(7000, 6000),
         "jpeg announcing 60000x60000": _jpeg_announcing(photo, 60000, 60000),
         "over 20 MiB": b"\xff\xd8\xff\xe0" + rng.bytes(20 * 1024 * 1024 + 10),
     }
