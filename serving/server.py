@@ -270,7 +270,7 @@ class TritonServer:
         return self
 
     # -- stub watchdog -----------------------------------------------------------------------
-    def _stubs(self) -> dict[int, tuple[str, str]]:
+    def stubs(self) -> dict[int, tuple[str, str]]:
         """Live Python-backend stubs of this server: pid → (model, version)."""
         out = {}
         for pid in _children(self.pid or -1):
@@ -301,7 +301,7 @@ class TritonServer:
         known: dict[int, tuple[str, str]] = {}
         suspects: set[int] = set()
         while self.is_alive() and not self._stopping.is_set():
-            known.update(self._stubs())
+            known.update(self.stubs())
             # Triton reaps the stubs it stops (unload, reload, failed load) with a blocking
             # waitpid, so they vanish; a stub killed behind its back stays a zombie until the
             # model is reloaded. Only a zombie seen on two scans in a row counts as dead.

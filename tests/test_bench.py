@@ -294,3 +294,41 @@ def test_cpu_monitor_counts_processes_outside_the_tree(tmp_path: Path) -> None:
     assert foreign and 0.2 < foreign[0] < 2.5, report  # 1.5 s of a shared core at most
     assert not any(f"ours-{tag}" in cmd for cmd in by_cmd)
     assert report["foreign_cpu_s"] >= foreign[0]
+
+
+# -- scripts/serving_profile.py: Triton statistics and CPU per served image ----------------------
+def test_profile_arithmetic_is_per_request_and_per_image() -> None:
+    from plantdx.serving.profile import cpu_per_image, stats_delta
+
+    zero = {k: 0 for k in ("success", "queue", "compute_input", "compute_infer", "compute_output")}
+    before = {"m": {**zero, "requests": 10, "executions": 10, "inferences": 10, "queue": 5_000}}
+    after = {
+        "m": {**zero, "requests": 30, "executions": 15, "inferences": 30, "queue": 45_000},
+        "idle": {**zero, "requests": 0, "executions": 0, "inferences": 0},
+    }
+    delta = stats_delta(before, after)
+    assert set(delta) == {"m"}  # a model that served nothing in the window is left out
+    assert delta["m"]["requests"] == 20 and delta["m"]["mean_batch"] == 4.0
+    assert delta["m"]["queue_us"] == 2.0  # 40 µs of queueing over 20 requests
+    cpu = cpu_per_image({"a": 1.0, "b": 2.0}, {"a": 1.5, "b": 2.1, "new": 0.1}, images=100)
+    assert cpu == {"a": 5.0, "b": 1.0, "new": 1.0, "total": 7.0}
+    assert cpu_per_image({}, {"a": 1.0}, images=0) == {}
+
+
+@pytest.mark.triton
+def test_profile_accounts_for_every_served_image(triton_server, mini_photos: list[Path]) -> None:
+    from plantdx.serving.profile import format_level, profile_level
+
+    images = [p.read_bytes() for p in mini_photos[:6]]
+    p = profile_level(triton_server, images, concurrency=2, seconds=1.5)
+    assert p.images > 0 and p.failed == 0
+    # The window's statistics hold exactly the measured requests: none from the warm-up.
+    assert p.models["plantdx"]["requests"] == p.images
+    assert p.models["preprocess"]["requests"] == p.images
+    groups = {"triton core", "preprocess stubs", "classifier stubs", "postprocess stubs"}
+    assert groups | {"load generator", "total"} <= set(p.cpu_ms_per_img)
+    assert all(p.cpu_ms_per_img[k] >= 0 for k in groups)
+    # Decoding real photos takes CPU time (/proc counts in 10 ms ticks; the tiny classifier's
+    # answers may all come from the response cache, so only preprocessing is sure to show).
+    assert p.cpu_ms_per_img["preprocess stubs"] > 0
+    assert "CPU ms per image" in format_level(p)
