@@ -172,6 +172,17 @@ def export(cfg: ExportConfig) -> ExportResult:
     limit = max(cfg.check_images, cfg.gate_images if trt else 0)
     images, where = _check_images(ckpt, cfg, source_path, limit)
     notes: list[str] = []
+    if where == SYNTHETIC_CHECK:
+        notes.append(
+            f"parity was checked on {len(images)} generated leaf images, not on photos: no "
+            "--check-data was given and the run's split was not found; pass --check-data DIR"
+        )
+    if cfg.trt_accelerator and cfg.precision == "fp16":
+        notes.append(
+            "FP16 is applied by Triton's onnxruntime TensorRT accelerator when the model loads, "
+            "so this export could not gate it against FP32: check its agreement on the serving "
+            "GPU (scripts/gpu_check.sh), or use --to tensorrt for a gated FP16 plan"
+        )
     with tempfile.TemporaryDirectory(prefix="plantdx-export-") as tmp:
         tmpdir = Path(tmp)
         onnx_path = export_onnx(
@@ -424,6 +435,9 @@ def _check_paths(ckpt: Checkpoint, cfg: ExportConfig, source_path: Path) -> tupl
     return [], ""
 
 
+SYNTHETIC_CHECK = "generated leaf images (no real images found)"
+
+
 def _check_images(
     ckpt: Checkpoint, cfg: ExportConfig, source_path: Path, limit: int
 ) -> tuple[np.ndarray, str]:
@@ -443,7 +457,7 @@ def _check_images(
     log.warning("no real images for the export checks; pass --check-data DIR")
     rng = np.random.default_rng(0)
     drawn = [draw_leaf(CLASSES[i % len(CLASSES)], rng) for i in range(min(limit, 24))]
-    return np.stack([pre(img) for img in drawn]), "generated leaf images (no real images found)"
+    return np.stack([pre(img) for img in drawn]), SYNTHETIC_CHECK
 
 
 def _spread(items: Any, n: int) -> Any:

@@ -340,6 +340,9 @@ def _publish_locked(
                 f"(it will hold {sorted(existing | {number})})"
             )
     previous = max(versions(repo / CLASSIFIER), default=None)
+    # The configs are shared by every served version: what this export writes must still fit
+    # the older versions it leaves served (a plan's batch profile, its architectures).
+    known_problems = set(validate_repository(repo)) if previous is not None else set()
     journal = _Journal()
     staged: dict[str, Path] = {}
     try:
@@ -408,6 +411,14 @@ def _publish_locked(
         for name, cfg in configs.items():
             journal.put_file(repo / name / "config.pbtxt", to_pbtxt(cfg).encode())
         journal.put_file(repo / REPOSITORY_FILENAME, info.to_json().encode())
+        problems = [p for p in validate_repository(repo) if p not in known_problems]
+        if problems:
+            raise RepositoryError(
+                f"version {number} was not published: with it, {repo} would not load:\n  - "
+                + "\n  - ".join(problems)
+                + "\n(versions still served share the new config: serve fewer with "
+                "--latest-n, or export with settings that fit them)"
+            )
     except BaseException:
         _remove(staged.values())  # before the undo, which removes model dirs it created
         journal.rollback()

@@ -21,6 +21,7 @@ from plantdx.exceptions import (
     ConfigError,
     ExportError,
     PrecisionGateError,
+    RepositoryError,
     TensorRTUnavailableError,
 )
 from plantdx.export import ExportConfig, export
@@ -283,6 +284,27 @@ def test_validate_checks_profile_against_config(
     path.write_text(path.read_text().replace("max_batch_size: 16", "max_batch_size: 64"))
     problems = validate_repository(repo)
     assert any("accepts batches up to 16 but the config allows 64" in p for p in problems)
+
+
+def test_export_that_would_break_a_served_version_is_refused(
+    tmp_path: Path, ckpt: Path, synth_dir: Path, fake_trt: fake_tensorrt.Recorder
+) -> None:
+    # Two versions served: the shared config must fit version 1's plan as well as the new one.
+    repo = tmp_path / "repo"
+    export(trt_cfg(ckpt, repo, synth_dir, latest_versions=2))  # profile up to 16
+    before = snapshot(repo)
+    with pytest.raises(RepositoryError, match="accepts batches up to 16 but the config allows 32"):
+        export(trt_cfg(ckpt, repo, synth_dir, latest_versions=2, max_batch=32))
+    assert snapshot(repo) == before
+    # A new architecture that cannot carry version 1's plan along (another model) likewise.
+    fake_trt.compute_capability = "8.0"
+    other = tiny_checkpoint(tmp_path / "other" / "best.pt", seed=7)
+    with pytest.raises(RepositoryError, match="does not hold"):
+        export(trt_cfg(other, repo, synth_dir, latest_versions=2))
+    assert snapshot(repo) == before
+    # Serving only the newest version, both exports are fine.
+    assert export(trt_cfg(other, repo, synth_dir, latest_versions=1)).version == 2
+    assert validate_repository(repo) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -321,6 +321,10 @@ def test_triton_flavour_with_tensorrt_accelerator(tmp_path: Path, ckpt: Path) ->
     params = dict(accel.gpu_execution_accelerator[0].parameters)
     assert params["precision_mode"] == "FP16" and params["trt_engine_cache_enable"] == "1"
     assert result.provenance["trt_accelerator"] == {"precision_mode": "FP16", "gated": False}
+    # Neither the ungated FP16 nor the drawn check images pass without the user being told.
+    assert any("could not gate it" in n for n in result.notes)
+    assert result.parity["source"].startswith("generated leaf images")
+    assert any("not on photos" in n and "--check-data" in n for n in result.notes)
     assert validate_repository(repo) == []
 
 

@@ -31,7 +31,10 @@ def export(
     to: str = typer.Option("onnx", "--to", help="onnx | tensorrt"),
     repository: str = typer.Option(None, "--repository", help="Triton model repository directory."),
     precision: str = typer.Option(
-        None, "--precision", help="fp32 | fp16 | int8 (fp16/int8: TensorRT, gated against FP32)"
+        None,
+        "--precision",
+        help="fp32 | fp16 | int8 (--to tensorrt: gated against FP32; "
+        "with --trt-accelerator, FP16 is applied by Triton at load time, not gated)",
     ),
     target: str = typer.Option(
         None,
