@@ -51,7 +51,9 @@ RUN python3 -m pip install --no-deps /src \
 USER 1000:1000
 WORKDIR /tmp
 EXPOSE 8000 8001 8002
-# The Kubernetes Deployment and docker/compose.yaml give the full command line.
-CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", \
-     "--load-model=plantdx", "--strict-readiness=true", "--allow-metrics=true", \
-     "--allow-gpu-metrics=true", "--metrics-config=summary_latencies=true"]
+# The Kubernetes Deployment and docker/compose.yaml give the full command line. The supervisor
+# (serving/supervise.py) restarts dead Python-backend stubs and drains on SIGTERM.
+CMD ["python3", "-m", "plantdx.serving.supervise", "--", "tritonserver", \
+     "--model-repository=/models", "--model-control-mode=explicit", "--load-model=plantdx", \
+     "--strict-readiness=true", "--allow-metrics=true", "--allow-gpu-metrics=true", \
+     "--metrics-config=summary_latencies=true", "--cache-config=local,size=268435456"]

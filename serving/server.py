@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from plantdx.exceptions import ServerError
 
@@ -120,6 +121,22 @@ def _process_state(pid: int) -> str | None:
         return None
 
 
+def _parse_flags(argv: Sequence[str]) -> dict[str, list[str]]:
+    """tritonserver's flags, `--name=value` or `--name value`, every value of each kept."""
+    out: dict[str, list[str]] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+                i += 1
+            out.setdefault(name, []).append(value)
+        i += 1
+    return out
+
+
 def _die_with_parent() -> None:
     # The server must not outlive the process that started it (Ctrl-C, kill, crash).
     try:
@@ -150,6 +167,7 @@ class TritonServer:
         extra_args: Sequence[str] = (),
         exit_timeout_s: int = 30,
         restart_dead_stubs: bool = True,
+        gpu_metrics: bool = False,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
@@ -167,9 +185,48 @@ class TritonServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: object | None = None
         self.restart_dead_stubs = restart_dead_stubs
+        self.gpu_metrics = gpu_metrics
+        # A command line supervised as given (see `wrapping`): binary and flags.
+        self._wrapped: list[str] | None = None
+        self._own_log: Path | None = None  # a log kept for error messages when none was asked
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()  # stubs die on purpose during shutdown
+        self._abort = threading.Event()  # a stop asked for while starting
         self.stub_restarts: list[str] = []  # models reloaded because a stub died
+
+    @classmethod
+    def wrapping(cls, binary: str, argv: Sequence[str]) -> TritonServer:
+        """Supervise a tritonserver command line as given: a container's own binary and
+        backends, any repository location (s3://...). The stub watchdog and the drain on stop
+        take the HTTP port, startup models, control mode, exit timeout and admin key from the
+        flags; Triton's log goes to this process's stdout."""
+        flags = _parse_flags(argv)
+
+        def last(name: str, default: str) -> str:
+            return flags.get(name, [default])[-1]
+
+        key = None
+        restricted = last("--http-restricted-api", "")
+        if restricted.startswith("model-repository:") and "=" in restricted:
+            header, _, key = restricted.split(":", 1)[1].partition("=")
+            if header != ADMIN_HEADER:
+                raise ServerError(
+                    f"--http-restricted-api names header {header!r}; the supervisor sends "
+                    f"{ADMIN_HEADER!r} for the drain and stub restarts"
+                )
+        server = cls(
+            repository=last("--model-repository", "."),
+            host=last("--http-address", "0.0.0.0"),
+            http_port=int(last("--http-port", "8000")),
+            grpc_port=int(last("--grpc-port", "8001")),
+            metrics_port=int(last("--metrics-port", "8002")),
+            model_control=last("--model-control-mode", "none"),
+            load_models=flags.get("--load-model", []),
+            admin_key=key or None,
+            exit_timeout_s=int(last("--exit-timeout-secs", "30")),
+        )
+        server._wrapped = [binary, *argv]
+        return server
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -193,6 +250,8 @@ class TritonServer:
         return self._proc.pid if self._proc else None
 
     def command(self) -> list[str]:
+        if self._wrapped is not None:
+            return list(self._wrapped)
         binary = pytriton_root() / "bin" / "tritonserver"
         cmd = [
             str(binary),
@@ -206,7 +265,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
-            "--allow-gpu-metrics=false",
+            f"--allow-gpu-metrics={str(self.gpu_metrics).lower()}",
             "--metrics-config=summary_latencies=true",
             "--metrics-interval-ms=1000",
             f"--model-control-mode={self.model_control}",
@@ -233,8 +292,9 @@ class TritonServer:
     def start(self, *, timeout_s: float = 120.0, wait_for: str | None = "plantdx") -> TritonServer:
         if self.is_alive():
             return self
+        self._abort.clear()
         self._stopping.clear()
-        if not self.repository.is_dir():
+        if self._wrapped is None and not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
         for name, port in (
             ("HTTP", self.http_port),
@@ -246,17 +306,23 @@ class TritonServer:
                     f"{name} port {port} on {self.host} is already in use: stop whatever holds "
                     f"it or choose another port (--{name.lower().replace('grpc', 'grpc')}-port)"
                 )
-        if self.log_file:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            out: int | object = open(self.log_file, "ab")  # noqa: SIM115
-        else:
-            out = subprocess.DEVNULL
-        self._log_handle = out if out is not subprocess.DEVNULL else None
+        out: Any = None  # inherit: a supervised container's log is its stdout
+        if self._wrapped is None:
+            if not self.log_file:
+                # No log asked for: keep one anyway, so a failed start can say why.
+                fd, name = tempfile.mkstemp(prefix="plantdx-triton-", suffix=".log")
+                os.close(fd)
+                self._own_log = Path(name)
+            log_path = self.log_file or self._own_log
+            assert log_path is not None
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log_path, "ab")  # noqa: SIM115
+        self._log_handle = out
         self._proc = subprocess.Popen(
             self.command(),
-            env=server_env(),
-            stdout=out,  # type: ignore[arg-type]
-            stderr=subprocess.STDOUT,
+            env=server_env() if self._wrapped is None else None,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
             preexec_fn=_die_with_parent,
         )
         try:
@@ -359,6 +425,8 @@ class TritonServer:
     def wait_ready(self, *, timeout_s: float = 120.0, model: str | None = "plantdx") -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if self._abort.is_set():
+                raise ServerError("stopped before the server was ready")
             if not self.is_alive():
                 code = self._proc.returncode if self._proc else None
                 raise ServerError(
@@ -373,13 +441,21 @@ class TritonServer:
             f"tritonserver did not become ready within {timeout_s:.0f} s" + self._log_tail()
         )
 
-    def _log_tail(self, n: int = 15) -> str:
-        if not self.log_file or not self.log_file.is_file():
+    def request_stop(self) -> None:
+        """Safe from a signal handler: a start in progress gives up (and stops the server)."""
+        self._abort.set()
+
+    def _log_tail(self, n: int = 8) -> str:
+        path = self.log_file or self._own_log
+        if not path or not path.is_file():
             return ""
-        lines = self.log_file.read_text(errors="replace").splitlines()[-n:]
+        lines = path.read_text(errors="replace").splitlines()
+        # Triton's error lines (E<date> ...) say why; the last lines say where it stopped.
+        errors = [i for i, line in enumerate(lines) if line[:1] == "E" and line[1:5].isdigit()]
+        keep = sorted(set(errors[-8:]) | set(range(max(0, len(lines) - n), len(lines))))
         key = self._admin_key
-        text = "\n".join(line.replace(key, "***") if key else line for line in lines)
-        return "\nlast lines of the server log:\n" + text
+        text = "\n".join(lines[i].replace(key, "***") if key else lines[i] for i in keep)
+        return "\nlast lines of the server log (and its errors):\n" + text
 
     def stop(self, *, timeout_s: float | None = None, drain: bool = True) -> int | None:
         """Drain, then SIGTERM, then SIGKILL after the timeout.
@@ -405,6 +481,9 @@ class TritonServer:
         if handle is not None and hasattr(handle, "close"):
             handle.close()
         self._log_handle = None
+        if self._own_log is not None:
+            self._own_log.unlink(missing_ok=True)
+            self._own_log = None
         return proc.returncode
 
     def _repository_call(self, path: str, body: dict[str, object] | None = None) -> object:

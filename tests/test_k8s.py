@@ -61,9 +61,12 @@ TRITON_ARGS = {
     "--allow-gpu-metrics": "true",
     "--metrics-config": "summary_latencies=true",
     "--exit-timeout-secs": "30",
+    "--cache-config": "local,size=268435456",
     "--http-restricted-api": "model-repository:plantdx-key=$(ADMIN_KEY)",
     "--grpc-restricted-protocol": "model-repository:plantdx-key=$(ADMIN_KEY)",
 }
+# Triton under the supervisor that restarts dead stubs and drains on SIGTERM.
+SUPERVISED = ["python3", "-m", "plantdx.serving.supervise", "--"]
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 PROBE_PATHS = {
     "startupProbe": "/v2/health/live",
@@ -140,6 +143,8 @@ MANIFEST_METRICS = frozenset(
         "nv_inference_request_summary_us",
         "nv_inference_queue_summary_us",
         "nv_inference_compute_infer_summary_us",
+        "nv_cache_num_hits_per_model",
+        "nv_cache_num_misses_per_model",
         "nv_cpu_utilization",
         "nv_cpu_memory_used_bytes",
         "nv_gpu_utilization",
@@ -325,9 +330,11 @@ def check_probes(objs: list[dict[str, Any]]) -> list[str]:
 def check_triton_command(objs: list[dict[str, Any]]) -> list[str]:
     c = triton(objs)
     errors = []
-    if c.get("command") != ["tritonserver"]:
-        errors.append(f"command {c.get('command')!r} != ['tritonserver']")
-    args = parse_args(c.get("args", []))
+    if c.get("command") != SUPERVISED:
+        errors.append(f"command {c.get('command')!r} != {SUPERVISED}")
+    if c.get("args", [])[:1] != ["tritonserver"]:
+        errors.append("the supervised command line does not start with tritonserver")
+    args = parse_args(c.get("args", [])[1:])
     for key, value in TRITON_ARGS.items():
         if args.get(key) != value:
             errors.append(f"Triton argument {key}={args.get(key)!r}, expected {value!r}")
@@ -504,8 +511,9 @@ def check_graceful_shutdown(objs: list[dict[str, Any]]) -> list[str]:
     if not sleep:
         return ["no preStop sleep"]
     exit_timeout = int(parse_args(c.get("args", [])).get("--exit-timeout-secs", "30"))
-    if grace <= sleep + exit_timeout:
-        return [f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + exit timeout"]
+    # The supervisor drains for up to the exit timeout, then Triton may take it again.
+    if grace <= sleep + 2 * exit_timeout:
+        return [f"terminationGracePeriodSeconds {grace} <= preStop {sleep} + 2 × exit timeout"]
     return []
 
 
@@ -1475,14 +1483,14 @@ def test_compose_matches_the_cluster(renders: dict[str, list[dict[str, Any]]]) -
                 svc["image"] if "/" in svc["image"] else f"local/{svc['image']}"
             ), name
     triton_svc = services["triton"]
-    args = parse_args(triton_svc["command"][1:])
+    assert triton_svc["command"][:5] == [*SUPERVISED, "tritonserver"]
+    args = parse_args(triton_svc["command"][5:])
     expected = dict(TRITON_ARGS, **{"--model-repository": "/models"})
     for key in ("--http-restricted-api", "--grpc-restricted-protocol"):
         assert args[key].startswith("model-repository:plantdx-key=${PLANTDX_ADMIN_KEY")
         expected.pop(key)
         args.pop(key)
     assert args == expected
-    assert triton_svc["command"][0] == "tritonserver"
     assert triton_svc["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == [
         "gpu"
     ]

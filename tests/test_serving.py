@@ -11,13 +11,17 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from plantdx.exceptions import ServerError
+
 from conftest import onnx_probabilities, wait_for
 from serving_helpers import (
+    children,
     copy_repo,
     infer,
     png,
@@ -285,3 +289,118 @@ def test_sigterm_lets_in_flight_requests_finish(
     assert max(t for t, _ in results) > t_term  # some answers came after the SIGTERM
     assert code == 0
     assert "Waiting for in-flight requests to complete" in Path(tmp_path / "t.log").read_text()
+
+
+# -- the container entrypoint: python -m plantdx.serving.supervise -----------------------------
+def test_supervisor_reads_what_it_needs_from_tritons_flags() -> None:
+    from plantdx.serving.server import TritonServer
+
+    s = TritonServer.wrapping(
+        "tritonserver",
+        [
+            "--model-repository=s3://bucket/models", "--model-control-mode", "explicit",
+            "--load-model=plantdx", "--http-port=9000", "--exit-timeout-secs=45",
+            "--http-restricted-api=model-repository:plantdx-key=sesame",
+        ],
+    )  # fmt: skip
+    assert s.command()[0] == "tritonserver" and "--http-port=9000" in s.command()
+    assert (s.http_port, s.model_control, s.load_models, s.exit_timeout_s) == (
+        9000, "explicit", ["plantdx"], 45,
+    )  # fmt: skip
+    assert s._admin_key == "sesame" and s.http_url == "127.0.0.1:9000"
+    with pytest.raises(ServerError, match="names header 'x-key'"):
+        TritonServer.wrapping("tritonserver", ["--http-restricted-api=model-repository:x-key=k"])
+
+
+def _supervised(tmp_path: Path, repo: Path) -> tuple[Any, str, str]:
+    """`python -m plantdx.serving.supervise -- FLAGS` as a pod runs it: (process, gRPC, metrics)."""
+    import subprocess
+    import sys
+
+    from plantdx.serving.server import free_port, prepare_backend_dir, pytriton_root, server_env
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    flags = [
+        f"--model-repository={repo}", f"--backend-directory={prepare_backend_dir()}",
+        "--model-control-mode=explicit", "--load-model=plantdx", "--strict-readiness=true",
+        "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+        f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
+        "--exit-timeout-secs=30", "--http-restricted-api=model-repository:plantdx-key=k3y",
+    ]  # fmt: skip
+    with open(tmp_path / "supervise.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plantdx.serving.supervise", "--",
+             str(pytriton_root() / "bin" / "tritonserver"), *flags],
+            env=server_env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return proc, f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics"
+
+
+def _slow_preprocess(name: str, cfg: Any) -> None:
+    cfg.response_cache.enable = False
+    if name == "plantdx":
+        cfg.max_batch_size = 1
+    if name == "preprocess":
+        cfg.instance_group[0].count = 1
+        cfg.dynamic_batching.max_queue_delay_microseconds = 0
+        cfg.max_batch_size = 1
+
+
+def test_supervised_triton_restarts_a_dead_stub(
+    tiny_repo: Path, tmp_path: Path, mini_photos: list[Path]
+) -> None:
+    import os
+    import signal
+
+    proc, url, _ = _supervised(tmp_path, tiny_repo)
+    log = tmp_path / "supervise.log"
+    image = mini_photos[0].read_bytes()
+    try:
+        assert wait_for(lambda: "watching its" in log.read_text(), timeout=180)
+        assert try_infer(url, image)[1] is None
+        time.sleep(2.0)  # the watchdog has seen the stubs alive
+        for pid in stub_pids(children(proc.pid)[0], "preprocess"):
+            os.kill(pid, signal.SIGKILL)
+        # Alone, Triton 2.51 would answer "Stub process is not healthy" from now on.
+        assert wait_for(lambda: try_infer(url, image)[1] is None, timeout=60)
+        assert "stub of preprocess died; the model was reloaded" in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_supervised_triton_drains_on_sigterm(
+    tiny_repo: Path, tmp_path: Path, heavy_png: bytes
+) -> None:
+    import signal
+
+    repo = copy_repo(tiny_repo, tmp_path / "repo", _slow_preprocess)
+    proc, url, metrics = _supervised(tmp_path, repo)
+    log = tmp_path / "supervise.log"
+    n = 6
+    started = threading.Barrier(n + 1)
+
+    def send(_: int) -> tuple[float, str | None]:
+        started.wait()
+        _, error = try_infer(url, heavy_png, timeout_s=60)
+        return time.monotonic(), error
+
+    try:
+        assert wait_for(lambda: "watching its" in log.read_text(), timeout=180)
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(send, i) for i in range(n)]
+            started.wait()
+            assert wait_for(lambda: _pending(metrics, "preprocess") >= n - 2, timeout=20)
+            t_term = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            results = [f.result() for f in futures]
+            code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # Plain tritonserver fails most of these with "Server is stopping".
+    assert [e for _, e in results] == [None] * n, results
+    assert max(t for t, _ in results) > t_term
+    assert code == 0
+    text = log.read_text()
+    assert "SIGTERM: draining" in text and "k3y" not in text

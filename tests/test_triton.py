@@ -151,3 +151,43 @@ def test_server_dies_with_its_parent(tiny_repo: Path, tmp_path: Path) -> None:
 
     assert wait_for(gone, timeout=20)
     time.sleep(0.1)
+
+
+def _serve(repo: Path) -> subprocess.Popen[str]:
+    from plantdx.serving.server import free_port
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "plantdx", "serve", "--repository", str(repo),
+         "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+         "--metrics-port", str(free_port())],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def test_serve_says_why_the_server_did_not_start(tmp_path: Path) -> None:
+    """No --log-file: the reason still comes from Triton's own log, in one error."""
+    (tmp_path / "repo").mkdir()
+    proc = _serve(tmp_path / "repo")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "last lines of the server log" in err and "failed to poll model 'plantdx'" in err, err
+    assert "Traceback" not in err
+
+
+def test_serve_stops_while_still_starting(tiny_repo: Path, tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM during start-up ends `plantdx serve` at once, server included."""
+    import signal
+    import time
+
+    from serving_helpers import children
+
+    proc = _serve(tiny_repo)
+    assert proc.stderr is not None
+    assert "starting Triton" in proc.stderr.readline()
+    time.sleep(1.0)  # Triton is loading its models
+    triton = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "stopped before the server was ready" in err
+    assert triton and all(not Path(f"/proc/{pid}").exists() for pid in triton)

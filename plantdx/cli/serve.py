@@ -23,11 +23,19 @@ def serve(
         help="Environment variable holding the key that protects the model-control API.",
     ),
     timeout: float = typer.Option(180, "--timeout", help="Seconds to wait for readiness."),
+    response_cache: bool = typer.Option(
+        True,
+        "--response-cache/--no-response-cache",
+        help="Triton's response cache (answers repeated images without running the model); "
+        "turn it off to benchmark real work.",
+    ),
 ) -> None:
     """Run Triton on REPOSITORY until Ctrl-C or SIGTERM; the server never outlives this command."""
+    from plantdx.exceptions import ServerError
     from plantdx.serving import TritonServer
 
     key = os.environ.get(admin_key_env) or None
+    cache: dict[str, int] = {} if response_cache else {"response_cache_bytes": 0}
     server = TritonServer(
         repository=repository,
         host=host,
@@ -36,12 +44,24 @@ def serve(
         metrics_port=metrics_port,
         admin_key=key,
         log_file=log_file,
+        **cache,
     )
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        server.request_stop()  # also while starting: loading models can take minutes
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     typer.echo(f"starting Triton on {repository} ...", err=True)
-    server.start(timeout_s=timeout)
+    try:
+        server.start(timeout_s=timeout)
+    except ServerError:
+        if stop.is_set():
+            typer.echo("stopped before the server was ready", err=True)
+            raise typer.Exit(130) from None
+        raise
     typer.echo(
         f"plantdx is ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}"
     )

@@ -1,0 +1,89 @@
+"""Run a tritonserver command line under supervision: the container entrypoint of plantdx.
+
+    python3 -m plantdx.serving.supervise [--startup-timeout S] -- tritonserver FLAGS...
+
+Triton 2.51 on its own leaves two gaps a deployment would meet:
+
+- a Python-backend stub that dies (OOM-killed, crashed) is not restarted, and Triton stays
+  live and ready while every request to that model fails "Stub process is not healthy";
+- SIGTERM stops every model's scheduler at once, so requests already inside the ensemble fail.
+
+This wrapper runs Triton with the flags as given (the NGC image's own binary and backends, any
+repository location) and adds what `plantdx serve` adds locally: the stub watchdog, which
+reloads a model whose stub died, and on SIGTERM a drain (the startup models are unloaded, the
+requests inside them finish) before Triton is stopped. It needs only the standard library and
+the plantdx package, so it runs in the serving image. Its exit code is Triton's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from plantdx.exceptions import ServerError
+
+from .server import TritonServer
+
+log = logging.getLogger("plantdx.supervise")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m plantdx.serving.supervise",
+        description="tritonserver with a stub watchdog and a draining shutdown",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=900.0,
+        help="seconds to wait for the startup models (downloads, TensorRT engines)",
+    )
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- then the tritonserver binary and its flags"
+    )
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command or command[0].startswith("-"):
+        parser.error("give the server's command line after --, e.g. -- tritonserver --model-...")
+    logging.basicConfig(level=logging.INFO, format="plantdx-supervise: %(message)s")
+
+    server = TritonServer.wrapping(command[0], command[1:])
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: draining, then stopping Triton", signal.Signals(signum).name)
+        stop.set()
+        server.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    wait_for = server.load_models[0] if len(server.load_models) == 1 else None
+    try:
+        server.start(timeout_s=args.startup_timeout, wait_for=wait_for)
+    except ServerError as exc:
+        log.error("%s", exc)
+        return 0 if stop.is_set() else 1
+    log.info(
+        "Triton is ready (pid %s); watching its Python-backend stubs%s",
+        server.pid,
+        ""
+        if server.model_control == "explicit"
+        else " is off: needs --model-control-mode=explicit",
+    )
+    while not stop.is_set() and server.is_alive():
+        stop.wait(1.0)
+    if not server.is_alive():
+        code = server.stop()
+        log.error("tritonserver exited on its own with code %s", code)
+        return code if code else 1
+    code = server.stop()
+    log.info("stopped; tritonserver exit code %s", code)
+    return code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
