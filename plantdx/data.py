@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,9 @@ class ImageFolder:
     root: Path
     class_names: list[str]
     samples: list[Sample]
+    # Files in the class folders that are not images by name (notes.txt, Thumbs.db), with why;
+    # hidden files and folders (.DS_Store, .ipynb_checkpoints) are left out silently.
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         c = Counter(s.label for s in self.samples)
@@ -39,8 +42,23 @@ def is_image_file(path: Path) -> bool:
     )
 
 
+def _not_image_reason(path: Path, class_dir: Path) -> str | None:
+    """Why a file in a class folder is left out as a non-image; None for images and for
+    hidden files (or files in hidden folders), which are left out without a word."""
+    if not path.is_file() or any(
+        part.startswith(".") for part in path.relative_to(class_dir).parts
+    ):
+        return None
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    kind = f"extension {path.suffix!r}" if path.suffix else "no extension"
+    return f"not_an_image: {kind} is not an image format ({', '.join(sorted(IMAGE_SUFFIXES))})"
+
+
 def scan_image_folder(root: str | Path, *, min_classes: int = 2) -> ImageFolder:
-    """One sub-folder per class, sorted like torchvision's ImageFolder (plain `sorted()`)."""
+    """One sub-folder per class, sorted like torchvision's ImageFolder (plain `sorted()`).
+
+    Files that are not images by extension are listed in `skipped` (and left out)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
@@ -54,15 +72,23 @@ def scan_image_folder(root: str | Path, *, min_classes: int = 2) -> ImageFolder:
             "(layout: one sub-folder of images per class)"
         )
     samples: list[Sample] = []
+    skipped: list[tuple[Path, str]] = []
     empty: list[str] = []
     for label, d in enumerate(class_dirs):
-        files = sorted(p for p in d.rglob("*") if is_image_file(p))
+        found = sorted(d.rglob("*"))
+        files = [p for p in found if is_image_file(p)]
         if not files:
             empty.append(d.name)
         samples.extend(Sample(p, label) for p in files)
+        for p in found:
+            why = _not_image_reason(p, d)
+            if why is not None:
+                skipped.append((p, why))
     if empty:
         raise DatasetError(f"class folder(s) with no images in {root}: {', '.join(empty)}")
-    return ImageFolder(root=root, class_names=[d.name for d in class_dirs], samples=samples)
+    return ImageFolder(
+        root=root, class_names=[d.name for d in class_dirs], samples=samples, skipped=skipped
+    )
 
 
 def stratified_split(

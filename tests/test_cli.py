@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -67,3 +68,45 @@ def test_data_synth_and_info(tmp_path) -> None:
 def test_models_list() -> None:
     r = run("models", "list")
     assert r.returncode == 0 and "efficientnet_lite0" in r.stdout and "vit" in r.stdout
+
+
+def test_missing_weights_file_is_a_one_line_error(tmp_path, synth_dir) -> None:
+    """`plantdx train --weights MISSING` (the default model): a message naming the file."""
+    missing = tmp_path / "nonexistent.pth"
+    r = run("train", "--data", str(synth_dir), "--weights", str(missing), "--out", str(tmp_path))
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: weights file {missing} does not exist"], r.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "weights", "message"),
+    [
+        ("efficientnet_lite0", "missing.pth", "weights file {} does not exist"),
+        ("efficientnet_lite0", "folder", "weights file {} is not a file"),
+        ("efficientnet_lite0", "junk.pth", "{} is not a readable PyTorch weights file"),
+        ("mobilenet_v3_small", "missing.pth", "weights file {} does not exist"),
+        ("resnet50", "junk.pth", "{} is not a readable PyTorch weights file"),
+        ("vit", "missing-vit", "ViT weights directory {} does not exist"),
+        ("vit", "folder", "{} is not a HuggingFace model directory"),
+    ],
+)
+def test_bad_weights_fail_before_the_dataset_is_decoded(
+    tmp_path, synth_dir, monkeypatch, model: str, weights: str, message: str
+) -> None:
+    train_module = importlib.import_module("plantdx.training.train")
+    from plantdx.exceptions import ModelNotFoundError
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the dataset was decoded before the weights were checked")
+
+    monkeypatch.setattr(train_module, "prepare_datasets", no_decoding)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    path = tmp_path / weights
+    args = ["train", "--data", str(synth_dir), "--model", model, "--weights", str(path)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--no-mlflow"])
+    assert isinstance(result.exception, ModelNotFoundError), result.output
+    assert message.format(path) in str(result.exception)
+    assert not (tmp_path / "run" / "config.yaml").exists()  # no run directory was started

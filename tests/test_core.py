@@ -68,6 +68,29 @@ def test_scan_handles_commas_and_spaces(tmp_path: Path) -> None:
     assert folder.counts() == {"Pepper,_bell___healthy": 3, "Tomato___Spider mites": 4}
 
 
+def test_scan_lists_non_image_files_and_ignores_hidden_ones(tmp_path: Path) -> None:
+    root = _make_folder(tmp_path, {"a": 2, "b": 3})
+    (root / "a" / "notes.txt").write_text("field notes")
+    (root / "b" / "Thumbs.db").write_bytes(b"\0" * 16)
+    (root / "b" / "README").write_text("no extension")
+    (root / "b" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored silently
+    (root / "b" / ".ipynb_checkpoints").mkdir()
+    (root / "b" / ".ipynb_checkpoints" / "x.txt").write_text("hidden folder")
+    (root / "top-level.txt").write_text("not in a class folder")
+    folder = scan_image_folder(root)
+    assert folder.counts() == {"a": 2, "b": 3}
+    assert [p.relative_to(root).as_posix() for p, _ in folder.skipped] == [
+        "a/notes.txt",
+        "b/README",
+        "b/Thumbs.db",
+    ]
+    reasons = dict((p.name, why) for p, why in folder.skipped)
+    assert reasons["notes.txt"].startswith("not_an_image: extension '.txt'")
+    assert reasons["README"].startswith("not_an_image: no extension")
+    clean = scan_image_folder(_make_folder(tmp_path / "clean", {"a": 2, "b": 2}))
+    assert clean.skipped == []
+
+
 def test_scan_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
         scan_image_folder(tmp_path / "nope")

@@ -3,6 +3,7 @@ and finds pretrained weights offline or says clearly where it looked."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,18 @@ import torch
 from torch import nn
 
 from plantdx.exceptions import ModelNotFoundError
-from plantdx.models import create_model, get_spec, head_module, list_models
+from plantdx.models import (
+    MatrixAdaptiveAvgPool2d,
+    create_model,
+    get_spec,
+    head_module,
+    list_models,
+)
+from plantdx.training import TrainConfig
 
-# Small inputs and random weights keep this fast; vgg16's 7×7 adaptive pooling exports only
-# when the feature map is a multiple of 7, i.e. at 224 px.
+# Small inputs and random weights keep this fast. vgg16 runs at 224 px (a 7×7 feature map under
+# its 7×7 adaptive pooling) and, in EXTRA_SIZES, at the training default of 160 px (5×5), where
+# the pooling is replaced by its exact matrix form (MatrixAdaptiveAvgPool2d).
 SIZES: dict[str, tuple[int, dict[str, Any]]] = {
     "test_tiny": (32, {}),
     "efficientnet_lite0": (64, {}),
@@ -28,24 +37,29 @@ SIZES: dict[str, tuple[int, dict[str, Any]]] = {
     "vit": (32, {"tiny": True}),
 }
 SLOW = {"vgg16"}  # a 528 MB ONNX file
+EXTRA_SIZES = [("vgg16", TrainConfig().image_size or 160)]
 
 
 def test_every_registered_model_is_covered() -> None:
     assert set(list_models()) == set(SIZES)
 
 
-def _params(name: str) -> Any:
+def _params(name: str, size: int | None = None) -> Any:
     marks = [pytest.mark.slow] if name in SLOW else []
-    return pytest.param(name, marks=marks, id=name)
+    size = size or SIZES[name][0]
+    ident = name if size == SIZES[name][0] else f"{name}-{size}px"
+    return pytest.param(name, size, marks=marks, id=ident)
 
 
-@pytest.mark.parametrize("name", [_params(n) for n in SIZES])
-def test_exports_to_onnx_and_matches_pytorch(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "size"), [_params(n) for n in SIZES] + [_params(n, s) for n, s in EXTRA_SIZES]
+)
+def test_exports_to_onnx_and_matches_pytorch(name: str, size: int, tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from plantdx.export.onnx import export_onnx
+    from plantdx.export.onnx import check_parity, export_onnx, require_parity
 
-    size, kwargs = SIZES[name]
+    kwargs = SIZES[name][1]
     torch.manual_seed(0)
     model = create_model(name, num_classes=5, image_size=size, **kwargs).eval()
     path = export_onnx(model, tmp_path / "model.onnx", image_size=size)
@@ -59,6 +73,80 @@ def test_exports_to_onnx_and_matches_pytorch(name: str, tmp_path: Path) -> None:
     # The batch axis is dynamic: one image works too.
     (one,) = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
     np.testing.assert_allclose(one, expected[:1], rtol=1e-3, atol=1e-4)
+    # The gate `plantdx export` applies before it publishes.
+    require_parity(check_parity(model, path, x.numpy(), source="random inputs"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive average pooling at any image size
+
+
+@pytest.mark.parametrize(
+    ("in_size", "out_size"),
+    [((5, 5), (7, 7)), ((10, 6), (7, 7)), ((13, 3), (4, 2)), ((7, 7), (7, 7)), ((9, 9), (2, 3))],
+)
+def test_matrix_pool_equals_adaptive_avg_pool(
+    in_size: tuple[int, int], out_size: tuple[int, int]
+) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, *in_size)
+    pool = MatrixAdaptiveAvgPool2d(in_size, out_size)
+    expected = nn.AdaptiveAvgPool2d(out_size)(x)
+    torch.testing.assert_close(pool(x), expected, rtol=1e-6, atol=1e-6)
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(pool(channels_last), expected, rtol=1e-6, atol=1e-6)
+    assert pool.state_dict() == {}  # non-persistent: checkpoints do not change
+    # Another input size still pools (adaptively) rather than failing.
+    other = torch.randn(1, 2, in_size[0] + 3, in_size[1] + 1)
+    torch.testing.assert_close(pool(other), nn.AdaptiveAvgPool2d(out_size)(other))
+
+
+class _Pooled(nn.Module):
+    """vgg16's layout in miniature: features, a 7×7 adaptive pool, a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.BatchNorm2d(4))
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Linear(4 * 49, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def test_unexportable_adaptive_pool_is_replaced_exactly(tmp_path: Path) -> None:
+    from plantdx.exceptions import ExportError
+    from plantdx.export.onnx import check_parity, export_onnx, require_parity
+    from plantdx.models import exportable_pooling
+
+    torch.manual_seed(0)
+    plain = _Pooled().eval()  # 20 px → a 5×5 map under the 7×7 pool
+    with pytest.raises(ExportError, match="not factor of input size"):
+        export_onnx(plain, tmp_path / "plain.onnx", image_size=20)
+    fixed = exportable_pooling(copy.deepcopy(plain), 20)
+    assert isinstance(fixed.avgpool, MatrixAdaptiveAvgPool2d)
+    assert fixed.avgpool.in_size == (5, 5) and not fixed.training
+    assert fixed.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(4, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(fixed(x), plain(x), rtol=1e-5, atol=1e-6)
+    path = export_onnx(fixed, tmp_path / "fixed.onnx", image_size=20)
+    require_parity(check_parity(fixed, path, x.numpy(), source="random inputs"))
+    # A pool whose output size divides the map (28 px → 7×7) exports as it is: left alone.
+    assert isinstance(exportable_pooling(_Pooled(), 28).avgpool, nn.AdaptiveAvgPool2d)
+
+
+def test_vgg16_at_160_px_pools_exactly_with_the_same_state_dict() -> None:
+    at_224 = create_model("vgg16", num_classes=3, image_size=224)
+    at_160 = create_model("vgg16", num_classes=3, image_size=160)
+    assert type(at_224.avgpool) is nn.AdaptiveAvgPool2d
+    assert isinstance(at_160.avgpool, MatrixAdaptiveAvgPool2d)
+    assert at_160.avgpool.in_size == (5, 5) and at_160.avgpool.out_size == (7, 7)
+    # Checkpoints move between sizes unchanged, and the model trains in train mode as before.
+    at_160.load_state_dict(at_224.state_dict())
+    assert at_160.training
+    x = torch.randn(2, 512, 5, 5)
+    torch.testing.assert_close(at_160.avgpool(x), at_224.avgpool(x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", [n for n in SIZES if n not in SLOW])

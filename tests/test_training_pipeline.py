@@ -6,6 +6,8 @@ run takes seconds on a CPU.
 
 from __future__ import annotations
 
+import copy
+import importlib
 import itertools
 import json
 import math
@@ -286,6 +288,55 @@ def test_interrupted_cosine_run_resumes_exactly_with_mlflow(
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
 
 
+def test_resume_after_the_time_budget_replans_continues_the_same_plan(
+    tmp_path: Path, synth_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget re-plans 5 epochs down to 3 after epoch 1. last.pt must hold that plan, so a
+    run stopped after epoch 1 and resumed ends exactly like the unbroken one."""
+    train_module = importlib.import_module("plantdx.training.train")
+
+    replanned: list[int] = []
+
+    def replan(cfg: TrainConfig, done: int, epoch_s: list[float], spent_s: float) -> int:
+        replanned.append(done)  # as if the measured epochs were slower than estimated
+        return 3
+
+    lrs: list[float] = []
+    real_epoch = train_module.train_one_epoch
+
+    def recording_epoch(*args: Any, **kwargs: Any) -> Any:
+        optimizer, on_batch = args[3], kwargs["on_batch"]
+
+        def step(n: int, loss: float) -> None:
+            lrs.append(optimizer.param_groups[0]["lr"])  # after this step's scheduler.step()
+            on_batch(n, loss)
+
+        return real_epoch(*args, **{**kwargs, "on_batch": step})
+
+    monkeypatch.setattr(train_module, "replan_epochs", replan)
+    monkeypatch.setattr(train_module, "train_one_epoch", recording_epoch)
+    kw: dict[str, Any] = {"epochs": 5, "time_budget_min": 30.0, "device": "cpu"}
+    full = train(tiny(tmp_path, synth_dir, "full", **kw), reporter=Reporter(quiet=True))
+    full_lrs, lrs[:] = list(lrs), []
+    assert replanned and full.metrics["epochs"] == full.metrics["planned_epochs"] == 3
+
+    cut = tiny(tmp_path, synth_dir, "cut", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, reporter=Snapshots(Path(cut.out), stop_after=1))
+    saved = load_checkpoint(Path(cut.out) / "last.pt").train_state
+    assert (
+        saved["loop"]["epoch"] == 1 and saved["loop"]["epochs"] == 3
+    )  # the plan after re-planning
+    resumed = train(resume_config(cut.out), reporter=Reporter(quiet=True))
+    assert resumed.metrics["epochs"] == resumed.metrics["planned_epochs"] == 3
+    assert lrs == full_lrs  # the same squeezed cosine, step for step
+    assert history(full.run_dir) == history(resumed.run_dir)
+    a = load_checkpoint(full.run_dir / "last.pt")
+    b = load_checkpoint(resumed.run_dir / "last.pt")
+    assert same_weights(a.state_dict, b.state_dict)
+    assert a.train_state["scheduler"]["last_epoch"] == b.train_state["scheduler"]["last_epoch"]
+
+
 def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, synth_dir: Path) -> None:
     cfg = tiny(tmp_path, synth_dir, epochs=1)
     train(cfg, reporter=Reporter(quiet=True))
@@ -295,6 +346,72 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, synth_dir: Path)
         train(resume_config(cfg.out, {"image_size": 48, "epochs": 2}))
     with pytest.raises(ConfigError, match=r"no last\.pt"):
         resume_config(tmp_path / "nothing-here")
+
+
+# ---------------------------------------------------------------------------------------------
+# Time budget: the step-time measurement before training
+
+
+def test_measuring_the_step_time_leaves_model_and_optimizer_as_they_were() -> None:
+    from plantdx.models import create_model
+    from plantdx.training.train import _measure_step_time, freeze_stem, place_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="efficientnet_lite0", pretrained=False, image_size=32)
+    model = place_model(
+        create_model(cfg.model, num_classes=3, image_size=32), torch.device("cpu"), True
+    )
+    frozen = freeze_stem(model, cfg.freeze_blocks)
+    assert frozen  # the stem and first blocks: their BatchNorm statistics must not move
+    optimizer = build_optimizer(model, cfg)
+    criterion = torch.nn.CrossEntropyLoss()
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 3, (16,)))
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(1)
+    )
+    images, targets = next(iter(loader))
+    criterion(model(images), targets).backward()
+    optimizer.step()  # the optimizer has state, the parameters have gradients
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+    opt_state = copy.deepcopy(optimizer.state_dict())
+    rng, loader_rng = torch.get_rng_state(), loader.generator.get_state()  # type: ignore[union-attr]
+
+    seconds = _measure_step_time(
+        model, loader, criterion, torch.device("cpu"), True, optimizer=optimizer, frozen=frozen
+    )
+    assert seconds > 0
+    after = model.state_dict()
+    assert after.keys() == state.keys()
+    moved = [k for k in state if not torch.equal(state[k], after[k])]
+    assert moved == []  # weights, running statistics, num_batches_tracked
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert (p.grad is None) == (g is None) and (g is None or torch.equal(p.grad, g))
+    now = optimizer.state_dict()
+    assert now["param_groups"] == opt_state["param_groups"]
+    for k, s in opt_state["state"].items():
+        assert all(torch.equal(v, now["state"][k][name]) for name, v in s.items())
+    assert not model.training  # modes as they were
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(loader.generator.get_state(), loader_rng)  # type: ignore[union-attr]
+
+
+def test_time_budget_measurement_does_not_change_training(tmp_path: Path, synth_dir: Path) -> None:
+    """On a CPU the budget measures a few steps first; the run must train exactly as without."""
+    budget = train(
+        tiny(tmp_path, synth_dir, "budget", device="cpu", time_budget_min=30.0),
+        reporter=Reporter(quiet=True),
+    )
+    none = train(
+        tiny(tmp_path, synth_dir, "none", device="cpu", time_budget_min=None),
+        reporter=Reporter(quiet=True),
+    )
+    assert budget.metrics["planned_epochs"] == none.metrics["planned_epochs"] == 2
+    a = load_checkpoint(budget.run_dir / "last.pt").state_dict
+    b = load_checkpoint(none.run_dir / "last.pt").state_dict
+    assert same_weights(a, b)
+    assert history(budget.run_dir) == history(none.run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,9 +539,13 @@ def _copy_with_bad_files(src: Path, dst: Path) -> list[str]:
         "Leaf___blight/garbage.jpg": os.urandom(3000),
         "Leaf___mosaic/notes.png": b"these are field notes, not a picture\n",
         "Leaf___healthy/empty.jpg": b"",
+        # Not images by name: skipped and listed like the others.
+        "Leaf___rust/notes.txt": b"field notes\n",
+        "Leaf___blight/Thumbs.db": b"\0" * 64,
     }
     for rel, data in bad.items():
         (dst / rel).write_bytes(data)
+    (dst / "Leaf___rust" / ".DS_Store").write_bytes(b"\0")  # hidden: ignored, not listed
     return sorted(bad)
 
 
@@ -444,24 +565,33 @@ def test_unreadable_files_are_skipped_listed_and_logged(
         monkeypatch, capsys, "train", "--data", str(data), "--out", str(out), *args, "--no-register"
     )
     assert code == 0, err
-    assert "skipped 4 unreadable file(s)" in err
+    assert "skipped 6 unreadable or non-image file(s)" in err
     for rel in bad:
         assert Path(rel).name in err
+    assert ".DS_Store" not in err
     listed = json.loads((out / "skipped.json").read_text())
     assert sorted(str(Path(p).relative_to(data)) for p, _ in listed) == bad
-    assert {why.split(":")[0] for _, why in listed} >= {"truncated", "empty"}
+    assert {why.split(":")[0] for _, why in listed} >= {"truncated", "empty", "not_an_image"}
+    reasons = {Path(p).name: why for p, why in listed}
+    assert reasons["notes.txt"].startswith("not_an_image: extension '.txt'")
+    assert reasons["Thumbs.db"].startswith("not_an_image: extension '.db'")
     metrics = json.loads(stdout)
-    assert metrics["skipped_files"] == 4
+    assert metrics["skipped_files"] == 6
     assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 72
     client = mlflow.MlflowClient(tracking_uri=store)
     run = client.get_run(metrics["mlflow_run_id"])
-    assert run.data.params["skipped_files"] == "4" and run.data.metrics["skipped_files"] == 4
+    assert run.data.params["skipped_files"] == "6" and run.data.metrics["skipped_files"] == 6
     assert "skipped.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # The lazy loader checks the files up front and skips the same ones.
     lazy = train(
         tiny(tmp_path, data, "lazy", epochs=1, cache_images=False), reporter=Reporter(quiet=True)
     )
-    assert lazy.metrics["skipped_files"] == 4
+    assert lazy.metrics["skipped_files"] == 6
+    # `plantdx evaluate --data` reports them too.
+    from plantdx.training import EvaluateConfig, evaluate_checkpoint
+
+    report = evaluate_checkpoint(EvaluateConfig(checkpoint=str(out), data=str(data)))
+    assert sorted(str(Path(p).relative_to(data)) for p, _ in report["skipped"]) == bad
 
 
 def test_bad_dataset_layouts_are_clear_errors(
@@ -623,6 +753,53 @@ def test_bench_train_reports_both_rates_and_ratio(
     )
     assert result["meets_target"] == (result["ratio"] >= 0.85)
     assert "ratio" in err and "preloaded" in err
+
+
+def test_bench_train_builds_the_model_as_training_does(
+    synth_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default `plantdx train`: 160 px, channels_last, stem and first 3 blocks frozen."""
+    import plantdx.training.bench as bench_module
+    from plantdx.training.bench import BenchTrainConfig, bench_train
+    from plantdx.training.engine import EpochStats
+
+    calls: list[tuple[torch.nn.Module, dict[str, Any]]] = []
+
+    def no_training(model: torch.nn.Module, *args: Any, **kwargs: Any) -> EpochStats:
+        calls.append((model, kwargs))  # the model as it would be trained; no time spent
+        return EpochStats(0.0, 0.0, 32, 1.0)
+
+    monkeypatch.setattr(bench_module, "train_one_epoch", no_training)
+    defaults = TrainConfig()
+    result = bench_train(
+        BenchTrainConfig(batches=1, repeats=1, train=TrainConfig(data=str(synth_dir)))
+    )
+    assert result["model"] == defaults.model == "efficientnet_lite0"
+    assert result["image_size"] == defaults.image_size == 160
+    assert result["freeze_blocks"] == defaults.freeze_blocks == 3
+    assert result["channels_last"] is True and result["freeze_backbone"] is False
+    model, kwargs = calls[0]
+    assert all(m is model for m, _ in calls)
+    assert kwargs["channels_last"] is True
+    blocks = model._blocks  # type: ignore[union-attr]
+    frozen_params = [*model._conv_stem.parameters(), *blocks[:3].parameters()]  # type: ignore[union-attr]
+    assert not any(p.requires_grad for p in frozen_params)
+    assert all(p.requires_grad for p in blocks[3:].parameters())
+    norms = [m for m in blocks[:3].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(m) for m in norms} <= {id(m) for m in kwargs["frozen"]}  # kept in eval mode
+    stem = model._conv_stem.weight  # type: ignore[union-attr]
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    trainable = result["trainable_params"]
+    assert 0 < trainable < sum(p.numel() for p in model.parameters())
+    # The flags still override: every layer trains with freeze_blocks -1.
+    calls.clear()
+    every = bench_train(
+        BenchTrainConfig(
+            batches=1, repeats=1, train=TrainConfig(data=str(synth_dir), freeze_blocks=-1)
+        )
+    )
+    assert every["trainable_params"] == sum(p.numel() for p in calls[0][0].parameters())
+    assert calls[0][1]["frozen"] == []
 
 
 # ---------------------------------------------------------------------------------------------

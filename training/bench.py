@@ -30,7 +30,7 @@ from .config import TrainConfig
 from .distributed import pick_device
 from .engine import train_one_epoch
 from .loading import prepare_datasets, train_loader
-from .train import build_optimizer
+from .train import backbone_frozen, build_optimizer, frozen_for_epoch, place_model
 
 TARGET_RATIO = 0.85
 
@@ -94,16 +94,21 @@ def _measure(
             f"--batches {cfg.batches} needs more images (or a smaller --batches)"
         )
     device = pick_device(tc.device)
-    model = create_model(
-        tc.model,
-        num_classes=len(folder.class_names),
-        pretrained=False,  # throughput does not depend on the weights
-        image_size=meta.image_size,
-        **tc.model_kwargs,
-    ).to(device)
+    # The model as `plantdx train` builds it for its first epoch: the same image size, memory
+    # format and frozen layers (stem and first `freeze_blocks` blocks, --freeze-backbone).
     channels_last = tc.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(
+        create_model(
+            tc.model,
+            num_classes=len(folder.class_names),
+            pretrained=False,  # throughput does not depend on the weights
+            image_size=meta.image_size,
+            **tc.model_kwargs,
+        ),
+        device,
+        channels_last,
+    )
+    frozen = frozen_for_epoch(model, tc, 1)
     criterion = nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     optimizer = build_optimizer(model, tc)
     scaler = torch.amp.GradScaler("cuda") if tc.amp and device.type == "cuda" else None
@@ -119,6 +124,7 @@ def _measure(
             channels_last=channels_last,
             scaler=scaler,
             max_batches=n,
+            frozen=frozen,
         )
         return stats.img_per_s
 
@@ -145,6 +151,10 @@ def _measure(
     return {
         "model": tc.model,
         "image_size": meta.image_size,
+        "freeze_blocks": tc.freeze_blocks,
+        "freeze_backbone": backbone_frozen(tc, 1),
+        "channels_last": channels_last,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "batch_size": tc.batch_size,
         "batches": cfg.batches,
         "repeats": cfg.repeats,

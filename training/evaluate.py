@@ -114,7 +114,10 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Non
     plt.close(fig)
 
 
-def _samples(cfg: EvaluateConfig, class_names: list[str]) -> list[Sample]:
+def _samples(
+    cfg: EvaluateConfig, class_names: list[str]
+) -> tuple[list[Sample], list[tuple[Path, str]]]:
+    """The images to evaluate, and the files of --data left out as non-images."""
     if cfg.split != "all":
         split_file = Path(cfg.checkpoint).parent / SPLIT_FILENAME
         if Path(cfg.checkpoint).is_dir():
@@ -122,7 +125,7 @@ def _samples(cfg: EvaluateConfig, class_names: list[str]) -> list[Sample]:
         names, split = load_split(split_file, root=cfg.data or None)
         if names != class_names:
             raise DatasetError(f"{split_file} was written for other classes")
-        return split[cfg.split]
+        return split[cfg.split], []
     folder = scan_image_folder(cfg.data, min_classes=1)
     index = {name: i for i, name in enumerate(class_names)}
     samples = [
@@ -135,7 +138,10 @@ def _samples(cfg: EvaluateConfig, class_names: list[str]) -> list[Sample]:
             f"no folder in {cfg.data} is named after a class of this checkpoint "
             f"(classes: {', '.join(class_names[:5])}...)"
         )
-    return samples
+    not_images = [
+        (p, why) for p, why in folder.skipped if p.relative_to(folder.root).parts[0] in index
+    ]
+    return samples, not_images
 
 
 def _checkpoint_path(source: str) -> Path:
@@ -154,7 +160,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     device = pick_device(cfg.device)
     model = ckpt.build_model().to(device)
-    samples = _samples(replace(cfg, checkpoint=str(path)), ckpt.class_names)
+    samples, not_images = _samples(replace(cfg, checkpoint=str(path)), ckpt.class_names)
     decoded = decode_samples(samples, Preprocessor(ckpt.preprocessing))
     loader = DataLoader(
         PixelDataset(decoded, Normalizer(ckpt.preprocessing)), batch_size=cfg.batch_size
@@ -168,7 +174,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     report: dict[str, Any] = {"checkpoint": str(path), "model": ckpt.model_name}
     report.update(classification_report(decoded.labels, pred, ckpt.class_names))
     report["split"] = cfg.split
-    report["skipped"] = [[str(path), why] for path, why in decoded.skipped]
+    report["skipped"] = [[str(p), why] for p, why in [*not_images, *decoded.skipped]]
     wrong = np.flatnonzero(pred != decoded.labels)
     # The most confident mistakes first: those are the ones worth a look.
     report["misclassified"] = [

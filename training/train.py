@@ -8,6 +8,7 @@ test report and its plots. The same code runs on a CPU, one GPU, or one process 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -25,11 +26,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from plantdx.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from plantdx.config import resolve, save_yaml, to_dict
-from plantdx.data import SPLIT_FILENAME, ImageFolder, save_split, scan_image_folder
+from plantdx.data import SPLIT_FILENAME, ImageFolder, Sample, save_split, scan_image_folder
 from plantdx.data import stratified_split as split_dataset
 from plantdx.exceptions import ConfigError, DatasetError
 from plantdx.labels import write_labels
-from plantdx.models import create_model, get_spec, head_module, model_kwargs_for_checkpoint
+from plantdx.models import (
+    check_weights,
+    create_model,
+    get_spec,
+    head_module,
+    model_kwargs_for_checkpoint,
+)
 from plantdx.preprocessing import PreprocessMeta
 
 from .config import TrainConfig
@@ -203,6 +210,20 @@ def freeze_stem(model: nn.Module, blocks: int | None) -> list[nn.Module]:
     return norms
 
 
+def frozen_for_epoch(model: nn.Module, cfg: TrainConfig, epoch: int) -> list[nn.Module]:
+    """Freeze what `cfg` keeps frozen in `epoch` (the backbone under --freeze-backbone until
+    --unfreeze-after, and an EfficientNet's stem and first `freeze_blocks` blocks); returns the
+    norm layers that must stay in eval mode."""
+    norms = set_backbone_frozen(model, cfg.model, backbone_frozen(cfg, epoch))
+    return norms + freeze_stem(model, cfg.freeze_blocks)
+
+
+def place_model(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    """The model on `device`, in the memory format training feeds it."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """The config a run was started with (its config.yaml), with `overrides` on top."""
     run = Path(run_dir)
@@ -272,8 +293,13 @@ class _Run:
     def run(self) -> TrainResult:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank)
-        folder, data = self._data()
-        self._model(folder)
+        if self.resume is None:
+            check_weights(cfg.model, cfg.weights)  # a bad --weights fails before any decoding
+        folder, split = self._scan()
+        self._model(folder)  # loads --weights: before the (slow) decoding, so errors come at once
+        if self.dist.is_main:
+            self._write_run_files(folder, split)
+        data = self._data(split)
         self._loop_setup()
         if cfg.mlflow and self.dist.is_main:
             self.tracker = RunTracker(
@@ -282,7 +308,7 @@ class _Run:
                 resume_run_id=self.resume.mlflow_run_id if self.resume else None,
                 extra_params={"world_size": self.dist.world_size},
             )
-            self.tracker.log_skipped(len(data.skipped))
+            self.tracker.log_skipped(len(self.skipped))
         try:
             self._fit()
             metrics = self._finish(data) if self.dist.is_main else {"rank": self.dist.rank}
@@ -295,27 +321,33 @@ class _Run:
 
     # -- data ---------------------------------------------------------------------------------
 
-    def _data(self) -> tuple[ImageFolder, PreparedData]:
+    def _scan(self) -> tuple[ImageFolder, dict[str, list[Sample]]]:
+        """The class folders and the split: file names only, nothing decoded yet."""
         cfg = self.cfg
         folder = scan_image_folder(cfg.data)
         split = split_dataset(
             folder, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
         )
         self.class_names = folder.class_names
-        if self.dist.is_main:
-            self._write_run_files(folder, split)
+        self.not_images = list(folder.skipped)
         self.meta: PreprocessMeta = get_spec(cfg.model).preprocessing(cfg.image_size)
-        with self.rep.task("decode images", total=len(folder.samples)) as advance:
+        return folder, split
+
+    def _data(self, split: dict[str, list[Sample]]) -> PreparedData:
+        cfg = self.cfg
+        total = sum(len(v) for v in split.values())
+        with self.rep.task("decode images", total=total) as advance:
             data = prepare_datasets(
                 split, self.meta, cfg.augment, cache=cfg.cache_images, progress=advance
             )
-        self.skipped = [(str(p), why) for p, why in data.skipped]
+        # Files that are not images by name, then those that would not decode.
+        self.skipped = [(str(p), why) for p, why in [*self.not_images, *data.skipped]]
         if self.skipped:
             shown = ", ".join(p for p, _ in self.skipped[:20])
             more = f" and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
             self.rep.warn(
-                f"skipped {len(self.skipped)} unreadable file(s) (listed in skipped.json): "
-                f"{shown}{more}"
+                f"skipped {len(self.skipped)} unreadable or non-image file(s) "
+                f"(listed in skipped.json): {shown}{more}"
             )
             if self.dist.is_main:
                 (self.run_dir / "skipped.json").write_text(
@@ -344,7 +376,7 @@ class _Run:
             "val": eval_loader(data.datasets["val"]),
             "test": eval_loader(data.datasets["test"]),
         }
-        return folder, data
+        return data
 
     def _write_run_files(self, folder: ImageFolder, split: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -380,10 +412,8 @@ class _Run:
         )
         if self.resume is not None:
             net.load_state_dict(self.resume.state_dict)
-        net = net.to(self.device)
         self.channels_last = cfg.channels_last
-        if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
+        net = place_model(net, self.device, self.channels_last)
         self.net = net
         self.frozen_norms: list[nn.Module] = freeze_stem(net, cfg.freeze_blocks)
         self.frozen: bool | None = None
@@ -426,7 +456,13 @@ class _Run:
         if not self.budgeted:
             return cfg.epochs
         sec_per_img = _measure_step_time(
-            self.net, self.loaders["train"], self.criterion, self.device, self.channels_last
+            self.net,
+            self.loaders["train"],
+            self.criterion,
+            self.device,
+            self.channels_last,
+            optimizer=self.optimizer,
+            frozen=self.frozen_norms,
         )
         self.eval_s_per_img = sec_per_img * 0.35
         per_epoch = sec_per_img * self.steps * cfg.batch_size * 1.05 + self.eval_s_per_img * (
@@ -445,9 +481,11 @@ class _Run:
     def _fit(self) -> None:
         cfg, st = self.cfg, self.state
         epoch = st.epoch
+        # An epoch's time runs from one re-planning to the next, so it counts the validation
+        # and the checkpoints written between them too.
+        mark = time.perf_counter()
         while epoch < st.epochs:
             epoch += 1
-            epoch_started = time.perf_counter()
             self._apply_freezing(epoch)
             if self.sampler is not None:
                 self.sampler.set_epoch(epoch)
@@ -468,11 +506,18 @@ class _Run:
                     on_batch=lambda n, _loss: adv(n),
                 )
             stats = self._reduce(stats)
-            stop = self._end_epoch(epoch, stats) if self.dist.is_main else False
-            if self.dist.broadcast(stop):
+            ckpt = self._end_epoch(epoch, stats) if self.dist.is_main else None
+            stop = bool(self.dist.broadcast(st.stopped_early))  # rank 0's decision
+            if not stop and self.budgeted and self.resume is None:
+                now = time.perf_counter()
+                self._keep_to_budget(epoch, now - mark)
+                mark = now
+            # last.pt is written after re-planning: it holds the plan (epochs, LR schedule) that
+            # the run goes on with, so --resume continues exactly as the unbroken run does.
+            if ckpt is not None:
+                self._save_last(ckpt)
+            if stop:
                 break
-            if self.budgeted and self.resume is None:
-                self._keep_to_budget(epoch, time.perf_counter() - epoch_started)
 
     def _keep_to_budget(self, epoch: int, epoch_s: float) -> None:
         """After every epoch, re-plan the rest of the run from the measured epoch times
@@ -503,8 +548,7 @@ class _Run:
         if self.frozen is not None:
             self.rep.info(f"epoch {epoch}: unfreezing the backbone")
         self.frozen = frozen
-        self.frozen_norms = set_backbone_frozen(self.net, self.cfg.model, frozen)
-        self.frozen_norms += freeze_stem(self.net, self.cfg.freeze_blocks)
+        self.frozen_norms = frozen_for_epoch(self.net, self.cfg, epoch)
         self.model = self.dist.wrap(self.net)  # DDP reduces only what is trainable at wrap time
 
     def _reduce(self, stats: EpochStats) -> EpochStats:
@@ -514,8 +558,9 @@ class _Run:
         n = max(seen, 1.0)
         return EpochStats(loss_sum / n, correct / n, int(seen), stats.seconds)
 
-    def _end_epoch(self, epoch: int, stats: EpochStats) -> bool:
-        """Rank 0: validate, log, checkpoint; True when early stopping ends the run."""
+    def _end_epoch(self, epoch: int, stats: EpochStats) -> Checkpoint:
+        """Rank 0: validate, log, write best.pt; returns the epoch's checkpoint for last.pt
+        (`_save_last`). Whether early stopping ends the run is in `state.stopped_early`."""
         cfg, st = self.cfg, self.state
         val = evaluate(
             self.net,
@@ -552,15 +597,19 @@ class _Run:
         ckpt = self._checkpoint(row)
         if improved_acc:
             save_checkpoint(ckpt, self.run_dir / "best.pt")
+        return ckpt
+
+    def _save_last(self, ckpt: Checkpoint) -> None:
+        """Rank 0: last.pt, everything --resume needs, as the run stands after the epoch."""
+        st = self.state
         ckpt.train_state = self._train_state()
         save_checkpoint(ckpt, self.run_dir / "last.pt")
-        self.rep.epoch(row)
+        self.rep.epoch(ckpt.metrics)
         if st.stopped_early:
             self.rep.info(
                 f"early stopping: val_loss has not improved for {st.bad_epochs} epoch(s) "
                 f"(best {st.best_val_loss:.4f})"
             )
-        return st.stopped_early
 
     def _checkpoint(self, row: dict[str, Any]) -> Checkpoint:
         state = {
@@ -700,18 +749,73 @@ def _measure_step_time(
     criterion: nn.Module,
     device: torch.device,
     channels_last: bool,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    frozen: list[nn.Module] | None = None,
 ) -> float:
-    """Seconds per training image, from a few real forward/backward passes (no update)."""
-    model.train()
-    times = []
-    for i, (images, targets) in enumerate(loader):
-        if i >= 3:
-            break
-        images = images.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        t0 = time.perf_counter()
-        criterion(model(images), targets.to(device)).backward()
-        times.append((time.perf_counter() - t0) / images.size(0))
-    model.zero_grad(set_to_none=True)
+    """Seconds per training image, from a few real forward/backward passes (no update).
+
+    Runs like a training step (`frozen` norm layers in eval mode), then puts back everything
+    it touched: weights and buffers (BatchNorm statistics), gradients, train/eval modes, the
+    optimizer's state and the RNG streams (the loader's too), so a run with a time budget
+    trains exactly as one without.
+    """
+    snapshot = _TrainingSnapshot(model, optimizer, loader, device)
+    try:
+        model.train()
+        for module in frozen or []:
+            module.eval()
+        times = []
+        for i, (images, targets) in enumerate(loader):
+            if i >= 3:
+                break
+            images = images.to(device)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            t0 = time.perf_counter()
+            criterion(model(images), targets.to(device)).backward()
+            times.append((time.perf_counter() - t0) / images.size(0))
+    finally:
+        snapshot.restore()
     return float(np.median(times[1:] if len(times) > 1 else times))
+
+
+class _TrainingSnapshot:
+    """A copy of what a few trial steps change: model state, gradients, modes, optimizer, RNG."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        loader: DataLoader[Any],
+        device: torch.device,
+    ) -> None:
+        self.model, self.optimizer, self.loader, self.device = model, optimizer, loader, device
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.grads = [
+            None if p.grad is None else p.grad.detach().clone() for p in model.parameters()
+        ]
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.optim = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        self.py_rng = random.getstate()
+        self.np_rng = np.random.get_state()
+        self.torch_rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        gen = loader.generator
+        self.loader_rng = gen.get_state() if gen is not None else None
+
+    def restore(self) -> None:
+        self.model.load_state_dict(self.state)
+        for p, grad in zip(self.model.parameters(), self.grads, strict=True):
+            p.grad = grad
+        for module, training in self.modes:
+            module.training = training
+        if self.optimizer is not None and self.optim is not None:
+            self.optimizer.load_state_dict(self.optim)
+        random.setstate(self.py_rng)
+        np.random.set_state(self.np_rng)
+        torch.set_rng_state(self.torch_rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        if self.loader_rng is not None and self.loader.generator is not None:
+            self.loader.generator.set_state(self.loader_rng)

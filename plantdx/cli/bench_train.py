@@ -25,6 +25,12 @@ def train(
     cache_images: bool = typer.Option(
         None, "--cache-images/--no-cache-images", help="Decode once into memory, or per access."
     ),
+    freeze_blocks: int = typer.Option(
+        None,
+        "--freeze-blocks",
+        help="EfficientNets: keep the stem and first N blocks frozen, as training does "
+        "(default 3); -1: none.",
+    ),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
     config: Path = typer.Option(None, "--config", help="Training YAML (loader settings)."),
     json_out: Path = typer.Option(None, "--json", help="Write the result here."),
@@ -46,12 +52,16 @@ def train(
             image_size=image_size,
             num_workers=num_workers,
             cache_images=cache_images,
+            freeze_blocks=freeze_blocks,
             device=device,
             mlflow=False,
         ),
     )
     err = Console(stderr=True)
-    err.print(f"plantdx bench train: {tc.model} @ {tc.image_size} px, {machine()}")
+    err.print(
+        f"plantdx bench train: {tc.model} @ {tc.image_size} px, freeze_blocks "
+        f"{tc.freeze_blocks}, {machine()}"
+    )
     result = bench_train(
         BenchTrainConfig(batches=batches, repeats=repeats, train=tc),
         on_pass=lambda kind, v: err.print(f"  {kind:>12}: {v:7.1f} img/s"),

@@ -160,7 +160,7 @@ def evaluate(
     for row in wrong[:10]:
         typer.echo(f"  {row['file']}: {row['true']} → {row['predicted']} ({row['confidence']:.2f})")
     if report["skipped"]:
-        typer.echo(f"{len(report['skipped'])} unreadable file(s) skipped")
+        typer.echo(f"{len(report['skipped'])} unreadable or non-image file(s) skipped")
     typer.echo(
         f"report: {report['report_json']}, confusion matrix: {report['confusion_matrix_png']}"
     )

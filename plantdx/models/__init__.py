@@ -86,13 +86,51 @@ def create_model(
     when none can be found this raises ModelNotFoundError instead of training from scratch.
     """
     spec = get_spec(name)
-    return spec.builder(
+    size = image_size or spec.default_image_size
+    model = spec.builder(
         num_classes=num_classes,
         pretrained=pretrained,
-        image_size=image_size or spec.default_image_size,
+        image_size=size,
         weights=weights,
         **kwargs,
     )
+    return exportable_pooling(model, size)
+
+
+def check_weights(name: str, weights: str | Path | None) -> None:
+    """Fail at once, naming the path, when `weights` for model `name` is missing or unreadable.
+
+    Training calls this before it decodes the dataset; the builders check the same again.
+    """
+    spec = get_spec(name)
+    if weights is None or str(weights) == "":
+        return
+    if spec.name == "vit":
+        _vit_weights_dir(weights)
+    else:
+        _weights_file(weights)
+
+
+def _weights_file(weights: str | Path) -> Path:
+    """A --weights file that exists and can be read."""
+    path = Path(weights).expanduser()
+    if not path.exists():
+        raise ModelNotFoundError(f"weights file {path} does not exist")
+    if not path.is_file():
+        raise ModelNotFoundError(f"weights file {path} is not a file")
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ModelNotFoundError(f"weights file {path} cannot be read: {exc}") from exc
+    return path
+
+
+def _load_state(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelNotFoundError(f"{path} is not a readable PyTorch weights file: {exc}") from exc
 
 
 def head_module(model: nn.Module, name: str) -> nn.Module:
@@ -108,6 +146,96 @@ def model_kwargs_for_checkpoint(model: nn.Module) -> dict[str, Any]:
     """Builder arguments a checkpoint must store to rebuild `model` without its weights source."""
     extra = getattr(model, "plantdx_kwargs", None)
     return dict(extra) if extra else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive average pooling that exports at any input size.
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """The out_size × in_size averaging matrix of adaptive average pooling along one axis:
+    row i averages PyTorch's bin [floor(i·in/out), ceil((i+1)·in/out))."""
+    m = torch.zeros(out_size, in_size)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -(-((i + 1) * in_size) // out_size)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+class MatrixAdaptiveAvgPool2d(nn.Module):
+    """nn.AdaptiveAvgPool2d for one input size, as out = P_h · x · P_wᵀ (it is separable).
+
+    The same numbers, but exportable to ONNX when the output size does not divide the input
+    size (torch.onnx refuses adaptive pooling there, e.g. vgg16's 7×7 pool over the 5×5 map of
+    a 160 px image). The matrices are non-persistent buffers: state dicts do not change. Any
+    other input size falls back to adaptive pooling.
+    """
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+    def __init__(self, in_size: tuple[int, int], out_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.in_size = in_size
+        self.out_size = out_size
+        rows = adaptive_pool_matrix(in_size[0], out_size[0])
+        cols = adaptive_pool_matrix(in_size[1], out_size[1]).t().contiguous()
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.in_size:
+            return nn.functional.adaptive_avg_pool2d(x, self.out_size)
+        return torch.matmul(torch.matmul(self.rows, x), self.cols)
+
+    def extra_repr(self) -> str:
+        return f"in_size={self.in_size}, output_size={self.out_size}"
+
+
+def _pair(size: Any, like: tuple[int, int]) -> tuple[int, int]:
+    """An adaptive pool's output_size as two ints (None: the input size on that axis)."""
+    h, w = (size, size) if isinstance(size, int) or size is None else tuple(size)
+    return (like[0] if h is None else int(h), like[1] if w is None else int(w))
+
+
+def exportable_pooling(model: nn.Module, image_size: int) -> nn.Module:
+    """Replace, in place, every nn.AdaptiveAvgPool2d that torch.onnx cannot export at this
+    image size (its output size does not divide its input size) by the exact
+    MatrixAdaptiveAvgPool2d. Input sizes come from one forward pass of a blank image, run only
+    when the model has such a pool that is not a global (1×1) one."""
+    pools = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size not in (1, (1, 1))
+    }
+    if not pools:
+        return model
+    seen: dict[str, tuple[int, int]] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            seen.setdefault(name, (int(args[0].shape[-2]), int(args[0].shape[-1])))
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in pools.items()]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(training)
+    for name, in_size in seen.items():
+        out = _pair(pools[name].output_size, in_size)
+        if in_size[0] % out[0] == 0 and in_size[1] % out[1] == 0:
+            continue  # torch.onnx exports it as a plain AvgPool
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, MatrixAdaptiveAvgPool2d(in_size, out))
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +264,7 @@ class TinyNet(nn.Module):
 def _build_tiny(
     *, num_classes: int, pretrained: bool, image_size: int, weights: Any, width: int = 8
 ) -> nn.Module:
-    if pretrained:
+    if pretrained or weights:
         raise ModelNotFoundError("test_tiny has no pretrained weights; train it from scratch")
     model = TinyNet(num_classes, width=width)
     model.plantdx_kwargs = {"width": width}  # type: ignore[assignment]
@@ -183,8 +311,10 @@ def _build_lite0(
         "efficientnet-lite0", num_classes=num_classes, image_size=image_size, dropout_rate=dropout
     )
     if pretrained or weights:
-        path = Path(weights) if weights else lite0_weights_path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path = _weights_file(weights) if weights else lite0_weights_path()
+        state = _load_state(path)
+        if not isinstance(state, dict):
+            raise ModelNotFoundError(f"{path} does not hold a state dict for EfficientNet-Lite0")
         if num_classes != 1000:
             state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         result = model.load_state_dict(state, strict=False)
@@ -248,10 +378,7 @@ def torch_hub_checkpoint_dir() -> Path:
 
 def _load_torchvision_weights(model: nn.Module, name: str, path: Path, head_attr: str) -> None:
     """ImageNet (or any same-architecture) weights; a head of another size is left out."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelNotFoundError(f"{path} is not a readable PyTorch weights file: {exc}") from exc
+    state = _load_state(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -279,7 +406,7 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         if pretrained or weights:
             if weights:
-                path = Path(weights)
+                path = _weights_file(weights)
             else:
                 enum = getattr(torchvision.models, weights_enum).DEFAULT
                 path = torch_hub_checkpoint_dir() / os.path.basename(enum.url)
@@ -337,14 +464,33 @@ TINY_VIT_CONFIG: dict[str, Any] = {
 }
 
 
+def _vit_weights_dir(weights: str | Path) -> str | Path:
+    """--weights for vit: a local HuggingFace directory, or a hub id (org/name) to find in the
+    offline HuggingFace cache. A path that is neither is an error naming it."""
+    text = str(weights)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{path} is not a HuggingFace model directory (no config.json)"
+            )
+        return path
+    looks_like_hub_id = (
+        not path.is_absolute()
+        and not text.startswith((".", "~"))
+        and text.count("/") <= 1
+        and path.suffix.lower() not in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
+    )
+    if not looks_like_hub_id:
+        raise ModelNotFoundError(f"ViT weights directory {path} does not exist")
+    return text
+
+
 def _vit_from_pretrained(weights: Any, num_classes: int) -> Any:
     """A local HuggingFace directory (--weights DIR), else the offline HuggingFace cache."""
     from transformers import ViTForImageClassification
 
-    source = str(weights) if weights else VIT_HUB_ID
-    path = Path(source)
-    if path.exists() and not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"{path} is not a HuggingFace model directory (no config.json)")
+    source = str(_vit_weights_dir(weights)) if weights else VIT_HUB_ID
     try:
         return ViTForImageClassification.from_pretrained(
             source, num_labels=num_classes, ignore_mismatched_sizes=True, local_files_only=True
