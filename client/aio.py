@@ -16,13 +16,15 @@ from plantdx.exceptions import ClientError, ServerUnavailableError
 
 from .base import ClientBase, health_of, not_sent, source_name
 from .client import OnResult
-from .options import Protocol, classify, error_kind, to_error
+from .options import RETRIED, Protocol, classify, error_kind, to_error
 from .results import (
+    CLASSIFIER,
     ImageLike,
     Prediction,
     PredictOutcome,
     ServerHealth,
     describe,
+    newest_ready_version,
     output_count,
     probe_image,
     to_bytes,
@@ -44,6 +46,7 @@ class AsyncPlantDxClient(ClientBase):
         """The options of PlantDxClient, and aiohttp's connection-pool size for HTTP."""
         super().__init__(url, protocol, **options)
         self.max_connections = max_connections
+        self._version_lock: asyncio.Lock | None = None
 
     _MODULE_SUFFIX = ".aio"
 
@@ -73,9 +76,9 @@ class AsyncPlantDxClient(ClientBase):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
         o = self.options
-        delays = o.delays()
+        delays = o.delays() if retry else []
         kwargs = self._call_kwargs(kwargs)
         attempt = 0
         while True:
@@ -85,7 +88,7 @@ class AsyncPlantDxClient(ClientBase):
                 return await fn(*args, headers=o.request_headers(), **kwargs)
             except Exception as exc:
                 kind = classify(exc)
-                if kind != "unavailable" or attempt > len(delays):
+                if kind not in RETRIED or attempt > len(delays):
                     raise to_error(exc, kind, o, attempt) from exc
                 await asyncio.sleep(delays[attempt - 1])
 
@@ -107,6 +110,28 @@ class AsyncPlantDxClient(ClientBase):
         )
         return output_count(meta)
 
+    async def classifier_version(self, *, refresh: bool = False) -> str | None:
+        """PlantDxClient.classifier_version: one metadata request per `version_ttl_s`, shared
+        by every task of this client."""
+        cache, ttl = self._versions, self.options.version_ttl_s
+        if not refresh and cache.fresh(ttl):
+            return cache.value
+        if self._version_lock is None:
+            self._version_lock = asyncio.Lock()
+        async with self._version_lock:
+            if not refresh and cache.fresh(ttl):
+                return cache.value
+            try:
+                meta = await self._call("get_model_metadata", CLASSIFIER, retry=False)
+            except ClientError:
+                return cache.store(None)
+            return cache.store(newest_ready_version(meta))
+
+    async def inference_statistics(self) -> dict[str, Any]:
+        if self.options.protocol == "grpc":
+            return dict(await self._call("get_inference_statistics", as_json=True))
+        return dict(await self._call("get_inference_statistics"))
+
     async def classes(self) -> list[str]:
         if self._labels is None:
             count = await self.num_classes()
@@ -123,7 +148,7 @@ class AsyncPlantDxClient(ClientBase):
         start = time.perf_counter()
         result = await self.infer([data], class_count=top_k)
         latency = (time.perf_counter() - start) * 1000
-        return to_prediction(result, latency, source_name(image))
+        return to_prediction(result, latency, source_name(image), await self.classifier_version())
 
     async def predict_many(
         self,

@@ -4,6 +4,9 @@ request is built and how its answers are read. Only the calls themselves differ.
 from __future__ import annotations
 
 import importlib
+import math
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +45,7 @@ class ClientBase:
         certificate_chain: str | None = None,
         insecure: bool = False,
         headers: dict[str, str] | None = None,
+        version_ttl_s: float = 5.0,
     ) -> None:
         self.options = ClientOptions.create(
             url,
@@ -58,9 +62,11 @@ class ClientBase:
             certificate_chain=certificate_chain,
             insecure=insecure,
             headers=headers,
+            version_ttl_s=version_ttl_s,
         )
         self._client: Any = None
         self._labels: list[str] | None = None
+        self._versions = VersionCache()
 
     @property
     def url(self) -> str:
@@ -116,6 +122,23 @@ class ClientBase:
         scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
         self._labels = [s.label for s in sorted(scores, key=lambda s: s.index)]
         return list(self._labels)
+
+
+class VersionCache:
+    """The classifier version last read from the server and when; shared by a client's clones,
+    so that many workers make one metadata request per time-to-live between them."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+        self.read_at = -math.inf
+        self.lock = threading.Lock()
+
+    def fresh(self, ttl_s: float) -> bool:
+        return time.monotonic() - self.read_at < ttl_s
+
+    def store(self, value: str | None) -> str | None:
+        self.value, self.read_at = value, time.monotonic()
+        return value
 
 
 def health_of(live: bool, ready: bool, model_ready: bool, model: str) -> ServerHealth:

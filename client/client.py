@@ -11,14 +11,16 @@ from typing import Any
 
 from plantdx.exceptions import ClientError, ServerUnavailableError
 
-from .base import ClientBase, health_of, not_sent, source_name
-from .options import ClientOptions, classify, error_kind, to_error
+from .base import ClientBase, VersionCache, health_of, not_sent, source_name
+from .options import RETRIED, ClientOptions, classify, error_kind, to_error
 from .results import (
+    CLASSIFIER,
     ImageLike,
     Prediction,
     PredictOutcome,
     ServerHealth,
     describe,
+    newest_ready_version,
     output_count,
     probe_image,
     to_bytes,
@@ -33,7 +35,7 @@ class PlantDxClient(ClientBase):
 
     One client holds one connection and is meant for one thread (tritonclient's HTTP client
     is gevent-based); `predict_many` gives each of its worker threads a client of its own.
-    Only unavailable-server errors are retried, with capped exponential backoff.
+    Only an unreachable or overloaded server is retried, with capped exponential backoff.
     """
 
     @classmethod
@@ -42,6 +44,7 @@ class PlantDxClient(ClientBase):
         client.options = options
         client._client = None
         client._labels = None
+        client._versions = VersionCache()
         return client
 
     # -- connection -----------------------------------------------------------------------
@@ -75,12 +78,14 @@ class PlantDxClient(ClientBase):
 
     def clone(self) -> PlantDxClient:
         """A new client with the same options (and its own connection)."""
-        return PlantDxClient.from_options(self.options)
+        client = PlantDxClient.from_options(self.options)
+        client._versions = self._versions
+        return client
 
     # -- calls with the retry policy ------------------------------------------------------
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
         o = self.options
-        delays = o.delays()
+        delays = o.delays() if retry else []
         kwargs = self._call_kwargs(kwargs)
         attempt = 0
         while True:
@@ -95,7 +100,7 @@ class PlantDxClient(ClientBase):
                     # still deliver the old answer, and a gRPC channel would wait out its own
                     # reconnect backoff after the server comes back.
                     self.close()
-                if kind != "unavailable" or attempt > len(delays):
+                if kind not in RETRIED or attempt > len(delays):
                     raise to_error(exc, kind, o, attempt) from exc
                 time.sleep(delays[attempt - 1])
 
@@ -114,6 +119,28 @@ class PlantDxClient(ClientBase):
     def num_classes(self) -> int:
         meta = self._call("get_model_metadata", self.options.model, self.options.model_version)
         return output_count(meta)
+
+    def classifier_version(self, *, refresh: bool = False) -> str | None:
+        """The classifier version serving now: the highest ready version of the ensemble's
+        `classifier` (the one its step with model_version -1 runs), read from the model
+        metadata at most once per `version_ttl_s`; None when the server will not say."""
+        cache, ttl = self._versions, self.options.version_ttl_s
+        if not refresh and cache.fresh(ttl):
+            return cache.value
+        with cache.lock:
+            if not refresh and cache.fresh(ttl):
+                return cache.value
+            try:
+                meta = self._call("get_model_metadata", CLASSIFIER, retry=False)
+            except ClientError:
+                return cache.store(None)
+            return cache.store(newest_ready_version(meta))
+
+    def inference_statistics(self) -> dict[str, Any]:
+        """Triton's per-model inference statistics (every model), as JSON for both protocols."""
+        if self.options.protocol == "grpc":
+            return dict(self._call("get_inference_statistics", as_json=True))
+        return dict(self._call("get_inference_statistics"))
 
     def classes(self) -> list[str]:
         """Class names in output order, from the server's classification extension."""
@@ -140,7 +167,7 @@ class PlantDxClient(ClientBase):
         start = time.perf_counter()
         result = self.infer([data], class_count=top_k)
         latency = (time.perf_counter() - start) * 1000
-        return to_prediction(result, latency, source_name(image))
+        return to_prediction(result, latency, source_name(image), self.classifier_version())
 
     def predict_many(
         self,

@@ -5,6 +5,11 @@ a warm-up and then a measured window. Requests that started and finished inside 
 count. The client's own CPU use over the window is measured too (process CPU time, every
 thread), so a report shows whether the load generator could have been the bottleneck.
 
+Triton's response cache answers a repeated input without running the model, and a benchmark
+that cycles through a folder repeats its images: the server's own statistics (cache hits over
+every model) are read at the start and the end of each window, and the hits in between are
+reported with the level, so that figures measured on cached answers cannot pass for real work.
+
 Two drivers: `async` runs every worker as a task on one event loop with one
 AsyncPlantDxClient (aiohttp or grpc.aio); `threads` gives each worker a thread and a
 PlantDxClient of its own (tritonclient's HTTP client is gevent-based: one per thread).
@@ -31,6 +36,7 @@ from plantdx.exceptions import ConfigError, DatasetError
 from .aio import AsyncPlantDxClient
 from .client import PlantDxClient
 from .options import error_kind
+from .results import cache_hit_count
 
 # A failing server answers at once: pause so that errors are counted, not spun on.
 _ERROR_PAUSE_S = 0.01
@@ -45,8 +51,10 @@ class ServeBenchConfig:
     duration_s: float = 30.0
     warmup_s: float = 3.0
     driver: Literal["async", "threads"] = "async"
-    # Make every request's bytes unique so Triton's response cache cannot answer a repeat
-    # (real photos never repeat; a benchmark that cycles through a folder does).
+    # Make every request's bytes unique, so that a cache keyed on the request bytes (such as an
+    # ensemble-level response cache) cannot answer a repeat. It does not defeat a cache keyed on
+    # decoded pixels (the default repository's classifier cache): the decoded image is the same.
+    # Cache hits are counted per level either way.
     unique: bool = True
     max_images: int = 0
     timeout_s: float = 60.0
@@ -69,6 +77,9 @@ class LevelResult:
     client_cpu_pct: float
     client_cpu_ms_per_img: float | None
     error_examples: list[str] = field(default_factory=list)
+    # Answers Triton took from its response cache during the window (every model); None when
+    # the server's statistics could not be read (e.g. behind a gateway).
+    cache_hits: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,18 +104,21 @@ def load_images(folder: str | Path, limit: int = 0) -> list[bytes]:
 
 
 class _Payloads:
-    """Cycles through the images; with `unique`, appends 8 counter bytes after the image's
-    end (JPEG and PNG decoders stop at their end marker, so decoding work is unchanged)."""
+    """Cycles through the images; with `unique`, appends 16 bytes after the image's end: a
+    random tag of this instance (levels and runs never repeat each other's requests) and a
+    counter. JPEG and PNG decoders stop at their end marker, so decoding work is unchanged,
+    and so is the decoded image: a cache keyed on pixels still answers the repeats."""
 
     def __init__(self, images: list[bytes], unique: bool, offset: int = 0) -> None:
         self.images = images
         self.unique = unique
         self.counter = itertools.count(offset)
+        self.tag = os.urandom(8)
 
     def next(self) -> bytes:
         n = next(self.counter)
         data = self.images[n % len(self.images)]
-        return data + n.to_bytes(8, "little") if self.unique else data
+        return data + self.tag + n.to_bytes(8, "little") if self.unique else data
 
 
 @dataclass
@@ -115,7 +129,13 @@ class _Record:
 
 
 def _summarise(
-    cfg: ServeBenchConfig, concurrency: int, rec: _Record, t0: float, t1: float, cpu_s: float
+    cfg: ServeBenchConfig,
+    concurrency: int,
+    rec: _Record,
+    t0: float,
+    t1: float,
+    cpu_s: float,
+    cache_hits: int | None = None,
 ) -> LevelResult:
     starts, ends = np.array(rec.starts), np.array(rec.ends)
     inside = (starts >= t0) & (ends <= t1) if starts.size else np.zeros(0, dtype=bool)
@@ -142,7 +162,29 @@ def _summarise(
         client_cpu_pct=round(100.0 * cpu_s / window, 1),
         client_cpu_ms_per_img=round(1000.0 * cpu_s / n, 3) if n else None,
         error_examples=sorted(set(errors))[:3],
+        cache_hits=cache_hits,
     )
+
+
+def _hits_between(before: int | None, after: int | None) -> int | None:
+    if before is None or after is None:
+        return None
+    return max(0, after - before)
+
+
+def _read_cache_hits(client: PlantDxClient) -> int | None:
+    """Response-cache hits so far over every model; None when the statistics cannot be read."""
+    try:
+        return cache_hit_count(client.inference_statistics())
+    except Exception:
+        return None
+
+
+async def _aread_cache_hits(client: AsyncPlantDxClient) -> int | None:
+    try:
+        return cache_hit_count(await client.inference_statistics())
+    except Exception:
+        return None
 
 
 def _window(cfg: ServeBenchConfig) -> tuple[float, float]:
@@ -150,27 +192,51 @@ def _window(cfg: ServeBenchConfig) -> tuple[float, float]:
     return t0, t0 + cfg.duration_s
 
 
-def _cpu_over(t0: float, t1: float, stop: Callable[[], bool]) -> float:
-    """Process CPU seconds between perf_counter instants t0 and t1 (sleeps until then)."""
+def _cpu_over(
+    t0: float,
+    t1: float,
+    stop: Callable[[], bool],
+    at_start: Callable[[], None] | None = None,
+    at_end: Callable[[], None] | None = None,
+) -> float:
+    """Process CPU seconds between perf_counter instants t0 and t1 (sleeps until then);
+    `at_start` and `at_end` run at t0 and t1, outside the measured CPU time."""
     while time.perf_counter() < t0 and not stop():
         time.sleep(0.005)
+    if at_start is not None:
+        at_start()
     c0 = time.process_time()
     while time.perf_counter() < t1 and not stop():
         time.sleep(0.005)
-    return time.process_time() - c0
+    cpu_s = time.process_time() - c0
+    if at_end is not None:
+        at_end()
+    return cpu_s
 
 
 async def _async_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int) -> LevelResult:
     rec = _Record()
     payloads = _Payloads(images, cfg.unique)
-    async with AsyncPlantDxClient(
-        cfg.url,
-        cfg.protocol,
-        timeout=cfg.timeout_s,
-        retries=0,
-        headers=cfg.headers,
-        max_connections=concurrency,
-    ) as client:
+    # The statistics have a client of their own: behind busy workers, a request on their
+    # connection pool would wait for the end of the window.
+    async with (
+        AsyncPlantDxClient(
+            cfg.url,
+            cfg.protocol,
+            timeout=cfg.timeout_s,
+            retries=0,
+            headers=cfg.headers,
+            max_connections=concurrency,
+        ) as client,
+        AsyncPlantDxClient(
+            cfg.url,
+            cfg.protocol,
+            timeout=min(cfg.timeout_s, 10.0),
+            retries=0,
+            headers=cfg.headers,
+            max_connections=1,
+        ) as stats,
+    ):
         with contextlib.suppress(Exception):  # connect first; the measured loop counts failures
             await client.infer([images[0]], class_count=1)
         t0, t1 = _window(cfg)
@@ -188,18 +254,20 @@ async def _async_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: 
                 rec.starts.append(start)
                 rec.ends.append(time.perf_counter())
 
-        async def cpu() -> float:
+        async def cpu() -> tuple[float, int | None]:
             while time.perf_counter() < t0:
                 await asyncio.sleep(0.005)
+            hits0 = await _aread_cache_hits(stats)
             c0 = time.process_time()
             while time.perf_counter() < t1:
                 await asyncio.sleep(0.005)
-            return time.process_time() - c0
+            cpu_s = time.process_time() - c0
+            return cpu_s, _hits_between(hits0, await _aread_cache_hits(stats))
 
         cpu_task = asyncio.ensure_future(cpu())
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        cpu_s = await cpu_task
-    return _summarise(cfg, concurrency, rec, t0, t1, cpu_s)
+        cpu_s, hits = await cpu_task
+    return _summarise(cfg, concurrency, rec, t0, t1, cpu_s, hits)
 
 
 def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int) -> LevelResult:
@@ -237,15 +305,26 @@ def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int)
             rec.errors += errors
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    connected.wait()
-    window.extend(_window(cfg))
-    go.wait()
-    cpu_s = _cpu_over(window[0], window[1], lambda: False)
+    hits: list[int | None] = []
+    with PlantDxClient(
+        cfg.url, cfg.protocol, timeout=min(cfg.timeout_s, 10.0), retries=0, headers=cfg.headers
+    ) as stats:
+        for t in threads:
+            t.start()
+        connected.wait()
+        window.extend(_window(cfg))
+        go.wait()
+        cpu_s = _cpu_over(
+            window[0],
+            window[1],
+            lambda: False,
+            at_start=lambda: hits.append(_read_cache_hits(stats)),
+            at_end=lambda: hits.append(_read_cache_hits(stats)),
+        )
     for t in threads:
         t.join()
-    return _summarise(cfg, concurrency, rec, window[0], window[1], cpu_s)
+    cache_hits = _hits_between(*hits) if len(hits) == 2 else None
+    return _summarise(cfg, concurrency, rec, window[0], window[1], cpu_s, cache_hits)
 
 
 def run_serve_bench(

@@ -1,8 +1,10 @@
 """Connection options shared by the sync and async clients, and the error policy.
 
-Every failure is sorted into one kind, and only `unavailable` is retried: a bad image, a
-refused API key or a TLS problem fails the same way every time, and a timeout has already
-spent the caller's time budget.
+Every failure is sorted into one kind, and only `unavailable` and `overloaded` are retried: a
+bad image, a refused API key or a TLS problem fails the same way every time, and a timeout has
+already spent the caller's time budget. `overloaded` is a server that answered but refused the
+request (its queue was full): Triton says so with the same status as an unreachable server
+(gRPC UNAVAILABLE, HTTP 503), so the message tells them apart.
 """
 
 from __future__ import annotations
@@ -21,18 +23,28 @@ from plantdx.exceptions import (
     ConfigError,
     InferenceTimeoutError,
     InvalidImageError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 
 from .results import MODEL
 
 Protocol = Literal["http", "grpc"]
-ErrorKind = Literal["unavailable", "timeout", "invalid_image", "denied", "tls", "failed"]
+ErrorKind = Literal[
+    "unavailable", "overloaded", "timeout", "invalid_image", "denied", "tls", "failed"
+]
+# Transient: retried with backoff.
+RETRIED: tuple[ErrorKind, ...] = ("unavailable", "overloaded")
 
 _UNAVAILABLE_STATUS = {"502", "503", "StatusCode.UNAVAILABLE"}
 _TIMEOUT_STATUS = {"504", "StatusCode.DEADLINE_EXCEEDED"}
 _DENIED_STATUS = {"401", "403", "StatusCode.PERMISSION_DENIED", "StatusCode.UNAUTHENTICATED"}
 _INVALID_IMAGE = re.compile(r"invalid image \((\w+)\)")
+# Triton's refusals of a request its scheduler could not queue (both answered as UNAVAILABLE),
+# and a gateway's 429.
+_QUEUE_FULL = "exceeds maximum queue size"
+_QUEUE_TIMEOUT = "request timeout expired"
+_OVERLOADED_STATUS = {"429"}
 
 
 @dataclass(frozen=True)
@@ -51,14 +63,23 @@ class ClientOptions:
     certificate_chain: str | None = None
     insecure: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    # How long the classifier version read from the server is reused (see classifier_version).
+    version_ttl_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.protocol not in ("http", "grpc"):
             raise ConfigError(f"protocol must be 'http' or 'grpc', not {self.protocol!r}")
-        if not self.url or self.timeout <= 0 or self.retries < 0 or self.backoff_s < 0:
+        if (
+            not self.url
+            or self.timeout <= 0
+            or self.retries < 0
+            or self.backoff_s < 0
+            or self.version_ttl_s < 0
+        ):
             raise ConfigError(
                 f"invalid client options: url={self.url!r}, timeout={self.timeout}, "
-                f"retries={self.retries}, backoff_s={self.backoff_s}"
+                f"retries={self.retries}, backoff_s={self.backoff_s}, "
+                f"version_ttl_s={self.version_ttl_s}"
             )
         if self.insecure and self.protocol == "grpc":
             raise ConfigError("insecure (no certificate check) is only available over HTTP")
@@ -152,8 +173,10 @@ def classify(exc: BaseException) -> ErrorKind:
             return "denied"
         if status in _TIMEOUT_STATUS:
             return "timeout"
+        low = msg.lower()
+        if status in _OVERLOADED_STATUS or _QUEUE_FULL in low or _QUEUE_TIMEOUT in low:
+            return "overloaded"
         if status in _UNAVAILABLE_STATUS:
-            low = msg.lower()
             if "handshake" in low or "certificate" in low or "ssl" in low:
                 return "tls"
             return "unavailable"
@@ -216,6 +239,12 @@ def to_error(
         err = ServerUnavailableError(
             f"cannot reach plantdx at {where} after {attempts} attempt(s): {msg}"
         )
+    elif kind == "overloaded":
+        err = ServerOverloadedError(
+            f"server overloaded: {_overload_reason(msg)}; retry later or add capacity "
+            f"(plantdx at {opts.url} over {opts.protocol}, {attempts} attempt(s): "
+            f"{_clean(msg, opts)})"
+        )
     elif kind == "denied":
         err = ClientError(
             f"{where} refused the request ({msg}); pass the header it expects "
@@ -227,6 +256,21 @@ def to_error(
         err = ClientError(f"request to {where} failed: {msg}")
     err.kind = kind  # type: ignore[attr-defined]
     return err
+
+
+def _overload_reason(msg: str) -> str:
+    low = msg.lower()
+    if _QUEUE_FULL in low:
+        return "queue full"
+    if _QUEUE_TIMEOUT in low:
+        return "request timed out in the queue"
+    return "too many requests"
+
+
+def _clean(msg: str, opts: ClientOptions) -> str:
+    """Triton's words without the ensemble prefix and the placeholder request id."""
+    msg = msg.removeprefix(f"in ensemble '{opts.model}', ")
+    return re.sub(r"^\[request id: <id_unknown>\] ", "", msg)
 
 
 def error_kind(exc: BaseException) -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "plantdx"
+# The ensemble's composing model whose version changes on export and hot update.
+CLASSIFIER = "classifier"
 INPUT = "IMAGE"
 OUTPUT = "PROBABILITIES"
 
@@ -25,12 +27,20 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One image's classes.
+
+    model_version: the classifier version serving when the answer came (None when the
+    server would not say); ensemble_version: the version of the model that was called (the
+    `plantdx` ensemble's stays 1 across classifier updates).
+    """
+
     label: str
     confidence: float
     top_k: list[ClassScore]
-    model_version: str
+    model_version: str | None
     latency_ms: float
     file: str | None = None
+    ensemble_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +49,7 @@ class Prediction:
             "confidence": self.confidence,
             "top_k": [{"label": c.label, "probability": c.probability} for c in self.top_k],
             "model_version": self.model_version,
+            "ensemble_version": self.ensemble_version,
             "latency_ms": round(self.latency_ms, 3),
         }
 
@@ -47,7 +58,8 @@ class Prediction:
 class PredictOutcome:
     """One input of predict_many: a prediction, or the reason it failed.
 
-    `kind` names the failure: invalid_image, unavailable, timeout, denied, io, failed.
+    `kind` names the failure: invalid_image, unavailable, overloaded, timeout, denied, tls, io,
+    failed.
     """
 
     source: str
@@ -128,17 +140,38 @@ def response_version(response: Any) -> str:
     return str(getattr(response, "model_version", ""))
 
 
-def to_prediction(result: Any, latency_ms: float, file: str | None) -> Prediction:
+def to_prediction(
+    result: Any, latency_ms: float, file: str | None, classifier_version: str | None
+) -> Prediction:
     scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
     best = scores[0]
     return Prediction(
         label=best.label,
         confidence=best.probability,
         top_k=scores,
-        model_version=response_version(result.get_response()),
+        model_version=classifier_version,
         latency_ms=latency_ms,
         file=file,
+        ensemble_version=response_version(result.get_response()),
     )
+
+
+def newest_ready_version(metadata: Any) -> str | None:
+    """The highest version in HTTP (dict) or gRPC (protobuf) model metadata. Triton lists the
+    versions that are ready, and an ensemble step with model_version -1 runs the highest."""
+    versions = metadata.get("versions", []) if isinstance(metadata, dict) else metadata.versions
+    numbers = [int(v) for v in versions if str(v).isdigit()]
+    return str(max(numbers)) if numbers else None
+
+
+def cache_hit_count(stats: dict[str, Any]) -> int:
+    """Response-cache hits summed over every model of get_inference_statistics' answer: HTTP
+    JSON, or gRPC's as_json (int64 as strings, zero counts left out)."""
+    total = 0
+    for model in stats.get("model_stats", []):
+        hit = (model.get("inference_stats") or {}).get("cache_hit") or {}
+        total += int(hit.get("count", 0) or 0)
+    return total
 
 
 def output_count(metadata: Any) -> int:

@@ -67,6 +67,10 @@ class ServerUnavailableError(ClientError):
     """The server could not be reached (after retries)."""
 
 
+class ServerOverloadedError(ClientError):
+    """The server refused the request because its queue was full (after retries)."""
+
+
 class InferenceTimeoutError(ClientError):
     """A request took longer than its timeout."""
 

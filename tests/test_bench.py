@@ -39,7 +39,8 @@ def test_help(cmd: list[str]) -> None:
 
 
 def test_unique_payloads_decode_exactly_like_the_original(mini_photos: list[Path]) -> None:
-    """The bytes appended to defeat the response cache change nothing that is decoded."""
+    """The bytes appended to make each request unique change nothing that is decoded (so a
+    cache keyed on decoded pixels still answers the repeats: hence the cache-hit count)."""
     from PIL import Image
 
     from plantdx.client.loadgen import _Payloads
@@ -57,6 +58,8 @@ def test_unique_payloads_decode_exactly_like_the_original(mini_photos: list[Path
         assert np.array_equal(pre(original), pre(unique))
     same = _Payloads([jpeg], unique=False)
     assert same.next() == same.next() == jpeg
+    # Levels and runs never repeat each other's request bytes (a counter alone would).
+    assert _Payloads([jpeg], unique=True).next() != _Payloads([jpeg], unique=True).next()
 
 
 def test_window_counts_only_requests_inside_it() -> None:
@@ -89,6 +92,86 @@ def test_option_parsing() -> None:
             parse_layout(bad)
     assert default_layouts(2) == ["1x2b1", "2x1b1", "1x2b8", "2x1b8"]
     assert default_layouts(1) == ["1x1b1", "1x1b8"]
+
+
+# get_inference_statistics as Triton 2.51 answers it: HTTP JSON, and gRPC as_json (int64 as
+# strings, zero counts left out); trimmed to the fields read.
+HTTP_STATS = {
+    "model_stats": [
+        {"name": "classifier", "version": "1",
+         "inference_stats": {"cache_hit": {"count": 7, "ns": 1}, "cache_miss": {"count": 3}}},
+        {"name": "plantdx", "version": "1",
+         "inference_stats": {"cache_hit": {"count": 0, "ns": 0}}},
+        {"name": "preprocess", "version": "1", "inference_stats": {"cache_hit": {"count": 5}}},
+    ]
+}  # fmt: skip
+GRPC_STATS = {
+    "model_stats": [
+        {"name": "classifier", "version": "1", "inference_stats": {"cache_hit": {"count": "7"}}},
+        {"name": "plantdx", "version": "1", "inference_stats": {"cache_hit": {}}},
+        {"name": "postprocess", "version": "1"},
+    ]
+}
+
+
+def test_cache_hits_are_read_from_the_server_statistics() -> None:
+    from plantdx.cli.bench_serve import cache_warning
+    from plantdx.client.loadgen import (
+        LevelResult,
+        ServeBenchConfig,
+        _hits_between,
+        _read_cache_hits,
+        _Record,
+        _summarise,
+    )
+    from plantdx.client.results import cache_hit_count
+
+    assert cache_hit_count(HTTP_STATS) == 12 and cache_hit_count(GRPC_STATS) == 7
+    assert cache_hit_count({}) == 0
+
+    class Stats:
+        def __init__(self, answer: object) -> None:
+            self.answer = answer
+
+        def inference_statistics(self) -> object:
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    assert _read_cache_hits(Stats(HTTP_STATS)) == 12  # type: ignore[arg-type]
+    # A gateway that does not forward the statistics API: unknown, and the benchmark goes on.
+    assert _read_cache_hits(Stats(RuntimeError("404 Not Found"))) is None  # type: ignore[arg-type]
+    assert _hits_between(12, 40) == 28 and _hits_between(None, 40) is None
+
+    def level(c: int, hits: int | None) -> LevelResult:
+        rec = _Record(starts=[1.0, 1.5], ends=[1.2, 1.7])
+        return _summarise(ServeBenchConfig(), c, rec, 1.0, 2.0, 0.1, cache_hits=hits)
+
+    assert level(1, 28).to_dict()["cache_hits"] == 28
+    assert level(1, None).to_dict()["cache_hits"] is None
+    assert cache_warning([level(1, 0), level(8, None)]) is None
+    warning = cache_warning([level(1, 0), level(8, 28)])
+    assert warning and "include Triton response-cache hits" in warning
+    assert "concurrency 8: 28 hits" in warning and "concurrency 1" not in warning
+    assert "--no-response-cache" in warning
+
+
+def test_plot_goes_next_to_the_json_unless_given() -> None:
+    from plantdx.cli.bench_serve import plot_path
+
+    assert plot_path(None, Path("out/serve.json")) == Path("out/serve.png")
+    assert plot_path(Path("p.png"), Path("out/serve.json")) == Path("p.png")
+    assert plot_path(None, None) is None
+
+
+def test_unique_help_no_longer_claims_to_defeat_the_cache() -> None:
+    import inspect
+
+    from plantdx.cli.bench_serve import serve
+
+    text = inspect.signature(serve).parameters["unique"].default.help
+    assert "defeats the response cache" not in text
+    assert "request bytes" in text and "not one keyed on decoded pixels" in text
 
 
 def test_plot_is_a_png(tmp_path: Path) -> None:
@@ -130,9 +213,14 @@ def test_bench_serve_http_counts_errors(triton_server, photo_dir: Path, tmp_path
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["errors"] > 0  # one image in eleven is rejected, every time it is sent
         assert any("invalid_image" in e for e in row["error_examples"])
-        assert 0 <= row["client_cpu_pct"] < 200
+        assert 0 < row["client_cpu_pct"] < 200  # measured over the window, not after it
+        assert isinstance(row["cache_hits"], int)
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert "img/s" in r.stdout
+    # Eleven images cycled on a server whose classifier caches pixels: the cache answers, and
+    # the report says so however unique the request bytes are.
+    assert sum(row["cache_hits"] for row in rows) > 0
+    assert "include Triton response-cache hits" in r.stderr
 
 
 @pytest.mark.triton
@@ -146,6 +234,10 @@ def test_bench_serve_grpc_threads(triton_server, photo_dir: Path, tmp_path: Path
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(out.read_text())
     assert row["driver"] == "threads" and row["errors"] == 0 and row["images"] > 0
+    assert isinstance(row["cache_hits"], int)  # read over gRPC too
+    # No --plot: the plot is written next to the JSON, and the output says where.
+    assert (tmp_path / "serve.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {tmp_path / 'serve.png'}" in r.stderr
 
 
 def test_bench_serve_unreachable_is_one_clear_error(

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import io
 import json
+import shutil
 import socket
 import ssl
 import subprocess
@@ -27,17 +28,19 @@ import numpy as np
 import pytest
 
 from plantdx.client import AsyncPlantDxClient, ClientOptions, PlantDxClient
-from plantdx.client.options import classify
-from plantdx.client.results import parse_classification, to_bytes
+from plantdx.client.options import classify, to_error
+from plantdx.client.results import newest_ready_version, parse_classification, to_bytes
 from plantdx.exceptions import (
     ClientError,
     ConfigError,
     InferenceTimeoutError,
     InvalidImageError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 
 from conftest import onnx_probabilities
+from serving_helpers import copy_repo, png, start_server
 
 
 def _free_port() -> int:
@@ -110,6 +113,114 @@ def test_error_classification() -> None:
 
 
 PROTOCOLS = ["http", "grpc"]
+
+# What Triton 2.51 answers when a composing model's queue is full (tests/test_serving.py), and
+# when a request waited in the queue past its timeout: the status of an unreachable server.
+QUEUE_FULL = "in ensemble 'plantdx', [request id: <id_unknown>] Exceeds maximum queue size"
+
+
+def test_overload_is_told_apart_from_an_unreachable_server() -> None:
+    from tritonclient.utils import InferenceServerException as E
+
+    for status in ("503", "StatusCode.UNAVAILABLE"):
+        assert classify(E(QUEUE_FULL, status)) == "overloaded"
+        assert classify(E("Request timeout expired", status)) == "overloaded"
+    assert classify(E("Too Many Requests", "429")) == "overloaded"  # a gateway's rate limit
+    assert classify(E("Service Unavailable", "503")) == "unavailable"
+    err = to_error(E(QUEUE_FULL, "503"), "overloaded", ClientOptions(url="h:1"), 4)
+    assert isinstance(err, ServerOverloadedError) and isinstance(err, ClientError)
+    assert not isinstance(err, ServerUnavailableError)
+    assert str(err).startswith("server overloaded: queue full; retry later or add capacity")
+    assert "4 attempt(s): Exceeds maximum queue size" in str(err)
+    assert "cannot reach" not in str(err) and "request id" not in str(err)
+    assert err.kind == "overloaded"  # type: ignore[attr-defined]
+
+
+class _Refusing:
+    """A tritonclient stand-in whose server is overloaded: every infer is refused."""
+
+    def __init__(self, status: str) -> None:
+        from tritonclient.utils import InferenceServerException
+
+        self.error = InferenceServerException(QUEUE_FULL, status)
+        self.calls = 0
+
+    def infer(self, *args: object, **kwargs: object) -> None:
+        self.calls += 1
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_overload_is_retried_with_backoff_then_reported_as_overload(protocol: str) -> None:
+    refusing = _Refusing("503" if protocol == "http" else "StatusCode.UNAVAILABLE")
+    client = PlantDxClient("127.0.0.1:1", protocol, retries=2, backoff_s=0.2)  # type: ignore[arg-type]
+    client._client = refusing
+    start = time.perf_counter()
+    with pytest.raises(ServerOverloadedError, match=r"^server overloaded: queue full"):
+        client.predict(b"any bytes")
+    assert refusing.calls == 3 and time.perf_counter() - start > 0.45  # 0.2 + 0.4 s (±20%)
+
+    class AsyncRefusing(_Refusing):
+        async def infer(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
+            super().infer()
+
+        async def close(self) -> None:  # type: ignore[override]
+            pass
+
+    async def main() -> int:
+        async_refusing = AsyncRefusing(refusing.error.status())
+        c = AsyncPlantDxClient("127.0.0.1:1", protocol, retries=1, backoff_s=0.05)  # type: ignore[arg-type]
+        c._client = async_refusing
+        with pytest.raises(ServerOverloadedError, match=r"^server overloaded: queue full"):
+            await c.predict(b"any bytes")
+        return async_refusing.calls
+
+    assert asyncio.run(main()) == 2
+
+
+class _Metadata:
+    """A tritonclient stand-in that answers model metadata (and counts the requests)."""
+
+    def __init__(self, versions: list[str] | None) -> None:
+        self.versions = versions
+        self.calls: list[str] = []
+
+    def get_model_metadata(self, name: str, *args: object, **kwargs: object) -> dict:
+        from tritonclient.utils import InferenceServerException
+
+        self.calls.append(name)
+        if self.versions is None:
+            raise InferenceServerException("This API is restricted", "403")
+        return {"name": name, "versions": self.versions}
+
+    def close(self) -> None:
+        pass
+
+
+def test_classifier_version_is_the_newest_ready_one_and_cached() -> None:
+    from types import SimpleNamespace
+
+    assert newest_ready_version({"versions": ["2", "10", "9"]}) == "10"  # numbers, not text
+    assert newest_ready_version(SimpleNamespace(versions=["1"])) == "1"  # gRPC protobuf
+    assert newest_ready_version({"versions": []}) is None
+    meta = _Metadata(["1", "3"])
+    client = PlantDxClient("127.0.0.1:1", version_ttl_s=0.3)
+    client._client = meta
+    assert [client.classifier_version() for _ in range(5)] == ["3"] * 5
+    assert meta.calls == ["classifier"]  # one request per time-to-live, not one per image
+    clone = client.clone()
+    assert clone.classifier_version() == "3" and len(meta.calls) == 1  # workers share it
+    meta.versions = ["4"]
+    time.sleep(0.35)
+    assert client.classifier_version() == "4" and len(meta.calls) == 2  # then read again
+    refused = PlantDxClient("127.0.0.1:1", retries=3, backoff_s=2.0)
+    refused._client = _Metadata(None)
+    start = time.perf_counter()
+    assert refused.classifier_version() is None  # a gateway that hides metadata: unknown
+    assert time.perf_counter() - start < 1.0
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -386,6 +497,38 @@ def test_retries_reach_a_server_started_late(tiny_repo: Path, mini_photos: list[
         assert prediction.model_version == "1" and elapsed > 1.5
 
 
+@pytest.mark.triton
+def test_reported_version_follows_a_hot_update(
+    tiny_repo: Path, tmp_path: Path, mini_photos: list[Path]
+) -> None:
+    """model_version is the classifier's version actually serving; the ensemble's stays 1."""
+    from plantdx.serving.control import ModelControl
+
+    repo = copy_repo(tiny_repo, tmp_path / "repo")
+    server = start_server(repo, tmp_path / "triton.log")
+    try:
+        with PlantDxClient(server.http_url, version_ttl_s=0.2) as client:
+            before = client.predict(mini_photos[0])
+            assert (before.model_version, before.ensemble_version) == ("1", "1")
+            # Version 2 published as export does (a pair), then loaded without a restart.
+            for name in ("classifier", "preprocess"):
+                shutil.copytree(repo / name / "1", repo / name / "2")
+            with ModelControl(server.http_url) as control:
+                control.load()
+            time.sleep(0.25)  # past the client's time-to-live
+            after = client.predict(mini_photos[0])
+            assert (after.model_version, after.ensemble_version) == ("2", "1")
+            assert after.to_dict()["model_version"] == "2"
+
+        async def main() -> str | None:
+            async with AsyncPlantDxClient(server.grpc_url, "grpc") as c:
+                return (await c.predict(mini_photos[1])).model_version
+
+        assert asyncio.run(main()) == "2"
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def restricted_server(
     tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory
@@ -651,3 +794,46 @@ def test_cli_predict_unreachable_server(tmp_path: Path) -> None:
     r = _predict("--url", f"127.0.0.1:{_free_port()}", "--retries", "0", str(photo))
     assert r.returncode == 1
     assert "cannot reach plantdx" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.triton
+def test_cli_predict_reports_overload_per_file(
+    tiny_repo: Path, tmp_path: Path, mini_photos: list[Path]
+) -> None:
+    """The overload setup of tests/test_serving.py: a queue of 2 in front of one slow
+    preprocessing instance, flooded with 2000 × 2000 PNGs."""
+    from PIL import Image
+
+    def tweak(name: str, cfg) -> None:
+        cfg.response_cache.enable = False
+        if name == "plantdx":
+            cfg.max_batch_size = 1
+        if name == "preprocess":
+            cfg.instance_group[0].count = 1
+            cfg.max_batch_size = 1
+            cfg.dynamic_batching.max_queue_delay_microseconds = 0
+            cfg.dynamic_batching.default_queue_policy.max_queue_size = 2
+
+    img = Image.open(mini_photos[3]).convert("RGB")
+    heavy = png(img.resize((2000, 2000), Image.Resampling.BILINEAR), compress_level=1)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(16):
+        (folder / f"big{i:02d}.png").write_bytes(heavy)
+    server = start_server(copy_repo(tiny_repo, tmp_path / "repo", tweak), tmp_path / "t.log")
+    try:
+        r = _predict(
+            "--url", server.http_url, "--json", "--retries", "0", "--concurrency", "16",
+            "--no-progress", str(folder),
+        )  # fmt: skip
+    finally:
+        server.stop()
+    assert r.returncode == 1, r.stderr
+    rows = json.loads(r.stdout)
+    refused = [row for row in rows if row.get("kind") == "overloaded"]
+    assert refused and any("label" in row for row in rows), rows
+    assert not any(row.get("kind") == "unavailable" for row in rows)
+    for row in refused:
+        assert row["error"].startswith("server overloaded: queue full; retry later"), row
+    assert f"{len(refused)} image(s) refused: server overloaded" in r.stderr
+    assert "cannot reach" not in r.stderr and "Traceback" not in r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -13,6 +13,9 @@ from plantdx.exceptions import ConfigError
 
 from .options import overrides as _overrides
 from .predict import default_url, parse_headers
+
+if TYPE_CHECKING:
+    from plantdx.client.loadgen import LevelResult
 
 
 def _levels(text: str | None) -> list[int] | None:
@@ -38,6 +41,35 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def _hits(v: int | None) -> str:
+    return "?" if v is None else str(v)
+
+
+def plot_path(plot: Path | None, json_out: Path | None) -> Path | None:
+    """--plot where given; otherwise next to --json (same stem, .png); otherwise none."""
+    if plot is not None:
+        return plot
+    return json_out.with_suffix(".png") if json_out is not None else None
+
+
+def cache_warning(results: list[LevelResult]) -> str | None:
+    """What to tell the user when the server answered from its response cache in a window."""
+    cached = [r for r in results if r.cache_hits]
+    if not cached:
+        return None
+    levels = ", ".join(
+        f"concurrency {r.concurrency}: {r.cache_hits} hits for {r.images} images" for r in cached
+    )
+    return (
+        f"warning: these figures include Triton response-cache hits ({levels}): repeated "
+        "images were answered from the cache instead of being computed, so throughput is "
+        "overstated and latency understated. --unique does not avoid this (the classifier's "
+        "cache is keyed on decoded pixels). To measure real work, serve with the response "
+        "cache off (plantdx serve --no-response-cache, or response_cache enable: false in "
+        "the model configs)."
+    )
+
+
 def serve(
     url: str = typer.Option(
         None, "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
@@ -49,13 +81,21 @@ def serve(
     warmup: float = typer.Option(None, "--warmup", help="Unmeasured seconds before each level."),
     driver: str = typer.Option(None, "--driver", help="async (one event loop) | threads"),
     unique: bool = typer.Option(
-        None, "--unique/--no-unique", help="Make every request unique (defeats the response cache)."
+        None,
+        "--unique/--no-unique",
+        help="Append a counter after each image's end marker: defeats caches keyed on the "
+        "request bytes (e.g. an ensemble-level response cache), not one keyed on decoded "
+        "pixels (the classifier's). Cache hits are counted and reported per level either way.",
     ),
     max_images: int = typer.Option(None, "--max-images", help="Use only the first N images."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds per request."),
     header: list[str] = typer.Option([], "--header", help="Extra header NAME=VALUE; repeatable."),
     json_out: Path = typer.Option(None, "--json", help="Write the results (a list) here."),
-    plot: Path = typer.Option(None, "--plot", help="PNG of throughput and p99 vs concurrency."),
+    plot: Path = typer.Option(
+        None,
+        "--plot",
+        help="PNG of throughput and p99 vs concurrency (default: next to --json, as .png).",
+    ),
     config: Path = typer.Option(None, "--config", help="YAML file with these options."),
 ) -> None:
     """Closed-loop load on a running server: images/s, p50/p90/p99 and errors per level."""
@@ -89,11 +129,21 @@ def serve(
         cfg,
         on_level=lambda r: err.print(
             f"  concurrency {r.concurrency:>3}: {r.img_per_s:7.1f} img/s, p50 {_ms(r.p50_ms)} ms, "
-            f"p99 {_ms(r.p99_ms)} ms, errors {r.errors}, client CPU {r.client_cpu_pct:.0f}%"
+            f"p99 {_ms(r.p99_ms)} ms, errors {r.errors}, cache hits {_hits(r.cache_hits)}, "
+            f"client CPU {r.client_cpu_pct:.0f}%"
         ),
     )
     table = Table(title=f"plantdx over {cfg.protocol} ({cfg.driver} driver)")
-    cols = ("concurrency", "img/s", "p50 ms", "p90 ms", "p99 ms", "errors", "client CPU")
+    cols = (
+        "concurrency",
+        "img/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "errors",
+        "cache hits",
+        "client CPU",
+    )
     for col in cols:
         table.add_column(col, justify="right")
     for r in results:
@@ -104,15 +154,24 @@ def serve(
             _ms(r.p90_ms),
             _ms(r.p99_ms),
             str(r.errors),
+            _hits(r.cache_hits),
             f"{r.client_cpu_pct:.0f}% ({r.client_cpu_ms_per_img or 0:.2f} ms/img)",
         )
     Console().print(table)
     for r in results:
         for example in r.error_examples:
             err.print(f"[red]concurrency {r.concurrency}: {example}[/red]")
+    warning = cache_warning(results)
+    if warning:
+        err.print(f"[yellow]{warning}[/yellow]", highlight=False, soft_wrap=True)
+    elif any(r.cache_hits is None for r in results):
+        err.print("cache hits: unknown (the server's inference statistics could not be read)")
     _write_json(json_out, [r.to_dict() for r in results])
-    if plot is not None:
-        typer.echo(f"wrote {plot_levels(results, plot)}", err=True)
+    png = plot_path(plot, json_out)
+    if png is not None:
+        typer.echo(
+            f"wrote {plot_levels(results, png)} (throughput and p99 vs concurrency)", err=True
+        )
 
 
 def inprocess(

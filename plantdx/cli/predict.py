@@ -78,7 +78,7 @@ def predict(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
     retries: int = typer.Option(
-        3, "--retries", min=0, help="Retries when the server is unreachable."
+        3, "--retries", min=0, help="Retries when the server is unreachable or overloaded."
     ),
     header: list[str] = typer.Option(
         [],
@@ -182,6 +182,13 @@ def _summary(outcomes: list[PredictOutcome], elapsed: float, console: Console) -
     unreachable = next((o.error for o in failed if o.kind == "unavailable"), None)
     if unreachable:
         console.print(f"[red]{unreachable}[/red]")
+    overloaded = [o for o in failed if o.kind == "overloaded"]
+    if overloaded:
+        console.print(
+            f"[red]{len(overloaded)} image(s) refused: {overloaded[0].error}[/red]",
+            highlight=False,
+            soft_wrap=True,
+        )
     typer.secho(f"{len(failed)} of {len(outcomes)} image(s) failed", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
 
