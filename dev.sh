@@ -6,13 +6,28 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON="${PYTHON:-python3}"
+# Python 3.11 (the version the pins are resolved for); set PYTHON to choose another.
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3 || true)}"
 VENV=.venv
 
 setup() {
+    if [ -z "$PYTHON" ]; then
+        echo "error: no python3 found; install Python 3.11 (apt-get install python3.11)" >&2
+        exit 1
+    fi
+    # A venv left half-made by a failed attempt (no pip in it) is made again.
+    if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        echo "==> $VENV has no pip (an earlier attempt failed): recreating it"
+        rm -rf "$VENV"
+    fi
     if [ ! -x "$VENV/bin/python" ]; then
-        echo "==> creating $VENV with $($PYTHON --version)"
-        "$PYTHON" -m venv "$VENV"
+        echo "==> creating $VENV with $("$PYTHON" --version)"
+        if ! "$PYTHON" -m venv "$VENV"; then
+            rm -rf "$VENV"
+            echo "error: '$PYTHON -m venv' failed. On Debian/Ubuntu install the venv module:" >&2
+            echo "  sudo apt-get install python3-venv   (or python3.11-venv)" >&2
+            exit 1
+        fi
     fi
     # Reinstall only when the dependency list changed (a full install is ~4 min, ~7 GB).
     local stamp="$VENV/.plantdx-installed" want

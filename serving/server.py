@@ -121,6 +121,24 @@ def _process_state(pid: int) -> str | None:
         return None
 
 
+SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
+
+
+def _shm_regions(pids: Sequence[int]) -> set[Path]:
+    """The Python backend's shared-memory regions these processes have mapped."""
+    out = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            at = line.find(SHM_PREFIX)
+            if at >= 0 and not line.endswith("(deleted)"):
+                out.add(Path(line[at:].strip()))
+    return out
+
+
 def _parse_flags(argv: Sequence[str]) -> dict[str, list[str]]:
     """tritonserver's flags, `--name=value` or `--name value`, every value of each kept."""
     out: dict[str, list[str]] = {}
@@ -331,7 +349,11 @@ class TritonServer:
             self.stop()
             raise
         if self.restart_dead_stubs and self.model_control == "explicit":
-            self._watchdog = threading.Thread(target=self._watch_stubs, daemon=True)
+            # The first scan before returning: a zombie's command line is empty, so a stub
+            # must be seen alive once for its death to be attributed to its model.
+            self._watchdog = threading.Thread(
+                target=self._watch_stubs, args=(self.stubs(),), daemon=True
+            )
             self._watchdog.start()
         return self
 
@@ -361,10 +383,9 @@ class TritonServer:
             if m.get("state") == "READY"
         }
 
-    def _watch_stubs(self, interval_s: float = 1.0) -> None:
+    def _watch_stubs(self, known: dict[int, tuple[str, str]], interval_s: float = 1.0) -> None:
         """Reload a model whose stub died: Triton 2.51 does not restart it, and answers
         "Stub process is not healthy" for that instance until the model is reloaded."""
-        known: dict[int, tuple[str, str]] = {}
         suspects: set[int] = set()
         while self.is_alive() and not self._stopping.is_set():
             known.update(self.stubs())
@@ -471,12 +492,18 @@ class TritonServer:
         if proc.poll() is None:
             if drain:
                 self.drain(timeout_s=self.exit_timeout_s)
+            # Triton removes these itself on a clean exit, but not those of stubs that were
+            # killed, nor any after a SIGKILL: /dev/shm would fill up run after run.
+            regions = _shm_regions([proc.pid, *_children(proc.pid)])
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            # Unlinking only removes the name: a stub still exiting keeps its mapping.
+            for region in regions:
+                region.unlink(missing_ok=True)
         handle = self._log_handle
         if handle is not None and hasattr(handle, "close"):
             handle.close()

@@ -191,3 +191,25 @@ def test_serve_stops_while_still_starting(tiny_repo: Path, tmp_path: Path) -> No
     assert proc.returncode == 130, err
     assert "stopped before the server was ready" in err
     assert triton and all(not Path(f"/proc/{pid}").exists() for pid in triton)
+
+
+def test_stop_leaves_no_shared_memory_behind(tiny_repo: Path, tmp_path: Path) -> None:
+    """Even after a stub was killed (its region is then never removed by Triton)."""
+    import os
+    import signal
+
+    from conftest import wait_for
+    from serving_helpers import start_server, stub_pids
+
+    server = start_server(tiny_repo, tmp_path / "t.log")
+    try:
+        from plantdx.serving.server import _children, _shm_regions
+
+        for pid in stub_pids(server.pid, "postprocess"):
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: "postprocess" in server.stub_restarts, timeout=30)
+        regions = _shm_regions([server.pid, *_children(server.pid)])
+        assert regions and all(r.exists() for r in regions)
+    finally:
+        server.stop()
+    assert not [r for r in regions if r.exists()]
