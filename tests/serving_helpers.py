@@ -139,6 +139,31 @@ def png(img: Image.Image, **kw: Any) -> bytes:
     return buf.getvalue()
 
 
+def heavy_png(photo: bytes) -> bytes:
+    """The photo as a 2000 × 2000 PNG (no draft decoding for PNG): tens of ms to preprocess."""
+    img = Image.open(io.BytesIO(photo)).convert("RGB")
+    return png(img.resize((2000, 2000), Image.Resampling.BILINEAR), compress_level=1)
+
+
+def slow_preprocess(queue_size: int | None = None) -> Callable[[str, Any], None]:
+    """A `copy_repo` tweak: one preprocess instance taking one image at a time, no batching
+    delay, no response cache, so heavy images queue up in front of it (and, with `queue_size`,
+    are refused once that many wait)."""
+
+    def tweak(name: str, cfg: Any) -> None:
+        cfg.response_cache.enable = False
+        if name == "plantdx":
+            cfg.max_batch_size = 1
+        if name == "preprocess":
+            cfg.instance_group[0].count = 1
+            cfg.max_batch_size = 1
+            cfg.dynamic_batching.max_queue_delay_microseconds = 0
+            if queue_size is not None:
+                cfg.dynamic_batching.default_queue_policy.max_queue_size = queue_size
+
+    return tweak
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

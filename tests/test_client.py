@@ -40,7 +40,7 @@ from plantdx.exceptions import (
 )
 
 from conftest import onnx_probabilities
-from serving_helpers import copy_repo, png, start_server
+from serving_helpers import copy_repo, heavy_png, slow_preprocess, start_server
 
 
 def _free_port() -> int:
@@ -802,25 +802,13 @@ def test_cli_predict_reports_overload_per_file(
 ) -> None:
     """The overload setup of tests/test_serving.py: a queue of 2 in front of one slow
     preprocessing instance, flooded with 2000 × 2000 PNGs."""
-    from PIL import Image
-
-    def tweak(name: str, cfg) -> None:
-        cfg.response_cache.enable = False
-        if name == "plantdx":
-            cfg.max_batch_size = 1
-        if name == "preprocess":
-            cfg.instance_group[0].count = 1
-            cfg.max_batch_size = 1
-            cfg.dynamic_batching.max_queue_delay_microseconds = 0
-            cfg.dynamic_batching.default_queue_policy.max_queue_size = 2
-
-    img = Image.open(mini_photos[3]).convert("RGB")
-    heavy = png(img.resize((2000, 2000), Image.Resampling.BILINEAR), compress_level=1)
+    heavy = heavy_png(mini_photos[3].read_bytes())
     folder = tmp_path / "photos"
     folder.mkdir()
     for i in range(16):
         (folder / f"big{i:02d}.png").write_bytes(heavy)
-    server = start_server(copy_repo(tiny_repo, tmp_path / "repo", tweak), tmp_path / "t.log")
+    repo = copy_repo(tiny_repo, tmp_path / "repo", slow_preprocess(queue_size=2))
+    server = start_server(repo, tmp_path / "t.log")
     try:
         r = _predict(
             "--url", server.http_url, "--json", "--retries", "0", "--concurrency", "16",

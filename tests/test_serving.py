@@ -4,7 +4,6 @@ graceful shutdown. Every test talks to a real Triton server."""
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 import urllib.request
@@ -26,11 +25,13 @@ from serving_helpers import (
     infer,
     png,
     png_header_only,
+    slow_preprocess,
     start_server,
     stub_pids,
     try_infer,
     wait_until,
 )
+from serving_helpers import heavy_png as make_heavy_png
 
 pytestmark = pytest.mark.triton
 
@@ -200,26 +201,15 @@ def test_response_cache_hits_are_counted_and_identical(
 @pytest.fixture()
 def heavy_png(mini_photos: list[Path]) -> bytes:
     """A 2000 × 2000 PNG (no draft decoding for PNG): tens of ms to preprocess."""
-    img = Image.open(io.BytesIO(mini_photos[3].read_bytes())).convert("RGB")
-    return png(img.resize((2000, 2000), Image.Resampling.BILINEAR), compress_level=1)
+    return make_heavy_png(mini_photos[3].read_bytes())
 
 
 def test_overload_is_refused_quickly_with_a_clear_error(
     tiny_repo: Path, tmp_path: Path, heavy_png: bytes, mini_photos: list[Path]
 ) -> None:
     """A queue of 2 in front of one slow instance: a flood of 16 gets quick refusals."""
-
-    def tweak(name: str, cfg) -> None:
-        cfg.response_cache.enable = False
-        if name == "plantdx":
-            cfg.max_batch_size = 1
-        if name == "preprocess":
-            cfg.instance_group[0].count = 1
-            cfg.max_batch_size = 1
-            cfg.dynamic_batching.max_queue_delay_microseconds = 0
-            cfg.dynamic_batching.default_queue_policy.max_queue_size = 2
-
-    server = start_server(copy_repo(tiny_repo, tmp_path / "repo", tweak), tmp_path / "t.log")
+    repo = copy_repo(tiny_repo, tmp_path / "repo", slow_preprocess(queue_size=2))
+    server = start_server(repo, tmp_path / "t.log")
     try:
         barrier = threading.Barrier(16)
 
@@ -259,16 +249,8 @@ def _pending(metrics_url: str, model: str) -> float:
 def test_sigterm_lets_in_flight_requests_finish(
     tiny_repo: Path, tmp_path: Path, heavy_png: bytes
 ) -> None:
-    def tweak(name: str, cfg) -> None:
-        cfg.response_cache.enable = False
-        if name == "plantdx":
-            cfg.max_batch_size = 1
-        if name == "preprocess":
-            cfg.instance_group[0].count = 1
-            cfg.dynamic_batching.max_queue_delay_microseconds = 0
-            cfg.max_batch_size = 1
-
-    server = start_server(copy_repo(tiny_repo, tmp_path / "repo", tweak), tmp_path / "t.log")
+    repo = copy_repo(tiny_repo, tmp_path / "repo", slow_preprocess())
+    server = start_server(repo, tmp_path / "t.log")
     n = 6
     started = threading.Barrier(n + 1)
 
@@ -336,16 +318,6 @@ def _supervised(tmp_path: Path, repo: Path) -> tuple[Any, str, str]:
     return proc, f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics"
 
 
-def _slow_preprocess(name: str, cfg: Any) -> None:
-    cfg.response_cache.enable = False
-    if name == "plantdx":
-        cfg.max_batch_size = 1
-    if name == "preprocess":
-        cfg.instance_group[0].count = 1
-        cfg.dynamic_batching.max_queue_delay_microseconds = 0
-        cfg.max_batch_size = 1
-
-
 def test_supervised_triton_restarts_a_dead_stub(
     tiny_repo: Path, tmp_path: Path, mini_photos: list[Path]
 ) -> None:
@@ -374,7 +346,7 @@ def test_supervised_triton_drains_on_sigterm(
 ) -> None:
     import signal
 
-    repo = copy_repo(tiny_repo, tmp_path / "repo", _slow_preprocess)
+    repo = copy_repo(tiny_repo, tmp_path / "repo", slow_preprocess())
     proc, url, metrics = _supervised(tmp_path, repo)
     log = tmp_path / "supervise.log"
     n = 6
