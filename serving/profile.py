@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .loadgen import closed_loop
-from .server import TritonServer
+from .server import TritonServer, proc_stat
 
 _STAT_FIELDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
@@ -45,11 +45,10 @@ class LevelProfile:
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    """User + system CPU seconds of a process so far (utime and stime)."""
+    fields = proc_stat(pid)
+    if fields is None:
         return None
-    fields = stat[stat.rfind(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -102,23 +102,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...: field 3 of
+    proc(5) is index 0), or None when the process is gone. The name may hold spaces and
+    parentheses, so the split is after the last ')'."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split() or None
+
+
 def _children(pid: int) -> list[int]:
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            continue
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = proc_stat(entry.name)
+        if fields is not None and len(fields) > 1 and fields[1] == str(pid):
+            out.append(int(entry.name))
     return out
 
 
 def _process_state(pid: int) -> str | None:
     """The state letter of a process (R, S, Z...), or None when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
 
 
 SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
