@@ -33,6 +33,9 @@ class Checkpoint:
     # Everything a resumed run needs (optimizer, scheduler, epoch, RNG); empty for exports.
     train_state: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    # The fitted decision rule (temperature, abstention threshold): plantdx.decision.DecisionRule
+    # as a dict; empty for checkpoints made before it existed (T=1, answer everything).
+    decision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -50,6 +53,7 @@ class Checkpoint:
             "metrics": dict(self.metrics),
             "train_state": dict(self.train_state),
             "mlflow_run_id": self.mlflow_run_id,
+            "decision": dict(self.decision),
         }
 
     def build_model(self) -> torch.nn.Module:
@@ -115,6 +119,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         metrics=dict(raw.get("metrics") or {}),
         train_state=dict(raw.get("train_state") or {}),
         mlflow_run_id=raw.get("mlflow_run_id"),
+        decision=dict(raw.get("decision") or {}),
     )
 
 

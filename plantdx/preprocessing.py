@@ -49,6 +49,12 @@ _INTERPOLATIONS = {
 
 META_FILENAME = "preprocessing.json"
 
+# How a photo of any aspect ratio becomes the model's square input:
+#   squash  resize both sides to the square (the aspect ratio is lost; the whole photo is seen)
+#   crop    resize the shorter side to the square, cut the centre (the edges are lost)
+#   pad     resize the longer side to the square, pad the rest with the mean colour
+RESIZE_MODES = ("squash", "crop", "pad")
+
 
 @dataclass(frozen=True)
 class PreprocessMeta:
@@ -61,8 +67,12 @@ class PreprocessMeta:
     channels_order: str = "RGB"
     layout: str = "NCHW"
     extra: dict[str, Any] = field(default_factory=dict)
+    # RESIZE_MODES; metadata written before it existed means "squash".
+    resize: str = "squash"
 
     def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize {self.resize!r} is not one of {list(RESIZE_MODES)}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(
                 f"interpolation {self.interpolation!r} is not one of {sorted(_INTERPOLATIONS)}"
@@ -215,13 +225,31 @@ class Preprocessor:
         self.size = (meta.image_size, meta.image_size)
         self.resample = _INTERPOLATIONS[meta.interpolation]
         self.normalize = Normalizer(meta)
+        self.fill = tuple(round(m * 255) for m in meta.mean)
 
     def resize(self, img: Image.Image) -> np.ndarray:
-        """Upright RGB image → uint8 HWC array at the model's size."""
+        """Upright RGB image → uint8 HWC array at the model's size (the meta's resize mode)."""
         if img.mode != "RGB":
             img = _to_rgb(img)
-        if img.size != self.size:
+        if img.size == self.size:
+            return np.asarray(img, dtype=np.uint8)
+        side = self.size[0]
+        width, height = img.size
+        mode = self.meta.resize if width != height else "squash"
+        if mode == "squash":
             img = img.resize(self.size, self.resample)
+        elif mode == "crop":
+            scale = side / min(width, height)
+            w, h = max(side, round(width * scale)), max(side, round(height * scale))
+            left, top = (w - side) / 2 / scale, (h - side) / 2 / scale
+            box = (left, top, left + side / scale, top + side / scale)
+            img = img.resize(self.size, self.resample, box=box)
+        else:  # pad
+            scale = side / max(width, height)
+            w, h = max(1, round(width * scale)), max(1, round(height * scale))
+            canvas = Image.new("RGB", self.size, self.fill)  # type: ignore[arg-type]
+            canvas.paste(img.resize((w, h), self.resample), ((side - w) // 2, (side - h) // 2))
+            img = canvas
         return np.asarray(img, dtype=np.uint8)
 
     def decode(self, data: bytes) -> np.ndarray:

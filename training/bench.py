@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from plantdx.data import scan_image_folder, stratified_split
+from plantdx.data import scan_sources, stratified_split
 from plantdx.exceptions import ConfigError
 from plantdx.models import create_model, get_spec
 
-from .config import TrainConfig
+from .config import TrainConfig, as_list
 from .distributed import pick_device
 from .engine import train_one_epoch
 from .loading import prepare_datasets, train_loader
@@ -78,11 +78,11 @@ def bench_train(
 def _measure(
     cfg: BenchTrainConfig, tc: TrainConfig, on_pass: Callable[[str, float], None] | None
 ) -> dict[str, Any]:
-    folder = scan_image_folder(tc.data)
+    folder = scan_sources(as_list(tc.data))
     split = stratified_split(
         folder, val_fraction=tc.val_fraction, test_fraction=tc.test_fraction, seed=tc.seed
     )
-    meta = get_spec(tc.model).preprocessing(tc.image_size)
+    meta = replace(get_spec(tc.model).preprocessing(tc.image_size), resize=tc.resize)
     data = prepare_datasets({"train": split["train"]}, meta, tc.augment, cache=tc.cache_images)
     dataset = data.datasets["train"]
     loader = train_loader(

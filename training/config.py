@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .calibrate import AbstainConfig
+from .sampling import SamplingConfig
+
 
 @dataclass
 class AugmentConfig:
@@ -36,12 +39,19 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    data: str = ""
+    # One ImageFolder, or several (`--data LAB --data FIELD`): each source is split on its own
+    # and reported on its own; classes are joined by folder name.
+    data: list[str] | str = ""
+    # Folders of photos that belong to no class (other crops): they teach and calibrate the
+    # "uncertain" answer (outlier exposure, the abstention threshold). Any folder layout.
+    unknown_data: list[str] | str | None = None
     out: str = "runs/latest"
     model: str = "efficientnet_lite0"
     pretrained: bool = True
     weights: str | None = None
     image_size: int | None = 160
+    # How a non-square photo becomes the square input: squash | crop | pad (preprocessing.py).
+    resize: Literal["squash", "crop", "pad"] = "squash"
     # The most epochs; on a GPU (no time budget there) exactly this many.
     epochs: int = 20
     # On a CPU, plan the epochs so the whole run (decoding, training, validation, test pass,
@@ -80,6 +90,12 @@ class TrainConfig:
     register_as: str | None = None
     max_train_batches: int | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # The best epoch: the highest mean over sources of val accuracy (mean_source_acc), the
+    # highest worst source (min_source_acc), or pooled val accuracy (pooled_acc). With one
+    # source all three are the val accuracy.
+    select_on: Literal["mean_source_acc", "min_source_acc", "pooled_acc"] = "mean_source_acc"
+    abstain: AbstainConfig = field(default_factory=AbstainConfig)
     # Builder arguments for the model, e.g. {"tiny": true} or {"hf_config": {...}} for vit.
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # Early stopping counts epochs whose val_loss did not drop by more than this.
@@ -89,3 +105,10 @@ class TrainConfig:
     # Register the best model in the MLflow Model Registry as `register_as` (default "plantdx").
     register: bool = True
     register_alias: str | None = None
+
+
+def as_list(value: str | list[str] | None) -> list[str]:
+    """A --data/--unknown-data value (one path or several) as a list of paths."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]

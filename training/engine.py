@@ -50,7 +50,7 @@ def train_one_epoch(
     model.train()
     for module in frozen:
         module.eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, labelled = 0.0, 0, 0, 0
     start = time.perf_counter()
     for i, (images, targets) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
@@ -75,12 +75,14 @@ def train_one_epoch(
             scheduler.step()
         n = targets.size(0)
         total_loss += loss.item() * n
+        # Accuracy over labelled photos only (unknown ones, label -1, have no right class).
         correct += int((logits.argmax(1) == targets).sum())
+        labelled += int((targets >= 0).sum())
         seen += n
         if on_batch:
             on_batch(n, loss.item())
     seconds = time.perf_counter() - start
-    return EpochStats(total_loss / max(seen, 1), correct / max(seen, 1), seen, seconds)
+    return EpochStats(total_loss / max(seen, 1), correct / max(labelled, 1), seen, seconds)
 
 
 @dataclass
@@ -90,31 +92,34 @@ class EvalResult:
     predictions: np.ndarray
     targets: np.ndarray
     probabilities: np.ndarray
+    logits: np.ndarray
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Batches,
-    criterion: nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     device: torch.device,
     *,
     channels_last: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
     model.eval()
-    losses, probs, targets_all = [], [], []
+    losses, logits_all, targets_all = [], [], []
     for images, targets in loader:
         images = _to_device(images, device, channels_last)
         targets = targets.to(device)
         logits = model(images).float()
         losses.append(criterion(logits, targets).item() * targets.size(0))
-        probs.append(logits.softmax(1).cpu().numpy())
+        logits_all.append(logits.cpu().numpy())
         targets_all.append(targets.cpu().numpy())
         if on_batch:
             on_batch(targets.size(0))
-    p = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    z = np.concatenate(logits_all) if logits_all else np.zeros((0, 0), np.float32)
+    p = torch.from_numpy(z).softmax(1).numpy() if len(z) else z
     t = np.concatenate(targets_all) if targets_all else np.zeros(0, np.int64)
     pred = p.argmax(1) if len(p) else t
     n = max(len(t), 1)
-    return EvalResult(sum(losses) / n, float((pred == t).mean()) if len(t) else 0.0, pred, t, p)
+    acc = float((pred == t).mean()) if len(t) else 0.0
+    return EvalResult(sum(losses) / n, acc, pred, t, p, z)

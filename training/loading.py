@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from plantdx.data import Sample
 from plantdx.exceptions import PreprocessError
@@ -111,6 +111,8 @@ class PreparedData:
     labels: dict[str, np.ndarray]
     paths: dict[str, list[Path]]
     skipped: list[tuple[Path, str]]
+    # The source index of every kept photo, per split.
+    sources: dict[str, np.ndarray]
 
     def size(self, split: str) -> int:
         return len(self.labels[split])
@@ -130,6 +132,7 @@ def prepare_datasets(
     datasets: dict[str, Dataset[Item]] = {}
     labels: dict[str, np.ndarray] = {}
     paths: dict[str, list[Path]] = {}
+    sources: dict[str, np.ndarray] = {}
     skipped: list[tuple[Path, str]] = []
     for name, samples in split.items():
         aug = train_aug if name == "train" else None
@@ -144,7 +147,9 @@ def prepare_datasets(
             datasets[name] = lazy
             labels[name], paths[name] = lazy.labels, [s.path for s in keep]
             skipped += bad
-    return PreparedData(datasets, labels, paths, skipped)
+        source_of = {s.path: s.source for s in samples}
+        sources[name] = np.asarray([source_of[p] for p in paths[name]], dtype=np.int64)
+    return PreparedData(datasets, labels, paths, skipped, sources)
 
 
 def train_loader(
@@ -153,7 +158,7 @@ def train_loader(
     batch_size: int,
     num_workers: int,
     seed: int,
-    sampler: DistributedSampler[Item] | None = None,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader[Item]:
     """Shuffled batches; the generator is the loader's RNG state that a resume restores.
 

@@ -22,11 +22,20 @@ from typing import Any, cast
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from plantdx.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from plantdx.config import resolve, save_yaml, to_dict
-from plantdx.data import SPLIT_FILENAME, ImageFolder, Sample, save_split, scan_image_folder
+from plantdx.data import (
+    SPLIT_FILENAME,
+    ImageFolder,
+    Sample,
+    save_split,
+    scan_sources,
+    scan_unknown,
+    split_samples,
+    unknown_group,
+)
 from plantdx.data import stratified_split as split_dataset
 from plantdx.exceptions import ConfigError, DatasetError
 from plantdx.labels import write_labels
@@ -39,12 +48,14 @@ from plantdx.models import (
 )
 from plantdx.preprocessing import PreprocessMeta
 
-from .config import TrainConfig
+from .config import TrainConfig, as_list
 from .distributed import Distributed, pick_device, setup
-from .engine import EpochStats, evaluate, train_one_epoch
+from .engine import EpochStats, EvalResult, evaluate, train_one_epoch
 from .evaluate import classification_report, plot_confusion_matrix, plot_training_curves
 from .loading import PreparedData, eval_loader, prepare_datasets, train_loader
 from .progress import Reporter
+from .sampling import BalancedSampler, OutlierExposureLoss, sample_weights
+from .sources import decide_and_report, epoch_row_extras, per_source, selection_score
 from .tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -63,6 +74,7 @@ RESUME_MUST_MATCH = (
     "seed",
     "val_fraction",
     "test_fraction",
+    "resize",
 )
 
 
@@ -238,7 +250,7 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
 
 
 def train(cfg: TrainConfig, *, reporter: Reporter | None = None) -> TrainResult:
-    if not cfg.data:
+    if not as_list(cfg.data):
         raise ConfigError("no dataset: pass --data DIR (an ImageFolder: one folder per class)")
     resume = _load_resume(cfg)
     if resume is not None:
@@ -324,17 +336,38 @@ class _Run:
     def _scan(self) -> tuple[ImageFolder, dict[str, list[Sample]]]:
         """The class folders and the split: file names only, nothing decoded yet."""
         cfg = self.cfg
-        folder = scan_image_folder(cfg.data)
+        folder = scan_sources(as_list(cfg.data))
         split = split_dataset(
             folder, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
         )
         self.class_names = folder.class_names
+        self.source_names = [src.name for src in folder.sources]
         self.not_images = list(folder.skipped)
-        self.meta: PreprocessMeta = get_spec(cfg.model).preprocessing(cfg.image_size)
+        unknown_roots = as_list(cfg.unknown_data)
+        self.unknown_split: dict[str, list[Sample]] = {}
+        if unknown_roots:
+            self.unknown_split = split_samples(
+                scan_unknown(unknown_roots, source=len(folder.sources)),
+                val_fraction=cfg.val_fraction,
+                test_fraction=cfg.test_fraction,
+                seed=cfg.seed,
+                group=unknown_group(unknown_roots),
+            )
+        meta = get_spec(cfg.model).preprocessing(cfg.image_size)
+        self.meta: PreprocessMeta = dataclasses.replace(meta, resize=cfg.resize)
         return folder, split
 
     def _data(self, split: dict[str, list[Sample]]) -> PreparedData:
         cfg = self.cfg
+        # Photos of no class train with the others (label -1) and are judged on their own.
+        u = self.unknown_split
+        if u:
+            split = {
+                **split,
+                "train": split["train"] + u["train"],
+                "unknown_val": u["val"],
+                "unknown_test": u["test"],
+            }
         total = sum(len(v) for v in split.values())
         with self.rep.task("decode images", total=total) as advance:
             data = prepare_datasets(
@@ -355,8 +388,10 @@ class _Run:
                 )
         self._check_readable(data)
         self.data = data
-        sampler: DistributedSampler[Any] | None = None
-        if self.dist.enabled:
+        sampler: Sampler[int] | None = None
+        if cfg.sampling.mode == "balanced":
+            sampler = self._balanced_sampler(data)
+        elif self.dist.enabled:
             sampler = DistributedSampler(
                 data.datasets["train"],
                 num_replicas=self.dist.world_size,
@@ -376,14 +411,44 @@ class _Run:
             "val": eval_loader(data.datasets["val"]),
             "test": eval_loader(data.datasets["test"]),
         }
+        for name in ("unknown_val", "unknown_test"):
+            if name in data.datasets:
+                self.loaders[name] = eval_loader(data.datasets[name])
         return data
+
+    def _balanced_sampler(self, data: PreparedData) -> Sampler[int]:
+        """Draws that give every source and class its share (sampling.py); an epoch is as many
+        draws as there are labelled training photos."""
+        s = self.cfg.sampling
+        labels, sources = data.labels["train"], data.sources["train"]
+        weights = sample_weights(
+            labels,
+            sources,
+            source_balance=s.source_balance,
+            class_balance=s.class_balance,
+            unknown_share=s.unknown_share,
+        )
+        return BalancedSampler(
+            weights,
+            int((labels >= 0).sum()),
+            seed=self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
 
     def _write_run_files(self, folder: ImageFolder, split: dict[str, Any]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # A process killed mid-save leaves its temp file behind; the real files are intact.
         for stale in self.run_dir.glob(".*.pt.*.tmp"):
             stale.unlink(missing_ok=True)
-        save_split(split, folder, self.run_dir / SPLIT_FILENAME, seed=self.cfg.seed)
+        save_split(
+            split,
+            folder,
+            self.run_dir / SPLIT_FILENAME,
+            seed=self.cfg.seed,
+            unknown=self.unknown_split,
+            unknown_roots=as_list(self.cfg.unknown_data),
+        )
         write_labels(folder.class_names, self.run_dir / "labels.txt")
         save_yaml(self.cfg, self.run_dir / "config.yaml")
 
@@ -391,6 +456,7 @@ class _Run:
         if data.size("train") == 0 or data.size("val") == 0:
             raise DatasetError("no readable images left in the train or validation split")
         present = set(np.concatenate([data.labels[k] for k in data.labels]).tolist())
+        present.discard(-1)
         lost = [n for i, n in enumerate(self.class_names) if i not in present]
         if lost:
             raise DatasetError(f"class folder(s) with no readable image: {', '.join(lost)}")
@@ -418,7 +484,9 @@ class _Run:
         self.frozen_norms: list[nn.Module] = freeze_stem(net, cfg.freeze_blocks)
         self.frozen: bool | None = None
         self.model = net
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion = OutlierExposureLoss(
+            label_smoothing=cfg.label_smoothing, unknown_weight=cfg.sampling.unknown_weight
+        )
         self.optimizer = build_optimizer(net, cfg)
         self.amp = cfg.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
@@ -487,7 +555,7 @@ class _Run:
         while epoch < st.epochs:
             epoch += 1
             self._apply_freezing(epoch)
-            if self.sampler is not None:
+            if isinstance(self.sampler, DistributedSampler | BalancedSampler):
                 self.sampler.set_epoch(epoch)
             with self.rep.task(
                 f"epoch {epoch}/{st.epochs}", total=self.steps * cfg.batch_size, unit="img"
@@ -569,6 +637,8 @@ class _Run:
             self.device,
             channels_last=self.channels_last,
         )
+        by_source = per_source(val, self.data.sources["val"], self.source_names, self.class_names)
+        score = selection_score(cfg.select_on, val.acc, by_source)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -579,11 +649,13 @@ class _Run:
             "train_images": stats.images,
             "train_img_per_s": stats.img_per_s,
         }
+        if len(self.source_names) > 1:
+            row.update(epoch_row_extras(by_source, score))
         st.history.append(row)
         st.epoch = epoch
-        improved_acc = val.acc > st.best_acc
+        improved_acc = score > st.best_acc  # best_acc holds the selection score (select_on)
         if improved_acc:
-            st.best_acc, st.best_epoch = val.acc, epoch
+            st.best_acc, st.best_epoch = score, epoch
         if val.loss < st.best_val_loss - cfg.early_stopping_min_delta:
             st.best_val_loss, st.bad_epochs = val.loss, 0
         else:
@@ -687,16 +759,13 @@ class _Run:
         cfg, st, run_dir = self.cfg, self.state, self.run_dir
         best = load_checkpoint(run_dir / "best.pt")
         self.net.load_state_dict(best.state_dict)
-        test = evaluate(
-            self.net,
-            self.loaders["test"],
-            self.criterion,
-            self.device,
-            channels_last=self.channels_last,
-        )
+        passes = {name: self._eval(name) for name in self.loaders if name != "train"}
+        test = passes["test"]
+        best_row = next((r for r in st.history if r["epoch"] == st.best_epoch), {})
         metrics: dict[str, Any] = {
-            "val_acc": st.best_acc,
+            "val_acc": best_row.get("val_acc", st.best_acc),
             "best_epoch": st.best_epoch,
+            "select_on": cfg.select_on,
             "test_acc": test.acc,
             "test_loss": test.loss,
             "n_train": data.size("train"),
@@ -706,13 +775,29 @@ class _Run:
             "planned_epochs": st.epochs,
             "stopped_early": st.stopped_early,
             "skipped_files": len(self.skipped),
-            "seconds": time.perf_counter() - self.started,
+            "seconds": 0.0,
             "model": cfg.model,
             "image_size": self.meta.image_size,
+            "resize": self.meta.resize,
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "amp": self.amp,
         }
+        # The decision rule (temperature, abstention threshold) fitted on val, and the
+        # per-source val/test figures under it.
+        rule, decided = decide_and_report(
+            val=passes["val"],
+            val_sources=data.sources["val"],
+            test=test,
+            test_sources=data.sources["test"],
+            names=self.source_names,
+            class_names=self.class_names,
+            unknown_val=passes.get("unknown_val"),
+            unknown_test=passes.get("unknown_test"),
+            cfg=cfg.abstain,
+        )
+        metrics.update(decided)
+        best.decision = rule.to_dict()
         if len(test.targets):
             report = classification_report(test.targets, test.predictions, self.class_names)
             metrics["test_macro_f1"] = report["macro_f1"]
@@ -729,6 +814,7 @@ class _Run:
                 report["confusion_matrix"], self.class_names, run_dir / "confusion_matrix.png"
             )
         plot_training_curves(st.history, run_dir / "training_curves.png")
+        metrics["seconds"] = time.perf_counter() - self.started
         best.metrics = {**best.metrics, **metrics}
         save_checkpoint(best, run_dir / "best.pt")
         (run_dir / "history.json").write_text(json.dumps(st.history, indent=2) + "\n")
@@ -741,6 +827,21 @@ class _Run:
                 metrics["registered_model"] = self.tracker.registered
                 (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         return metrics
+
+    def _eval(self, split: str) -> EvalResult:
+        """One pass of the best model over a held-out split (unknown photos: no loss)."""
+        known = not split.startswith("unknown")
+        return evaluate(
+            self.net,
+            self.loaders[split],
+            self.criterion if known else _no_loss,
+            self.device,
+            channels_last=self.channels_last,
+        )
+
+
+def _no_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return logits.new_zeros(())
 
 
 def _measure_step_time(

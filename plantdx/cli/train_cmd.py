@@ -13,8 +13,17 @@ from .options import overrides as _overrides
 
 
 def train(
-    data: str = typer.Option(
-        None, "--data", help="ImageFolder: one sub-folder of images per class."
+    data: list[str] = typer.Option(
+        None,
+        "--data",
+        help="ImageFolder: one sub-folder of images per class. Repeat for several sources "
+        "(lab and field photos): each is split and reported on its own.",
+    ),
+    unknown_data: list[str] = typer.Option(
+        None,
+        "--unknown-data",
+        help="Photos of no class (other crops, any layout): they teach and calibrate the "
+        "'uncertain' answer. Repeatable.",
     ),
     out: str = typer.Option(None, "--out", help="Run directory for checkpoints and reports."),
     config: Path = typer.Option(None, "--config", help="YAML file with any training option."),
@@ -23,6 +32,19 @@ def train(
     batch_size: int = typer.Option(None, "--batch-size"),
     lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
     image_size: int = typer.Option(None, "--image-size", help="Square input size in pixels."),
+    resize: str = typer.Option(
+        None, "--resize", help="Non-square photo → square input: squash | crop | pad."
+    ),
+    sampling: str = typer.Option(
+        None,
+        "--sampling",
+        help="balanced (every source and class its share of each epoch) | concat.",
+    ),
+    select_on: str = typer.Option(
+        None,
+        "--select-on",
+        help="Best epoch by mean_source_acc | min_source_acc | pooled_acc (validation).",
+    ),
     pretrained: bool = typer.Option(
         None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (offline)."
     ),
@@ -74,7 +96,10 @@ def train(
     from plantdx.training.progress import Reporter
 
     overrides = _overrides(
-        data=data,
+        data=_one_or_many(data),
+        unknown_data=_one_or_many(unknown_data),
+        resize=resize,
+        select_on=select_on,
         out=out,
         model=model,
         epochs=epochs,
@@ -105,6 +130,8 @@ def train(
         experiment=experiment,
         mlflow=mlflow,
     )
+    if sampling is not None:
+        overrides["sampling"] = {"mode": sampling}
     if resume:
         if config is not None:
             raise typer.BadParameter("--resume uses the run's config.yaml; drop --config")
@@ -114,6 +141,13 @@ def train(
     result = run_train(cfg, reporter=Reporter(quiet=quiet))
     if result.rank == 0:
         typer.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, default=str))
+
+
+def _one_or_many(values: list[str] | None) -> str | list[str] | None:
+    """Repeated path options: one stays a plain path (as before), several a list."""
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else list(values)
 
 
 def evaluate(

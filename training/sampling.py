@@ -1,0 +1,127 @@
+"""How a training epoch draws its photos when the sources are uneven, and the loss that teaches
+"none of these" on photos of no class.
+
+A few hundred field photos among thousands of lab photos barely move a model when every photo
+is drawn once per epoch. `BalancedSampler` draws with replacement from weights that give each
+source a share of the epoch (`source_balance`: 0 = in proportion to its size, as plain
+concatenation does; 1 = the same share for every source) and, inside a source, each class a
+share (`class_balance`: 0 = in proportion to its photos; 1 = the same for every class); photos
+of no class ("unknown", label -1) get `unknown_share` of the draws.
+
+`OutlierExposureLoss` is cross-entropy on labelled photos plus `unknown_weight` × the
+cross-entropy to the uniform distribution on unknown ones (Hendrycks et al., "Deep Anomaly
+Detection with Outlier Exposure", 2019): the model learns to spread its probability on leaves
+it does not know, which the abstention threshold then catches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Sampler
+
+from plantdx.data import UNKNOWN_LABEL
+
+
+@dataclass
+class SamplingConfig:
+    # balanced: BalancedSampler with the shares below; concat: every photo once per epoch,
+    # shuffled (unknown photos included), as one concatenated dataset.
+    mode: Literal["balanced", "concat"] = "balanced"
+    source_balance: float = 1.0
+    class_balance: float = 0.5
+    unknown_share: float = 0.2
+    # Weight of the outlier-exposure term (the loss on unknown photos).
+    unknown_weight: float = 0.5
+
+
+def sample_weights(
+    labels: np.ndarray,
+    sources: np.ndarray,
+    *,
+    source_balance: float,
+    class_balance: float,
+    unknown_share: float,
+) -> np.ndarray:
+    """Probability of drawing each photo (sums to 1)."""
+    labels = np.asarray(labels)
+    sources = np.asarray(sources)
+    known = labels != UNKNOWN_LABEL
+    w = np.zeros(len(labels), dtype=np.float64)
+    src_ids = sorted(set(sources[known].tolist()))
+    src_mass = np.array([np.sum(known & (sources == s)) for s in src_ids], dtype=np.float64)
+    src_mass = src_mass ** (1.0 - source_balance)
+    src_mass /= src_mass.sum()
+    for s, mass in zip(src_ids, src_mass, strict=True):
+        in_src = known & (sources == s)
+        classes, counts = np.unique(labels[in_src], return_counts=True)
+        cls_mass = counts.astype(np.float64) ** (1.0 - class_balance)
+        cls_mass /= cls_mass.sum()
+        for c, n, m in zip(classes, counts, cls_mass, strict=True):
+            w[in_src & (labels == c)] = mass * m / n
+    n_unknown = int((~known).sum())
+    if n_unknown and unknown_share > 0:
+        w[known] *= 1.0 - unknown_share
+        w[~known] = unknown_share / n_unknown
+    return w / w.sum()
+
+
+class BalancedSampler(Sampler[int]):
+    """`num_samples` draws per epoch with replacement from `weights`; the draws depend only on
+    the seed and the epoch (`set_epoch`), so a resumed run draws what the unbroken run did.
+    Under DDP every rank computes the same draws and takes its own slice of them."""
+
+    def __init__(
+        self,
+        weights: np.ndarray,
+        num_samples: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.total = int(num_samples) - int(num_samples) % world_size or int(num_samples)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        draws = torch.multinomial(self.weights, self.total, replacement=True, generator=g)
+        return iter(draws[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.total, self.world_size))
+
+
+class OutlierExposureLoss(nn.Module):
+    """Cross-entropy (with label smoothing) on labelled rows; on rows labelled UNKNOWN_LABEL,
+    `unknown_weight` × cross-entropy to the uniform distribution. Without unknown rows it is
+    exactly nn.CrossEntropyLoss."""
+
+    def __init__(self, *, label_smoothing: float = 0.0, unknown_weight: float = 0.5) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.unknown_weight = unknown_weight
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        known = targets != UNKNOWN_LABEL
+        if bool(known.all()):
+            return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        loss = logits.new_zeros(())
+        if bool(known.any()):
+            loss = F.cross_entropy(
+                logits[known], targets[known], label_smoothing=self.label_smoothing
+            )
+        outliers = logits[~known].float()
+        uniform_ce = -(outliers.log_softmax(dim=1).mean(dim=1)).mean()
+        return loss + self.unknown_weight * uniform_ce
