@@ -11,20 +11,28 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from plantdx.checkpoint import load_checkpoint
-from plantdx.data import SPLIT_FILENAME, Sample, load_split, scan_image_folder
+from plantdx.checkpoint import Checkpoint, load_checkpoint
+from plantdx.data import SPLIT_FILENAME, Sample, read_split, scan_image_folder, scan_unknown
+from plantdx.decision import DecisionRule
 from plantdx.exceptions import DatasetError
 from plantdx.preprocessing import Normalizer, Preprocessor
 
-from .data import PixelDataset, decode_samples
+from .calibrate import selective
+from .config import as_list
+from .data import DecodedImages, PixelDataset, decode_samples
 
 
 @dataclass
 class EvaluateConfig:
     checkpoint: str = ""
-    data: str = ""
+    # One ImageFolder or several (each reported on its own under `sources`).
+    data: list[str] | str = ""
+    # Photos of no class: how many the model abstains on (unknown_n, unknown_abstain_rate).
+    unknown_data: list[str] | str | None = None
     split: Literal["all", "test", "val"] = "all"
     batch_size: int = 64
+    # Replaces the checkpoint's abstention threshold (its temperature stays).
+    threshold: float | None = None
     # Where report.json and confusion_matrix.png go (default: eval-SPLIT beside the checkpoint).
     out: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -114,34 +122,57 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path) -> Non
     plt.close(fig)
 
 
-def _samples(
-    cfg: EvaluateConfig, class_names: list[str]
+def _folder_samples(
+    root: str, class_names: list[str], source: int
 ) -> tuple[list[Sample], list[tuple[Path, str]]]:
-    """The images to evaluate, and the files of --data left out as non-images."""
-    if cfg.split != "all":
-        split_file = Path(cfg.checkpoint).parent / SPLIT_FILENAME
-        if Path(cfg.checkpoint).is_dir():
-            split_file = Path(cfg.checkpoint) / SPLIT_FILENAME
-        names, split = load_split(split_file, root=cfg.data or None)
-        if names != class_names:
-            raise DatasetError(f"{split_file} was written for other classes")
-        return split[cfg.split], []
-    folder = scan_image_folder(cfg.data, min_classes=1)
+    folder = scan_image_folder(root, min_classes=1)
     index = {name: i for i, name in enumerate(class_names)}
     samples = [
-        Sample(s.path, index[folder.class_names[s.label]])
+        Sample(s.path, index[folder.class_names[s.label]], source)
         for s in folder.samples
         if folder.class_names[s.label] in index
     ]
     if not samples:
         raise DatasetError(
-            f"no folder in {cfg.data} is named after a class of this checkpoint "
+            f"no folder in {root} is named after a class of this checkpoint "
             f"(classes: {', '.join(class_names[:5])}...)"
         )
     not_images = [
         (p, why) for p, why in folder.skipped if p.relative_to(folder.root).parts[0] in index
     ]
     return samples, not_images
+
+
+def _samples(
+    cfg: EvaluateConfig, class_names: list[str]
+) -> tuple[list[Sample], list[tuple[Path, str]], list[str], list[Sample]]:
+    """The images to evaluate, the files of --data left out as non-images, the source names,
+    and the photos of no class (from --unknown-data, or the run's unknown split)."""
+    data = as_list(cfg.data)
+    unknown_roots = as_list(cfg.unknown_data)
+    if cfg.split != "all":
+        split_file = Path(cfg.checkpoint).parent / SPLIT_FILENAME
+        if Path(cfg.checkpoint).is_dir():
+            split_file = Path(cfg.checkpoint) / SPLIT_FILENAME
+        f = read_split(split_file, root=data[0] if len(data) == 1 else None)
+        if f.class_names != class_names:
+            raise DatasetError(f"{split_file} was written for other classes")
+        unknown = (
+            scan_unknown(unknown_roots, source=len(f.source_names))
+            if unknown_roots
+            else f.unknown[cfg.split]
+        )
+        return f.split[cfg.split], [], f.source_names, unknown
+    samples: list[Sample] = []
+    not_images: list[tuple[Path, str]] = []
+    for i, root in enumerate(data):
+        got, skipped = _folder_samples(root, class_names, i)
+        samples += got
+        not_images += skipped
+    names = [Path(r).name or str(r) for r in data]
+    names = [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
+    unknown = scan_unknown(unknown_roots, source=len(data)) if unknown_roots else []
+    return samples, not_images, names, unknown
 
 
 def _checkpoint_path(source: str) -> Path:
@@ -153,45 +184,87 @@ def _checkpoint_path(source: str) -> Path:
     return path / "best.pt" if path.is_dir() else path
 
 
+def _logits(
+    model: torch.nn.Module, samples: list[Sample], ckpt: Checkpoint, device: torch.device, bs: int
+) -> tuple[np.ndarray, DecodedImages]:
+    decoded = decode_samples(samples, Preprocessor(ckpt.preprocessing))
+    loader = DataLoader(PixelDataset(decoded, Normalizer(ckpt.preprocessing)), batch_size=bs)
+    out = []
+    with torch.no_grad():
+        for images, _ in loader:
+            out.append(model(images.to(device)).float().cpu().numpy())
+    z = np.concatenate(out) if out else np.zeros((0, ckpt.num_classes), np.float32)
+    return z, decoded
+
+
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Plain top-1 (`accuracy`) and, under the checkpoint's decision rule, `coverage` and
+    `selective_accuracy`; per source when there are several; the unknown photos' abstention."""
     from .distributed import pick_device
 
     path = _checkpoint_path(cfg.checkpoint)
     ckpt = load_checkpoint(path)
+    rule = DecisionRule.from_dict(ckpt.decision)
+    threshold = rule.threshold if cfg.threshold is None else cfg.threshold
     device = pick_device(cfg.device)
     model = ckpt.build_model().to(device)
-    samples, not_images = _samples(replace(cfg, checkpoint=str(path)), ckpt.class_names)
-    decoded = decode_samples(samples, Preprocessor(ckpt.preprocessing))
-    loader = DataLoader(
-        PixelDataset(decoded, Normalizer(ckpt.preprocessing)), batch_size=cfg.batch_size
+    samples, not_images, names, unknown = _samples(
+        replace(cfg, checkpoint=str(path)), ckpt.class_names
     )
-    probs = []
-    with torch.no_grad():
-        for images, _ in loader:
-            probs.append(model(images.to(device)).float().softmax(1).cpu().numpy())
-    p = np.concatenate(probs) if probs else np.zeros((0, ckpt.num_classes))
-    pred = p.argmax(1)
-    report: dict[str, Any] = {"checkpoint": str(path), "model": ckpt.model_name}
-    report.update(classification_report(decoded.labels, pred, ckpt.class_names))
-    report["split"] = cfg.split
-    report["skipped"] = [[str(p), why] for p, why in [*not_images, *decoded.skipped]]
-    wrong = np.flatnonzero(pred != decoded.labels)
-    # The most confident mistakes first: those are the ones worth a look.
-    report["misclassified"] = [
-        {
-            "file": str(decoded.paths[i]),
-            "true": ckpt.class_names[int(decoded.labels[i])],
-            "predicted": ckpt.class_names[int(pred[i])],
-            "confidence": float(p[i, pred[i]]),
-        }
-        for i in wrong[np.argsort(-p[wrong, pred[wrong]], kind="stable")]
-    ]
+    report: dict[str, Any] = {
+        "checkpoint": str(path),
+        "model": ckpt.model_name,
+        "temperature": rule.temperature,
+        "threshold": threshold,
+        "split": cfg.split,
+    }
     out = Path(cfg.out) if cfg.out else path.parent / f"eval-{cfg.split}"
     out.mkdir(parents=True, exist_ok=True)
-    plot_confusion_matrix(
-        report["confusion_matrix"], ckpt.class_names, out / "confusion_matrix.png"
-    )
-    report["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+    skipped: list[tuple[Path, str]] = list(not_images)
+    if samples:
+        z, decoded = _logits(model, samples, ckpt, device, cfg.batch_size)
+        skipped += decoded.skipped
+        p = rule.probabilities(z)
+        pred = p.argmax(1)
+        report.update(classification_report(decoded.labels, pred, ckpt.class_names))
+        report.update(
+            {k: v for k, v in selective(p, decoded.labels, threshold).items() if k != "n"}
+        )
+        if len(names) > 1:
+            src_of = {s.path: s.source for s in samples}
+            src = np.asarray([src_of[q] for q in decoded.paths])
+            report["sources"] = {
+                name: {
+                    **selective(p[src == i], decoded.labels[src == i], threshold),
+                    "macro_f1": classification_report(
+                        decoded.labels[src == i], pred[src == i], ckpt.class_names
+                    )["macro_f1"],
+                }
+                for i, name in enumerate(names)
+                if (src == i).any()
+            }
+        wrong = np.flatnonzero(pred != decoded.labels)
+        # The most confident mistakes first: those are the ones worth a look.
+        report["misclassified"] = [
+            {
+                "file": str(decoded.paths[i]),
+                "true": ckpt.class_names[int(decoded.labels[i])],
+                "predicted": ckpt.class_names[int(pred[i])],
+                "confidence": float(p[i, pred[i]]),
+            }
+            for i in wrong[np.argsort(-p[wrong, pred[wrong]], kind="stable")]
+        ]
+        plot_confusion_matrix(
+            report["confusion_matrix"], ckpt.class_names, out / "confusion_matrix.png"
+        )
+        report["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+    if unknown:
+        zu, decoded_u = _logits(model, unknown, ckpt, device, cfg.batch_size)
+        skipped += decoded_u.skipped
+        top = rule.probabilities(zu).max(1) if len(zu) else np.zeros(0)
+        report["unknown_n"] = len(top)
+        report["unknown_abstain_rate"] = float((top < threshold).mean()) if len(top) else 0.0
+    report["skipped"] = [[str(q), why] for q, why in skipped]
     report["report_json"] = str(out / "report.json")
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -76,5 +76,23 @@ class Reporter:
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k, v in metrics.items():
-            table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+            if k != "sources":
+                table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
         self.console.print(table)
+        sources = metrics.get("sources") or {}
+        if sources:
+            per = Table(title="per source (coverage and selective accuracy: with abstention)")
+            for col in ("source", "split", "accuracy", "macro-F1", "coverage", "sel. acc", "n"):
+                per.add_column(col, justify="left" if col in ("source", "split") else "right")
+            for name, splits in sources.items():
+                for split, f in splits.items():
+                    per.add_row(
+                        name,
+                        split,
+                        f"{f['acc']:.4f}",
+                        f"{f['macro_f1']:.4f}",
+                        f"{f['coverage']:.3f}",
+                        f"{f['selective_accuracy']:.4f}",
+                        str(f["n"]),
+                    )
+            self.console.print(per)

@@ -17,6 +17,7 @@ from plantdx.config import to_dict
 from plantdx.data import ImageFolder
 
 from .config import TrainConfig
+from .sources import flat_source_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ RUN_ARTIFACTS = (
 def dataset_hash(dataset: ImageFolder) -> str:
     """A hash of the file list, sizes and labels: cheap, and changes whenever the data does."""
     h = hashlib.sha256()
+    roots = [src.root for src in dataset.sources]
     for s in dataset.samples:
-        rel = s.path.relative_to(dataset.root)
+        rel = s.path.relative_to(roots[s.source])
         h.update(f"{rel}:{s.path.stat().st_size}:{s.label}\n".encode())
     return h.hexdigest()
 
@@ -109,6 +111,7 @@ class RunTracker:
             for k, v in metrics.items()
             if isinstance(v, int | float)
         }
+        numeric.update(flat_source_metrics(metrics))
         self.mlflow.log_metrics(numeric)
         for name in RUN_ARTIFACTS:
             if (run_dir / name).is_file():

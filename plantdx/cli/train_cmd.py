@@ -154,7 +154,17 @@ def evaluate(
     checkpoint: str = typer.Argument(
         ..., help="A checkpoint file, run directory or MLflow models:/ URI."
     ),
-    data: str = typer.Option(None, "--data", help="ImageFolder to evaluate on."),
+    data: list[str] = typer.Option(
+        None, "--data", help="ImageFolder to evaluate on; repeat for several (reported apart)."
+    ),
+    unknown_data: list[str] = typer.Option(
+        None,
+        "--unknown-data",
+        help="Photos of no class: reports unknown_n and unknown_abstain_rate.",
+    ),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Abstention threshold instead of the checkpoint's."
+    ),
     split: str = typer.Option("all", "--split", help="all (every image in --data) | test | val"),
     out: str = typer.Option(
         None, "--out", help="Folder for report.json and confusion_matrix.png (default eval-SPLIT)."
@@ -168,10 +178,18 @@ def evaluate(
     cfg = resolve(
         EvaluateConfig,
         None,
-        _overrides(checkpoint=checkpoint, data=data, split=split, out=out, device=device),
+        _overrides(
+            checkpoint=checkpoint,
+            data=_one_or_many(data),
+            unknown_data=_one_or_many(unknown_data),
+            threshold=threshold,
+            split=split,
+            out=out,
+            device=device,
+        ),
     )
-    if cfg.split == "all" and not cfg.data:
-        raise typer.BadParameter("--data is required with --split all")
+    if cfg.split == "all" and not cfg.data and not cfg.unknown_data:
+        raise typer.BadParameter("--data (or --unknown-data) is required with --split all")
     report = evaluate_checkpoint(cfg)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -179,8 +197,23 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
+    if "unknown_n" in report:
+        typer.echo(
+            f"unknown photos: {report['unknown_abstain_rate']:.1%} of {report['unknown_n']} "
+            f"answered 'uncertain' (threshold {report['threshold']:.3f})"
+        )
+    if "accuracy" not in report:
+        typer.echo(f"report: {report['report_json']}")
+        return
+    for name, row in (report.get("sources") or {}).items():
+        typer.echo(
+            f"{name}: accuracy {row['accuracy']:.4f}  coverage {row['coverage']:.3f}  "
+            f"selective accuracy {row['selective_accuracy']:.4f}  n={row['n']}"
+        )
     table = Table(
-        title=f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  n={report['n']}"
+        title=f"accuracy {report['accuracy']:.4f}  macro-F1 {report['macro_f1']:.4f}  "
+        f"coverage {report['coverage']:.3f}  selective accuracy "
+        f"{report['selective_accuracy']:.4f}  n={report['n']}"
     )
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
