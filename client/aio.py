@@ -24,6 +24,7 @@ from .results import (
     PredictOutcome,
     ServerHealth,
     describe,
+    lacks_decision,
     newest_ready_version,
     output_count,
     probe_image,
@@ -138,15 +139,29 @@ class AsyncPlantDxClient(ClientBase):
             return self._remember_labels(await self.infer([probe_image()], class_count=count))
         return list(self._labels)
 
-    async def infer(self, images: Sequence[bytes], *, class_count: int = 0) -> Any:
-        return await self._call("infer", **self._infer_request(images, class_count))
+    async def infer(
+        self, images: Sequence[bytes], *, class_count: int = 0, decision: bool = False
+    ) -> Any:
+        return await self._call("infer", **self._infer_request(images, class_count, decision))
+
+    async def _infer_with_decision(self, images: Sequence[bytes], class_count: int) -> Any:
+        ask = self._ask_decision()
+        try:
+            result = await self.infer(images, class_count=class_count, decision=ask)
+        except ClientError as exc:
+            if not (ask and lacks_decision(exc)):
+                raise
+            self._versions.decision = False
+            return await self.infer(images, class_count=class_count)
+        self._versions.decision = ask
+        return result
 
     async def predict(self, image: ImageLike, *, top_k: int = 3) -> Prediction:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         data = to_bytes(image)
         start = time.perf_counter()
-        result = await self.infer([data], class_count=top_k)
+        result = await self._infer_with_decision([data], top_k)
         latency = (time.perf_counter() - start) * 1000
         return to_prediction(result, latency, source_name(image), await self.classifier_version())
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .options import ClientOptions, Protocol
 from .results import (
+    DECISION,
     INPUT,
     OUTPUT,
     ImageLike,
@@ -106,17 +107,26 @@ class ClientBase:
             kwargs["client_timeout"] = self.options.timeout
         return kwargs
 
-    def _infer_request(self, images: Sequence[bytes], class_count: int) -> dict[str, Any]:
+    def _infer_request(
+        self, images: Sequence[bytes], class_count: int, decision: bool = False
+    ) -> dict[str, Any]:
         """The arguments of tritonclient's `infer` for one batch of encoded images."""
         m = self._module()
         inp = m.InferInput(INPUT, [len(images), 1], "BYTES")
         inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
+        outputs = [m.InferRequestedOutput(OUTPUT, class_count=class_count)]
+        if decision:
+            outputs.append(m.InferRequestedOutput(DECISION))
         return {
             "model_name": self.options.model,
             "inputs": [inp],
             "model_version": self.options.model_version,
-            "outputs": [m.InferRequestedOutput(OUTPUT, class_count=class_count)],
+            "outputs": outputs,
         }
+
+    def _ask_decision(self) -> bool:
+        """Ask for DECISION unless this server was found not to have it (an older export)."""
+        return self._versions.decision is not False
 
     def _remember_labels(self, result: Any) -> list[str]:
         scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
@@ -132,11 +142,15 @@ class VersionCache:
         self.value: str | None = None
         self.read_at = -math.inf
         self.lock = threading.Lock()
+        # Whether the served ensemble has the DECISION output: None until a request tells.
+        self.decision: bool | None = None
 
     def fresh(self, ttl_s: float) -> bool:
         return time.monotonic() - self.read_at < ttl_s
 
     def store(self, value: str | None) -> str | None:
+        if value != self.value and self.read_at > -math.inf:
+            self.decision = None  # another version serves now: it may have DECISION
         self.value, self.read_at = value, time.monotonic()
         return value
 

@@ -20,6 +20,7 @@ from .results import (
     PredictOutcome,
     ServerHealth,
     describe,
+    lacks_decision,
     newest_ready_version,
     output_count,
     probe_image,
@@ -151,13 +152,28 @@ class PlantDxClient(ClientBase):
         return list(self._labels)
 
     # -- inference ------------------------------------------------------------------------
-    def infer(self, images: Sequence[bytes], *, class_count: int = 0) -> Any:
+    def infer(
+        self, images: Sequence[bytes], *, class_count: int = 0, decision: bool = False
+    ) -> Any:
         """One request holding `images` as a batch; tritonclient's InferResult.
 
         class_count > 0 asks for the classification extension's top classes with labels;
-        0 returns the raw probabilities.
+        0 returns the raw probabilities. decision=True asks for DECISION too.
         """
-        return self._call("infer", **self._infer_request(images, class_count))
+        return self._call("infer", **self._infer_request(images, class_count, decision))
+
+    def _infer_with_decision(self, images: Sequence[bytes], class_count: int) -> Any:
+        """PROBABILITIES and, when the server has it, DECISION (once refused, no longer asked)."""
+        ask = self._ask_decision()
+        try:
+            result = self.infer(images, class_count=class_count, decision=ask)
+        except ClientError as exc:
+            if not (ask and lacks_decision(exc)):
+                raise
+            self._versions.decision = False
+            return self.infer(images, class_count=class_count)
+        self._versions.decision = ask
+        return result
 
     def predict(self, image: ImageLike, *, top_k: int = 3) -> Prediction:
         """Classify one image (a path, encoded bytes or a PIL image)."""
@@ -165,7 +181,7 @@ class PlantDxClient(ClientBase):
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         data = to_bytes(image)
         start = time.perf_counter()
-        result = self.infer([data], class_count=top_k)
+        result = self._infer_with_decision([data], top_k)
         latency = (time.perf_counter() - start) * 1000
         return to_prediction(result, latency, source_name(image), self.classifier_version())
 

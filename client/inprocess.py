@@ -1,7 +1,8 @@
 """The machine's limit for plantdx's work: preprocessing + the ONNX model, in-process, no server.
 
 It runs exactly what a served request runs — `plantdx.preprocessing.Preprocessor` with the
-version's `preprocessing.json`, onnxruntime on `classifier/N/model.onnx`, a softmax — in
+version's `preprocessing.json`, onnxruntime on `classifier/N/model.onnx`, the calibrated
+softmax and the decision of the version's `preprocess/N/decision.json` — in
 worker processes, for several layouts of the machine's cores (worker processes × onnxruntime
 threads × batch size). The best layout's throughput is the ceiling a server on this machine
 can approach; the layout with one worker using every core at batch 1 gives the single-image
@@ -105,9 +106,14 @@ def _worker(
 ) -> None:
     import onnxruntime as ort
 
+    from plantdx.decision import DECISION_FILENAME, DecisionRule
     from plantdx.preprocessing import PreprocessMeta, Preprocessor
 
     pre = Preprocessor(PreprocessMeta.load(Path(vdir) / META_FILENAME))
+    # The rule travels in preprocess/N beside classifier/N; absent for older exports (identity).
+    rule = DecisionRule.load(
+        Path(vdir).parent.parent / "preprocess" / Path(vdir).name / DECISION_FILENAME
+    )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -133,8 +139,7 @@ def _worker(
         t1 = time.perf_counter()
         if pixels:
             (logits,) = session.run(None, {name: np.stack(pixels)})
-            e = np.exp(logits - logits.max(1, keepdims=True))
-            _ = (e / e.sum(1, keepdims=True)).argmax(1)
+            _ = rule.answered(rule.probabilities(logits))
         return t1 - t0, time.perf_counter() - t1, errors
 
     end = time.perf_counter() + warmup_s

@@ -8,11 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plantdx.decision import UNCERTAIN
+
 MODEL = "plantdx"
 # The ensemble's composing model whose version changes on export and hot update.
 CLASSIFIER = "classifier"
 INPUT = "IMAGE"
 OUTPUT = "PROBABILITIES"
+# The served decision: the class label, or UNCERTAIN when the calibrated top-1 probability is
+# under the threshold. Servers exported before decision rules do not have it.
+DECISION = "DECISION"
 
 # A path, encoded bytes or a PIL image (anything with `.save(buffer, format=...)`).
 ImageLike = str | Path | bytes | bytearray | memoryview | Any
@@ -29,9 +34,11 @@ class ClassScore:
 class Prediction:
     """One image's classes.
 
-    model_version: the classifier version serving when the answer came (None when the
-    server would not say); ensemble_version: the version of the model that was called (the
-    `plantdx` ensemble's stays 1 across classifier updates).
+    label/confidence: the top-1 class and its calibrated probability; decision: what the
+    server answers, that label or "uncertain" (`uncertain` is then True; a server without
+    decisions answers the label). model_version: the classifier version serving when the
+    answer came (None when the server would not say); ensemble_version: the version of the
+    model that was called (the `plantdx` ensemble's stays 1 across classifier updates).
     """
 
     label: str
@@ -41,10 +48,16 @@ class Prediction:
     latency_ms: float
     file: str | None = None
     ensemble_version: str = ""
+    decision: str = ""
+
+    @property
+    def uncertain(self) -> bool:
+        return self.decision == UNCERTAIN
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,
+            "decision": self.decision,
             "label": self.label,
             "confidence": self.confidence,
             "top_k": [{"label": c.label, "probability": c.probability} for c in self.top_k],
@@ -145,6 +158,7 @@ def to_prediction(
 ) -> Prediction:
     scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
     best = scores[0]
+    decision = result.as_numpy(DECISION)
     return Prediction(
         label=best.label,
         confidence=best.probability,
@@ -153,7 +167,19 @@ def to_prediction(
         latency_ms=latency_ms,
         file=file,
         ensemble_version=response_version(result.get_response()),
+        decision=_text(decision.reshape(-1)[0]) if decision is not None else best.label,
     )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def lacks_decision(error: BaseException) -> bool:
+    """The server refused DECISION as an output it does not have: an ensemble exported before
+    decision rules (Triton: "unexpected inference output 'DECISION' for model 'plantdx'")."""
+    text = str(error)
+    return f"'{DECISION}'" in text and "unexpected inference output" in text
 
 
 def newest_ready_version(metadata: Any) -> str | None:
@@ -177,7 +203,11 @@ def cache_hit_count(stats: dict[str, Any]) -> int:
 def output_count(metadata: Any) -> int:
     """Number of classes from HTTP (dict) or gRPC (protobuf) model metadata."""
     outputs = metadata["outputs"] if isinstance(metadata, dict) else metadata.outputs
-    out = outputs[0]
+
+    def name(o: Any) -> str:
+        return str(o["name"] if isinstance(o, dict) else o.name)
+
+    out = next((o for o in outputs if name(o) == OUTPUT), outputs[0])
     shape = out["shape"] if isinstance(out, dict) else list(out.shape)
     return int(shape[-1])
 

@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
 #
 # plantdx serving image: NVIDIA Triton Inference Server 2.51 (NGC 24.10) plus what the
-# `preprocess` and `postprocess` Python-backend models import (the plantdx package, numpy<2,
-# Pillow, OpenCV). The model repository is not baked in: it comes from the shared volume or
-# from S3 at run time (k8s/), or from a bind mount (docker/compose.yaml).
+# `preprocess` and `postprocess` Python-backend models import (the plantdx package, for its
+# preprocessing and decision rules; numpy<2, Pillow, OpenCV). The model repository is not baked
+# in: it comes from the shared volume or from S3 at run time (k8s/), or from a bind mount
+# (docker/compose.yaml).
 #
 #   docker build -f docker/serving.Dockerfile -t plantdx-serving:<model version> .
 #
@@ -47,7 +48,7 @@ COPY . /src
 # --no-deps: the backends need only the packages installed above, not PyTorch or MLflow.
 RUN python3 -m pip install --no-deps /src \
     && rm -rf /src \
-    && python3 -c "import numpy, PIL, cv2, plantdx.preprocessing"
+    && python3 -c "import numpy, PIL, cv2, plantdx.preprocessing, plantdx.decision"
 USER 1000:1000
 WORKDIR /tmp
 EXPOSE 8000 8001 8002

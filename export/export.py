@@ -7,10 +7,7 @@ are built in a temporary directory, and `publish_version` moves the finished ver
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
-import platform
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -22,8 +19,8 @@ import numpy as np
 
 from plantdx.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from plantdx.config import resolve, to_dict
-from plantdx.data import SPLIT_FILENAME, is_image_file, load_split
-from plantdx.exceptions import ConfigError, DatasetError, ExportError, PreprocessError
+from plantdx.decision import DecisionRule
+from plantdx.exceptions import ConfigError, DatasetError, ExportError
 from plantdx.model_repository.config import ServingOptions
 from plantdx.model_repository.repository import (
     ENGINES_FILENAME,
@@ -33,19 +30,18 @@ from plantdx.model_repository.repository import (
     publish_version,
     write_json,
 )
-from plantdx.preprocessing import Preprocessor
 
 from . import tensorrt as trt_export
 from .onnx import (
     DEFAULT_OPSET,
-    ParityReport,
-    Simplification,
     check_parity,
     export_onnx,
     onnx_logits,
     require_parity,
     simplify_onnx,
 )
+from .provenance import provenance as make_provenance
+from .sources import SYNTHETIC_CHECK, check_images, resolve_source, spread
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +84,9 @@ class ExportConfig:
     specific_versions: list[int] = field(default_factory=list)
     # Overrides of model_repository.config.ServingOptions, e.g. {"preprocess": {"instances": 4}}.
     serving: dict[str, Any] = field(default_factory=dict)
+    # This deployment's abstention threshold (postprocess parameter `abstain_threshold`),
+    # replacing the threshold of every served version's decision rule; None: the versions' own.
+    abstain_threshold: float | None = None
 
 
 @dataclass
@@ -99,6 +98,9 @@ class ExportResult:
     gate: dict[str, Any] | None = None
     plans: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # The version's decision rule (preprocess/N/decision.json) and the deployment override.
+    decision: dict[str, Any] = field(default_factory=dict)
+    abstain_threshold: float | None = None
 
 
 def settle(cfg: ExportConfig) -> ExportConfig:
@@ -149,6 +151,8 @@ def settle(cfg: ExportConfig) -> ExportConfig:
         raise ConfigError("--version-policy specific needs --versions (e.g. --versions 3,4)")
     if cfg.latest_versions < 1:
         raise ConfigError("--latest-n must be at least 1")
+    if cfg.abstain_threshold is not None and not 0.0 <= cfg.abstain_threshold <= 1.0:
+        raise ConfigError(f"--abstain-threshold must be in [0, 1], got {cfg.abstain_threshold}")
     return dataclasses.replace(cfg, target=target, kind=kind)
 
 
@@ -166,11 +170,12 @@ def export(cfg: ExportConfig) -> ExportResult:
                 f"at least one batch of --opt-batch {cfg.opt_batch}"
             )
     opts = serving_options(cfg)
-    source_path = _resolve_source(cfg.source)
+    source_path = resolve_source(cfg.source)
     ckpt = load_checkpoint(source_path)
+    decision = _decision_rule(ckpt)
     model = ckpt.build_model()
     limit = max(cfg.check_images, cfg.gate_images if trt else 0)
-    images, where = _check_images(ckpt, cfg, source_path, limit)
+    images, where = check_images(ckpt, cfg.check_data, source_path, limit)
     notes: list[str] = []
     if where == SYNTHETIC_CHECK:
         notes.append(
@@ -195,7 +200,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         report = check_parity(
             model,
             onnx_path,
-            _spread(images, cfg.check_images),
+            spread(images, cfg.check_images),
             source=where,
             max_abs=cfg.max_abs_diff,
             min_agreement=cfg.min_top1_agreement,
@@ -207,9 +212,18 @@ def export(cfg: ExportConfig) -> ExportResult:
             trt_build = _build_and_gate(
                 trt, gpu, cfg, ckpt, onnx_path, onnx_sha, images, where, calibration_paths
             )
-        provenance = _provenance(
-            ckpt, cfg, source_path, onnx_sha, report, simplification, trt, gpu, trt_build
+        provenance = make_provenance(
+            ckpt,
+            cfg,
+            source_path,
+            onnx_sha,
+            report,
+            simplification,
+            trt,
+            gpu,
+            trt_build.gate if trt_build else None,
         )
+        provenance["decision"] = decision.to_dict()
         published: dict[str, Any] = {}
 
         def write_files(staged: StagedVersion) -> None:
@@ -229,6 +243,7 @@ def export(cfg: ExportConfig) -> ExportResult:
             platform=cfg.to,
             trt_accelerator=cfg.trt_accelerator,
             trt_fp16=cfg.precision == "fp16",
+            decision=decision,
         )
     return ExportResult(
         Path(cfg.repository),
@@ -238,7 +253,17 @@ def export(cfg: ExportConfig) -> ExportResult:
         gate=trt_build.gate.to_dict() if trt_build else None,
         plans=published.get("plans", {}),
         notes=notes + [_note(n) for n in published.get("not_carried", [])],
+        decision=decision.to_dict(),
+        abstain_threshold=opts.abstain_threshold,
     )
+
+
+def _decision_rule(ckpt: Checkpoint) -> DecisionRule:
+    """The checkpoint's rule; the identity rule for checkpoints made before rules existed."""
+    try:
+        return DecisionRule.from_dict(ckpt.decision)
+    except (TypeError, ValueError) as exc:
+        raise ExportError(f"the checkpoint's decision rule is not usable: {exc}") from exc
 
 
 def _note(left: dict[str, str]) -> str:
@@ -257,6 +282,9 @@ def serving_options(cfg: ExportConfig) -> ServingOptions:
     classifier = dataclasses.replace(
         base.classifier, max_batch_size=cfg.max_batch, preferred_batch_sizes=(cfg.opt_batch,)
     )
+    threshold = base.abstain_threshold if cfg.abstain_threshold is None else cfg.abstain_threshold
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"serving: abstain_threshold must be in [0, 1], got {threshold}")
     return dataclasses.replace(
         base,
         kind=cfg.kind or "cpu",
@@ -264,6 +292,7 @@ def serving_options(cfg: ExportConfig) -> ServingOptions:
         version_policy=cfg.version_policy,
         latest_n=cfg.latest_versions,
         specific_versions=tuple(cfg.specific_versions),
+        abstain_threshold=threshold,
     )
 
 
@@ -368,169 +397,3 @@ def _write_plans(
     if build.calibration_cache is not None and build.calibration_cache.is_file():
         shutil.copyfile(build.calibration_cache, staged.dir / CALIBRATION_CACHE_FILENAME)
     return engines
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources and check images.
-
-
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _resolve_source(source: str) -> Path:
-    path = Path(source)
-    if path.is_dir():
-        path = path / "best.pt"
-    if path.is_file():
-        return path
-    if source.startswith(("models:/", "runs:/")) or RUN_ID.fullmatch(source):
-        from plantdx.tracking import download_checkpoint
-
-        return download_checkpoint(source)
-    raise ExportError(
-        f"export source {source!r} is not a checkpoint file, run directory, MLflow run id "
-        "(32 hex digits) or MLflow URI (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/ID/PATH)"
-    )
-
-
-def _split_file(source_path: Path, ckpt: Checkpoint) -> Path | None:
-    """The run's split.json: beside the checkpoint, else among the MLflow run's artifacts."""
-    local = source_path.parent / SPLIT_FILENAME
-    if local.is_file():
-        return local
-    if not ckpt.mlflow_run_id:
-        return None
-    try:
-        from plantdx.tracking import configure
-
-        mlflow = configure()
-        path = mlflow.artifacts.download_artifacts(
-            run_id=ckpt.mlflow_run_id, artifact_path=SPLIT_FILENAME
-        )
-    except Exception:  # no tracking server, or a run without split.json: not an error here
-        return None
-    return Path(path) if Path(path).is_file() else None
-
-
-def _check_paths(ckpt: Checkpoint, cfg: ExportConfig, source_path: Path) -> tuple[list[Path], str]:
-    if cfg.check_data:
-        root = Path(cfg.check_data)
-        if not root.is_dir():
-            raise DatasetError(f"--check-data folder {root} does not exist")
-        paths = sorted(p for p in root.rglob("*") if is_image_file(p))
-        if not paths:
-            raise DatasetError(f"--check-data folder {root} holds no images")
-        return paths, str(root)
-    split_file = _split_file(source_path, ckpt)
-    if split_file is not None:
-        try:
-            _, split = load_split(split_file)
-        except DatasetError:
-            return [], ""
-        paths = [s.path for s in split["test"] + split["val"] if s.path.is_file()]
-        return (
-            paths,
-            f"the test and validation splits of {ckpt.mlflow_run_id or source_path.parent}",
-        )
-    return [], ""
-
-
-SYNTHETIC_CHECK = "generated leaf images (no real images found)"
-
-
-def _check_images(
-    ckpt: Checkpoint, cfg: ExportConfig, source_path: Path, limit: int
-) -> tuple[np.ndarray, str]:
-    """Preprocessed real images for the checks: --check-data, else the run's own held-out split."""
-    pre = Preprocessor(ckpt.preprocessing)
-    paths, where = _check_paths(ckpt, cfg, source_path)
-    arrays = []
-    for p in _spread(paths, limit):
-        try:
-            arrays.append(pre(p.read_bytes()))
-        except PreprocessError:
-            continue
-    if arrays:
-        return np.stack(arrays), where
-    from plantdx.synth import CLASSES, draw_leaf
-
-    log.warning("no real images for the export checks; pass --check-data DIR")
-    rng = np.random.default_rng(0)
-    drawn = [draw_leaf(CLASSES[i % len(CLASSES)], rng) for i in range(min(limit, 24))]
-    return np.stack([pre(img) for img in drawn]), SYNTHETIC_CHECK
-
-
-def _spread(items: Any, n: int) -> Any:
-    """At most n items, evenly spaced over the sequence."""
-    step = max(1, len(items) // max(n, 1))
-    return items[::step][:n]
-
-
-# ---------------------------------------------------------------------------------------------
-# Provenance.
-
-
-def _source_kind(source: str) -> str:
-    if source.startswith("models:/"):
-        return "mlflow_registry"
-    if source.startswith("runs:/") or RUN_ID.fullmatch(source):
-        return "mlflow_run"
-    return "checkpoint"
-
-
-def _provenance(
-    ckpt: Checkpoint,
-    cfg: ExportConfig,
-    source: Path,
-    onnx_sha: str,
-    parity: ParityReport,
-    simplification: Simplification | None,
-    trt: ModuleType | None,
-    gpu: trt_export.GpuInfo | None,
-    build: _TrtBuild | None,
-) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import torch
-
-    import plantdx
-
-    tools = {
-        "plantdx": plantdx.__version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
-    if simplification and simplification.tool:
-        tools["simplifier"] = simplification.tool
-    if trt is not None:
-        tools["tensorrt"] = str(trt.__version__)
-    return {
-        "source": str(cfg.source),
-        "source_kind": _source_kind(cfg.source),
-        "checkpoint": str(source.resolve()),
-        "checkpoint_sha256": file_sha256(source),
-        "onnx_sha256": onnx_sha,
-        "mlflow_run_id": ckpt.mlflow_run_id,
-        "model_name": ckpt.model_name,
-        "num_classes": ckpt.num_classes,
-        "precision": cfg.precision,
-        "format": cfg.to,
-        "kind": cfg.kind,
-        "opset": cfg.opset,
-        "batching": {"max": cfg.max_batch, "opt": cfg.opt_batch},
-        "simplify": simplification.to_dict() if simplification else None,
-        "preprocessing": ckpt.preprocessing.to_dict(),
-        "metrics": {k: v for k, v in ckpt.metrics.items() if isinstance(v, int | float)},
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "tools": tools,
-        "gpu": dataclasses.asdict(gpu) if gpu else None,
-        "parity": parity.to_dict(),
-        "precision_gate": build.gate.to_dict() if build else None,
-        "trt_accelerator": (
-            {"precision_mode": cfg.precision.upper(), "gated": False}
-            if cfg.trt_accelerator
-            else None
-        ),
-    }

@@ -16,7 +16,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 from plantdx.exceptions import RepositoryError
 
 from .names import (
+    ABSTAIN_THRESHOLD,
+    CALIBRATION,
     CLASSIFIER,
+    DECISION,
     ENSEMBLE,
     ENSEMBLE_INPUT,
     ENSEMBLE_OUTPUT,
@@ -63,6 +66,9 @@ class ServingOptions:
     latest_n: int = 1
     specific_versions: tuple[int, ...] = ()
     warmup: bool = True
+    # This deployment's abstention threshold, replacing every version's own (decision.json);
+    # None: each version's. Written into the postprocess config's `abstain_threshold`.
+    abstain_threshold: float | None = None
 
 
 def _dims(shape: tuple[int, ...]) -> list[int]:
@@ -113,6 +119,8 @@ def preprocess_config(image_size: int, opts: ServingOptions) -> mc.ModelConfig:
     cfg.output.append(
         mc.ModelOutput(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
     )
+    # The version's decision rule, per item: [temperature, threshold] (plantdx.decision).
+    cfg.output.append(mc.ModelOutput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[2]))
     _apply_batching(cfg, opts.preprocess, opts.kind, python=True)
     _apply_version_policy(cfg, opts)
     # No response cache here: Triton 2.51 caches a Python model's error response as an empty
@@ -214,12 +222,35 @@ def classifier_config(
     return cfg
 
 
+def check_abstain_threshold(text: str) -> float | None:
+    """The postprocess `abstain_threshold` parameter: None when empty, else a number in [0, 1]."""
+    if not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise RepositoryError(
+            f"postprocess parameter {ABSTAIN_THRESHOLD} must be empty or a number in [0, 1], "
+            f"got {text!r}"
+        )
+    return value
+
+
 def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig:
+    """Calibrated probabilities and the decision, by the rule each item's CALIBRATION carries;
+    the parameter `abstain_threshold` (empty: the version's) overrides its threshold."""
     cfg = mc.ModelConfig(name=POSTPROCESS, backend="python")
     cfg.input.append(mc.ModelInput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[num_classes]))
+    cfg.input.append(mc.ModelInput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[2]))
     cfg.output.append(
         mc.ModelOutput(name=ENSEMBLE_OUTPUT, data_type=mc.TYPE_FP32, dims=[num_classes])
     )
+    cfg.output.append(mc.ModelOutput(name=DECISION, data_type=mc.TYPE_STRING, dims=[1]))
+    threshold = "" if opts.abstain_threshold is None else repr(float(opts.abstain_threshold))
+    check_abstain_threshold(threshold)
+    cfg.parameters[ABSTAIN_THRESHOLD].string_value = threshold
     _apply_batching(cfg, opts.postprocess, opts.kind, python=True)
     cfg.version_policy.latest.num_versions = 1
     return cfg
@@ -248,17 +279,21 @@ def ensemble_config(
             label_filename=labels_filename,
         )
     )
+    cfg.output.append(mc.ModelOutput(name=DECISION, data_type=mc.TYPE_STRING, dims=[1]))
     steps = cfg.ensemble_scheduling.step
     pre = steps.add(model_name=PREPROCESS, model_version=-1)
     pre.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT
     pre.output_map[PIXELS] = "pixels"
+    pre.output_map[CALIBRATION] = "calibration"
     clf = steps.add(model_name=CLASSIFIER, model_version=-1)
     in_name, out_name = (PIXELS, LOGITS) if target == "local" else (ONNX_INPUT, ONNX_OUTPUT)
     clf.input_map[in_name] = "pixels"
     clf.output_map[out_name] = "logits"
     post = steps.add(model_name=POSTPROCESS, model_version=-1)
     post.input_map[LOGITS] = "logits"
+    post.input_map[CALIBRATION] = "calibration"
     post.output_map[ENSEMBLE_OUTPUT] = ENSEMBLE_OUTPUT
+    post.output_map[DECISION] = DECISION
     return cfg
 
 

@@ -17,3 +17,10 @@ PIXELS = "PIXELS"
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "logits"
 LOGITS = "LOGITS"
+# Per item from preprocess to postprocess: FP32 [temperature, threshold] of the version's
+# decision rule (preprocess/N/decision.json), so the rule travels with the version.
+CALIBRATION = "CALIBRATION"
+# Ensemble output beside PROBABILITIES: TYPE_STRING [1], the class label or "uncertain".
+DECISION = "DECISION"
+# Postprocess config parameter: a per-deployment threshold replacing the version's ("" = none).
+ABSTAIN_THRESHOLD = "abstain_threshold"

@@ -1,37 +1,38 @@
 """The Triton model repository on disk: layout, atomic versions and listing.
 
-    REPO/plantdx/config.pbtxt, labels.txt, 1/           ensemble (IMAGE → PROBABILITIES)
-    REPO/preprocess/config.pbtxt, N/model.py, N/preprocessing.json
+    REPO/plantdx/config.pbtxt, labels.txt, 1/           ensemble (IMAGE → PROBABILITIES, DECISION)
+    REPO/preprocess/config.pbtxt, N/model.py, N/preprocessing.json, N/decision.json
     REPO/classifier/config.pbtxt, N/model.onnx [N/model.py] [N/model_smXY.plan, N/engines.json]
                                   N/provenance.json, N/parity.json [N/precision_gate.json]
     REPO/postprocess/config.pbtxt, labels.txt, 1/model.py
     REPO/plantdx-repository.json   what the repository serves (classes, size, target, platform)
 
 `preprocess` and `classifier` are published together under the same version number, so the
-preprocessing that version N was exported with always travels with version N.
+preprocessing and the decision rule (temperature, abstention threshold) that version N was
+exported with always travel with version N.
 
 A version is written in a hidden staging directory inside its model directory (Triton ignores
 non-numeric version directories, but treats every directory at the repository root as a model)
 and renamed into place; configs and shared files are replaced by rename. Every change is
-journalled, and any failure undoes all of them: a failed export leaves the repository as it was.
+journalled (`journal.py`), and any failure undoes all of them: a failed export leaves the
+repository as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from plantdx.checkpoint import file_sha256
+from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import RepositoryError
 from plantdx.labels import LABELS_FILENAME, write_labels
 from plantdx.preprocessing import META_FILENAME, PreprocessMeta
@@ -46,6 +47,7 @@ from .config import (
     to_pbtxt,
     warmup_files,
 )
+from .journal import Journal, locked
 from .names import CLASSIFIER, ENSEMBLE, POSTPROCESS, PREPROCESS
 
 log = logging.getLogger(__name__)
@@ -132,70 +134,7 @@ def _options_dict(opts: ServingOptions) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Changes to the live repository, each with its undo.
-
-
-class _Journal:
-    """Every change made to the live repository, so that a failure can undo all of them."""
-
-    def __init__(self) -> None:
-        self._undo: list[Callable[[], None]] = []
-
-    def mkdir(self, path: Path) -> None:
-        missing = []
-        while not path.exists():
-            missing.append(path)
-            path = path.parent
-        for p in reversed(missing):
-            p.mkdir()
-            self._undo.append(p.rmdir)
-
-    def move_dir(self, src: Path, dest: Path) -> None:
-        # rename(2) silently replaces an empty directory: check first (under the repository lock).
-        if dest.exists():
-            raise RepositoryError(f"{dest} already exists; a version is never overwritten")
-        os.rename(src, dest)
-        self._undo.append(lambda: shutil.rmtree(dest))
-
-    def put_file(self, dest: Path, data: bytes) -> None:
-        """Replace (or create) one file by rename; the old bytes are kept for the undo."""
-        old = dest.read_bytes() if dest.is_file() else None
-        _atomic_write(dest, data)
-        if old is None:
-            self._undo.append(dest.unlink)
-        else:
-            self._undo.append(lambda: _atomic_write(dest, old))
-
-    def rollback(self) -> None:
-        for undo in reversed(self._undo):
-            try:
-                undo()
-            except OSError as exc:  # keep undoing the rest
-                log.error("could not undo a repository change: %s", exc)
-        self._undo.clear()
-
-
-def _atomic_write(dest: Path, data: bytes) -> None:
-    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _locked(repo: Path) -> Iterator[None]:
-    """One export at a time per repository (flock on the directory itself: no lock file)."""
-    fd = os.open(repo, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:  # some network filesystems have no flock
-            log.warning("cannot lock %s (%s); do not run two exports into it at once", repo, exc)
-        yield
-    finally:
-        os.close(fd)
+# Publishing a version.
 
 
 def _remove_stale_staging(repo: Path) -> None:
@@ -204,10 +143,6 @@ def _remove_stale_staging(repo: Path) -> None:
         if model_dir.is_dir():
             for p in model_dir.glob(f"{STAGING_PREFIX}*"):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Publishing a version.
 
 
 @dataclass(frozen=True)
@@ -277,8 +212,12 @@ def publish_version(
     platform: str = "onnx",
     trt_accelerator: bool = False,
     trt_fp16: bool = False,
+    decision: DecisionRule | None = None,
 ) -> int:
     """Add the next version of preprocess + classifier; returns its number.
+
+    `decision` is the version's rule (`preprocess/N/decision.json`); None writes the identity
+    rule (temperature 1, everything answered).
 
     `write_classifier_files` fills the staged classifier version (model.onnx, plans and their
     engines.json, reports). On any error the repository is left exactly as it was, including
@@ -295,7 +234,7 @@ def publish_version(
         p = p.parent
     repo.mkdir(parents=True, exist_ok=True)
     try:
-        with _locked(repo):
+        with locked(repo):
             return _publish_locked(
                 repo,
                 class_names=list(class_names),
@@ -307,6 +246,7 @@ def publish_version(
                 platform=platform,
                 trt_accelerator=trt_accelerator,
                 trt_fp16=trt_fp16,
+                decision=decision or DecisionRule(),
             )
     except BaseException:
         for d in created:  # innermost first; only if the rollback left them empty
@@ -327,6 +267,7 @@ def _publish_locked(
     platform: str,
     trt_accelerator: bool,
     trt_fp16: bool,
+    decision: DecisionRule,
 ) -> int:
     _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform)
     _remove_stale_staging(repo)
@@ -343,7 +284,7 @@ def _publish_locked(
     # The configs are shared by every served version: what this export writes must still fit
     # the older versions it leaves served (a plan's batch profile, its architectures).
     known_problems = set(validate_repository(repo)) if previous is not None else set()
-    journal = _Journal()
+    journal = Journal()
     staged: dict[str, Path] = {}
     try:
         for name in (PREPROCESS, CLASSIFIER):
@@ -352,6 +293,7 @@ def _publish_locked(
             staged[name].mkdir()
         (staged[PREPROCESS] / "model.py").write_text(backend_source("preprocess"))
         meta.save(staged[PREPROCESS] / META_FILENAME)
+        decision.save(staged[PREPROCESS] / DECISION_FILENAME)
 
         clf_dir = staged[CLASSIFIER]
         write_classifier_files(
@@ -364,6 +306,7 @@ def _publish_locked(
         cc_files = _staged_plans(clf_dir, platform)
         engines = read_json(clf_dir / ENGINES_FILENAME)
         provenance = {
+            "decision": decision.to_dict(),
             **provenance,
             "version": number,
             "target": target,
@@ -399,10 +342,12 @@ def _publish_locked(
             journal.move_dir(staged[name], repo / name / str(number))
         for name in (ENSEMBLE, POSTPROCESS):
             journal.mkdir(repo / name / "1")
-        if not (repo / POSTPROCESS / "1" / "model.py").is_file():
-            journal.put_file(
-                repo / POSTPROCESS / "1" / "model.py", backend_source("postprocess").encode()
-            )
+        # The postprocess must match the config written below (a repository exported before
+        # decision rules gets the one that reads CALIBRATION); unchanged, it is left alone.
+        post_source = backend_source("postprocess").encode()
+        post_model = repo / POSTPROCESS / "1" / "model.py"
+        if not post_model.is_file() or post_model.read_bytes() != post_source:
+            journal.put_file(post_model, post_source)
         for name in (ENSEMBLE, POSTPROCESS):
             journal.put_file(repo / name / LABELS_FILENAME, labels)
         for rel, data in warmup_files(opts).items():

@@ -4,37 +4,44 @@ Each check returns readable problems instead of raising, so one run reports all 
 configs parse as Triton's ModelConfig, files are present (and unchanged since export), labels
 match the classifier, the ensemble's tensors connect with the same types and shapes, batch
 limits fit, preprocess and classifier versions pair, plan files match `cc_model_filenames`,
-and the ONNX file's inputs and outputs match the config.
+the ONNX file's inputs and outputs match the config, and every served preprocess version has
+the decision rule (`decision.json`) its config makes it send to the postprocess.
+
+A repository exported before decision rules (no CALIBRATION in its configs, no decision.json)
+is still valid: it serves as it always did.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from plantdx.checkpoint import file_sha256
+from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import RepositoryError
 from plantdx.labels import LABELS_FILENAME, read_labels
 from plantdx.preprocessing import META_FILENAME
 
-from .config import WARMUP_DIR, parse_pbtxt
-from .names import CLASSIFIER, ENSEMBLE, POSTPROCESS, PREPROCESS
+from .config import WARMUP_DIR, check_abstain_threshold, parse_pbtxt
+from .names import (
+    ABSTAIN_THRESHOLD,
+    CALIBRATION,
+    CLASSIFIER,
+    ENSEMBLE,
+    POSTPROCESS,
+    PREPROCESS,
+)
 from .repository import (
-    ENGINES_FILENAME,
-    PROVENANCE_FILENAME,
     RepositoryInfo,
     read_json,
     served_versions,
     versions,
 )
+from .validate_versions import version_problems
 
 Configs = dict[str, mc.ModelConfig]
 TensorSpec = tuple[int, tuple[int, ...]]  # data type, dims without the batch dimension
-
-_ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 def validate(repo: Path) -> list[str]:
@@ -55,6 +62,7 @@ def validate(repo: Path) -> list[str]:
         _check_pairing,
         _check_classifier_versions,
         _check_warmup,
+        _check_decision,
     ):
         problems += check(repo, configs)
     return problems
@@ -251,144 +259,7 @@ def _check_classifier_versions(repo: Path, configs: Configs) -> list[str]:
     served = set(_served(repo, clf))
     for v in versions(repo / CLASSIFIER):
         vdir = repo / CLASSIFIER / str(v)
-        problems += [f"classifier/{v}: {p}" for p in _version_problems(vdir, clf, v in served)]
-    return problems
-
-
-def _version_problems(vdir: Path, clf: mc.ModelConfig, served: bool) -> list[str]:
-    problems: list[str] = []
-    if clf.backend == "python":
-        params = {k: p.string_value for k, p in clf.parameters.items()}
-        needed = ["model.py", params.get("onnx_filename", "model.onnx")]
-    elif clf.platform == "tensorrt_plan":
-        needed = []
-        problems += _plan_problems(vdir, clf, served)
-    else:
-        needed = [clf.default_model_filename or "model.onnx"]
-    problems += [f"{f} is missing" for f in needed if not (vdir / f).is_file()]
-    onnx_path = vdir / (needed[-1] if needed and needed[-1].endswith(".onnx") else "model.onnx")
-    if onnx_path.is_file():
-        problems += _onnx_problems(onnx_path, clf)
-    problems += _provenance_problems(vdir)
-    return problems
-
-
-def _plan_problems(vdir: Path, clf: mc.ModelConfig, served: bool) -> list[str]:
-    """Plans against the model-level config; only served versions must fit the current one."""
-    if not served:
-        return []
-    problems: list[str] = []
-    listed = dict(clf.cc_model_filenames)
-    if not listed:
-        default = clf.default_model_filename or "model.plan"
-        if not (vdir / default).is_file():
-            problems.append(f"{default} is missing")
-        return problems
-    plans = {p.name for p in vdir.glob("*.plan")}
-    for name in sorted(plans - set(listed.values())):
-        problems.append(f"plan {name} is not named in cc_model_filenames, so Triton never loads it")
-    for cc, name in sorted(listed.items()):
-        if name not in plans:
-            problems.append(
-                f"cc_model_filenames maps compute capability {cc} to {name}, which this "
-                "served version does not hold"
-            )
-    engines = read_json(vdir / ENGINES_FILENAME).get("plans", {})
-    input_dims = tuple(int(d) for d in clf.input[0].dims) if clf.input else ()
-    for cc, entry in sorted(engines.items()):
-        name = entry.get("file")
-        if name in listed.values() and listed.get(cc) != name:
-            problems.append(
-                f"{name} was built for compute capability {cc} but the config maps it to another"
-            )
-        profile = entry.get("profile", {})
-        if profile.get("max") and int(profile["max"][0]) < clf.max_batch_size:
-            problems.append(
-                f"{name} accepts batches up to {profile['max'][0]} but the config allows "
-                f"{clf.max_batch_size}"
-            )
-        if profile.get("min") and int(profile["min"][0]) > 1:
-            problems.append(f"{name} cannot run a batch of 1 (profile min {profile['min'][0]})")
-        if profile.get("max") and tuple(profile["max"][1:]) != input_dims:
-            problems.append(
-                f"{name} was built for inputs {profile['max'][1:]} but the config says "
-                f"{list(input_dims)}"
-            )
-    return problems
-
-
-def _onnx_io(
-    path: Path,
-) -> tuple[list[tuple[str, int, list[int]]], list[tuple[str, int, list[int]]]]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-
-    def spec(v: Any) -> tuple[str, int, list[int]]:
-        tt = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
-        return v.name, int(tt.elem_type), dims
-
-    inputs = [spec(v) for v in model.graph.input if v.name not in initializers]
-    return inputs, [spec(v) for v in model.graph.output]
-
-
-def _onnx_problems(path: Path, clf: mc.ModelConfig) -> list[str]:
-    try:
-        inputs, outputs = _onnx_io(path)
-    except Exception as exc:
-        return [f"{path.name} is not a readable ONNX model: {exc}"]
-    # The Python-backend flavour feeds the ONNX file's own first input; native backends bind
-    # tensors by name, so there the names must match too.
-    by_name = clf.backend != "python"
-    problems: list[str] = []
-    for kind, onnx_side, config_side in (
-        ("input", inputs, list(clf.input)),
-        ("output", outputs, list(clf.output)),
-    ):
-        if len(onnx_side) != len(config_side):
-            problems.append(
-                f"{path.name} has {len(onnx_side)} {kind}(s) but the config declares "
-                f"{len(config_side)}"
-            )
-            continue
-        for (name, elem, dims), t in zip(onnx_side, config_side, strict=True):
-            if by_name and name != t.name:
-                problems.append(f"{path.name} {kind} is named {name!r}; the config says {t.name!r}")
-            if elem != _ONNX_FLOAT or t.data_type != mc.TYPE_FP32:
-                problems.append(f"{path.name} {kind} {name!r} is not FP32 on both sides")
-            want = [int(d) for d in t.dims]
-            if clf.max_batch_size > 0:
-                if not dims or dims[0] != -1:
-                    problems.append(
-                        f"{path.name} {kind} {name!r} has no dynamic batch dimension "
-                        f"(shape {dims}) but the config batches up to {clf.max_batch_size}"
-                    )
-                dims = dims[1:]
-            if dims != want:
-                problems.append(
-                    f"{path.name} {kind} {name!r} has shape {dims} (without batch); the config "
-                    f"says {want}"
-                )
-    return problems
-
-
-def _provenance_problems(vdir: Path) -> list[str]:
-    prov_path = vdir / PROVENANCE_FILENAME
-    if not prov_path.is_file():
-        return [f"{PROVENANCE_FILENAME} is missing"]
-    try:
-        prov = json.loads(prov_path.read_text())
-    except ValueError as exc:
-        return [f"{PROVENANCE_FILENAME} is not valid JSON: {exc}"]
-    problems = []
-    for name, digest in sorted((prov.get("files") or {}).items()):
-        path = vdir / name
-        if not path.is_file():
-            problems.append(f"{name} is missing (provenance lists it)")
-        elif file_sha256(path) != digest:
-            problems.append(f"{name} changed since it was exported (sha256 differs)")
+        problems += [f"classifier/{v}: {p}" for p in version_problems(vdir, clf, v in served)]
     return problems
 
 
@@ -418,4 +289,31 @@ def _check_warmup(repo: Path, configs: Configs) -> list[str]:
                         f"{name}: warm-up {w.name!r} input {tensor!r} has dims "
                         f"{list(spec.dims)}; the input has {inputs[tensor]}"
                     )
+    return problems
+
+
+def _check_decision(repo: Path, configs: Configs) -> list[str]:
+    """Decision rules that load, on every served version whose config sends them on."""
+    problems: list[str] = []
+    sends = CALIBRATION in {t.name for t in configs[PREPROCESS].output}
+    served = set(_served(repo, configs[PREPROCESS]))
+    for v in versions(repo / PREPROCESS):
+        path = repo / PREPROCESS / str(v) / DECISION_FILENAME
+        if not path.is_file():
+            if sends and v in served:
+                problems.append(
+                    f"preprocess/{v} was exported before decision rules (no {DECISION_FILENAME}) "
+                    f"and cannot send {CALIBRATION}: serve only newer versions or re-export it"
+                )
+            continue
+        try:
+            DecisionRule.load(path)
+        except (ValueError, TypeError, AttributeError) as exc:
+            problems.append(f"preprocess/{v}: {DECISION_FILENAME} is not a usable rule: {exc}")
+    param = configs[POSTPROCESS].parameters.get(ABSTAIN_THRESHOLD)
+    if param is not None:
+        try:
+            check_abstain_threshold(param.string_value)
+        except RepositoryError as exc:
+            problems.append(f"{POSTPROCESS}: {exc}")
     return problems

@@ -139,17 +139,19 @@ def triton_metrics_text(triton_server: object, mini_photos: list[Path]) -> str:
 
 
 def onnx_probabilities(repo: Path, images: list[bytes], version: int = 1) -> np.ndarray:
-    """In-process reference: the same preprocessing and ONNX file, no server."""
+    """In-process reference: the same preprocessing, ONNX file and decision rule (the served
+    PROBABILITIES are softmax(logits / temperature) of the version's decision.json), no server."""
     import onnxruntime as ort
 
+    from plantdx.decision import DECISION_FILENAME, DecisionRule
     from plantdx.preprocessing import PreprocessMeta, Preprocessor
 
     vdir = repo / "classifier" / str(version)
     pre = Preprocessor(PreprocessMeta.load(vdir / "preprocessing.json"))
     session = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": np.stack([pre(b) for b in images])})[0]
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return np.asarray(e / e.sum(1, keepdims=True))
+    rule = DecisionRule.load(repo / "preprocess" / str(version) / DECISION_FILENAME)
+    return np.asarray(rule.probabilities(logits), dtype=np.float64)
 
 
 def wait_for(predicate: object, timeout: float = 30.0, interval: float = 0.2) -> bool:

@@ -110,11 +110,12 @@ GPU_ONLY_METRICS = frozenset(
     }
 )
 # Exported by the preprocess/postprocess Python backends through Triton's custom metrics
-# (model_repository/backends): two counters and the top-1 confidence histogram
+# (model_repository/backends): three counters and the calibrated top-1 confidence histogram
 # `plantdx_prediction_confidence` (buckets 0.1 ... 0.99 in the `le` label).
 PLANTDX_METRICS = frozenset(
     {
         "plantdx_predictions_total",
+        "plantdx_abstentions_total",
         "plantdx_prediction_confidence_bucket",
         "plantdx_prediction_confidence_count",
         "plantdx_prediction_confidence_sum",
@@ -155,6 +156,7 @@ MANIFEST_METRICS = frozenset(
         "plantdx_prediction_confidence_bucket",
         "plantdx_prediction_confidence_count",
         "plantdx_preprocess_rejections_total",
+        "plantdx_abstentions_total",
         "up",
         "kube_deployment_spec_replicas",
         "kube_deployment_status_replicas_available",

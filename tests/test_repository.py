@@ -16,6 +16,7 @@ from plantdx.exceptions import ExportError, RepositoryError
 from plantdx.export import ExportConfig, export
 from plantdx.model_repository import config as mcfg
 from plantdx.model_repository import repository as repo_mod
+from plantdx.model_repository.journal import Journal
 from plantdx.model_repository.repository import (
     describe_repository,
     list_repository,
@@ -169,7 +170,7 @@ def test_a_version_is_never_overwritten(tmp_path: Path) -> None:
     src, dest = tmp_path / "src", tmp_path / "7"
     src.mkdir()
     dest.mkdir()  # rename(2) would silently replace an empty directory
-    journal = repo_mod._Journal()
+    journal = Journal()
     with pytest.raises(RepositoryError, match="never overwritten"):
         journal.move_dir(src, dest)
     assert src.is_dir()

@@ -25,6 +25,7 @@ SHOWN_METRICS = (
     "nv_inference_request_duration_us",
     "plantdx_predictions_total",
     "plantdx_prediction_confidence_count",
+    "plantdx_abstentions_total",
 )
 
 
@@ -147,9 +148,8 @@ def demo(
             truth = path.parent.name
             correct += pred.label == truth
             mark = "[green]" if pred.label == truth else "[red]"
-            table.add_row(
-                path.name, truth, f"{mark}{pred.label}", f"{pred.confidence:.3f}", protocol
-            )
+            shown = f"{pred.label} (uncertain)" if pred.uncertain else pred.label
+            table.add_row(path.name, truth, f"{mark}{shown}", f"{pred.confidence:.3f}", protocol)
         console.print(table)
         console.print(f"{correct}/{len(chosen)} correct")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -74,6 +75,12 @@ def export(
     version_policy: str = typer.Option(None, "--version-policy", help="latest | all | specific"),
     latest_n: int = typer.Option(None, "--latest-n", help="Versions served with 'latest'."),
     specific: str = typer.Option(None, "--versions", help="Versions served with 'specific': 3,4"),
+    abstain_threshold: float = typer.Option(
+        None,
+        "--abstain-threshold",
+        help="This deployment's abstention threshold, replacing every served version's own "
+        "(postprocess parameter abstain_threshold; default: each version's decision.json).",
+    ),
     config: Path = typer.Option(None, "--config", help="YAML file with export options."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -106,6 +113,7 @@ def export(
             version_policy=version_policy,
             latest_versions=latest_n,
             specific_versions=_versions(specific),
+            abstain_threshold=abstain_threshold,
         ),
     )
     result = run_export(cfg)
@@ -117,6 +125,8 @@ def export(
             "precision_gate": result.gate,
             "plans": result.plans,
             "notes": result.notes,
+            "decision": result.decision,
+            "abstain_threshold": result.abstain_threshold,
         }
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
@@ -126,6 +136,7 @@ def export(
         f"(parity on {p['n_images']} images: top-1 agreement {p['top1_agreement']:.2%}, "
         f"max |Δp| {p['max_abs_diff_probs']:.1e})"
     )
+    typer.echo(_decision_line(result.decision, result.abstain_threshold))
     if result.gate:
         g = result.gate
         typer.echo(
@@ -142,6 +153,16 @@ def export(
         typer.echo(f"  plan {plan['file']} for compute capability {cc} ({origin})")
     for note in result.notes:
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+
+
+def _decision_line(rule: dict[str, Any], override: float | None) -> str:
+    line = (
+        f"decision rule: temperature {float(rule.get('temperature', 1.0)):.4g}, "
+        f"uncertain below {float(rule.get('threshold', 0.0)):.4g}"
+    )
+    if override is not None:
+        line += f" (this deployment: uncertain below {override:.4g}, --abstain-threshold)"
+    return line
 
 
 def register(app: typer.Typer) -> None:

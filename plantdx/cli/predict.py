@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from plantdx.client import PlantDxClient, PredictOutcome
+    from plantdx.client import PlantDxClient, Prediction, PredictOutcome
 
 # Above this many images a progress bar is drawn on stderr.
 PROGRESS_MIN = 8
@@ -164,18 +164,27 @@ def _table(outcomes: list[PredictOutcome], top_k: int) -> Table:
         if o.prediction:
             p = o.prediction
             others = ", ".join(f"{c.label} {c.probability:.2f}" for c in p.top_k[1:])
-            table.add_row(o.source, p.label, f"{p.confidence:.3f}", others, f"{p.latency_ms:.0f}")
+            label = uncertain_text(p) if p.uncertain else p.label
+            table.add_row(o.source, label, f"{p.confidence:.3f}", others, f"{p.latency_ms:.0f}")
         else:
             table.add_row(o.source, f"[red]error: {o.kind}[/red]", "", str(o.error), "")
     return table
 
 
+def uncertain_text(p: Prediction) -> str:
+    """An abstention, with what the model would have guessed: 'uncertain (top guesses: ...)'."""
+    guesses = ", ".join(f"{c.label} {c.probability:.2f}" for c in p.top_k[:2])
+    return f"uncertain (top guesses: {guesses})"
+
+
 def _summary(outcomes: list[PredictOutcome], elapsed: float, console: Console) -> None:
     failed = [o for o in outcomes if not o.ok]
     done = len(outcomes) - len(failed)
+    uncertain = sum(1 for o in outcomes if o.prediction and o.prediction.uncertain)
     console.print(
         f"{done} of {len(outcomes)} image(s) classified in {elapsed:.1f} s"
         + (f" ({done / elapsed:.1f} img/s)" if done and elapsed > 0 else "")
+        + (f", {uncertain} uncertain" if uncertain else "")
     )
     if not failed:
         return

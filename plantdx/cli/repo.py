@@ -28,6 +28,12 @@ def _summary(prov: dict[str, Any]) -> str:
     gate = prov.get("precision_gate") or {}
     if "top1_agreement" in gate:
         parts.append(f"gate {gate['top1_agreement']:.1%}")
+    decision = prov.get("decision")
+    if isinstance(decision, dict):
+        parts.append(
+            f"T {float(decision.get('temperature', 1.0)):.3g} "
+            f"abstain<{float(decision.get('threshold', 0.0)):.3g}"
+        )
     acc = (prov.get("metrics") or {}).get("test_acc")
     if isinstance(acc, float):
         parts.append(f"test_acc {acc:.4f}")

@@ -1,0 +1,192 @@
+"""The preprocess and postprocess Python backends' decision logic, run outside Triton with a
+stand-in `triton_python_backend_utils` (the real server runs them in test_serving_decision)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from plantdx.decision import UNCERTAIN, DecisionRule, softmax
+
+BACKENDS = Path(__file__).resolve().parents[1] / "model_repository/backends"
+LABELS = ["a", "b", "c"]
+
+
+class _Tensor:
+    def __init__(self, name: str, data: np.ndarray) -> None:
+        self.name, self.data = name, data
+
+    def as_numpy(self) -> np.ndarray:
+        return self.data
+
+
+class _Response:
+    def __init__(self, output_tensors: list[_Tensor], error: Any = None) -> None:
+        self.outputs = {t.name: t.data for t in output_tensors}
+        self.error = error
+
+
+class _Metric:
+    def __init__(self, labels: dict[str, str], buckets: Any = None) -> None:
+        self.labels, self.value, self.observed = labels, 0.0, []
+
+    def increment(self, n: float) -> None:
+        self.value += n
+
+    def observe(self, x: float) -> None:
+        self.observed.append(x)
+
+
+class _Family:
+    COUNTER, HISTOGRAM = "counter", "histogram"
+
+    def __init__(self, name: str, description: str, kind: str) -> None:
+        self.name = name
+
+    def Metric(self, labels: dict[str, str], buckets: Any = None) -> _Metric:
+        return _Metric(labels, buckets)
+
+
+def _pb_utils() -> types.ModuleType:
+    m = types.ModuleType("triton_python_backend_utils")
+    m.Tensor = _Tensor  # type: ignore[attr-defined]
+    m.InferenceResponse = _Response  # type: ignore[attr-defined]
+    m.TritonError = str  # type: ignore[attr-defined]
+    m.MetricFamily = _Family  # type: ignore[attr-defined]
+    m.get_input_tensor_by_name = lambda r, name: r.get(name)  # type: ignore[attr-defined]
+    return m
+
+
+def _load(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _pb_utils())
+    spec = importlib.util.spec_from_file_location(f"{name}_under_test", BACKENDS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _postprocess(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str | None = "") -> Any:
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    config: dict[str, Any] = {
+        "input": [{"name": "LOGITS"}, {"name": "CALIBRATION"}],
+        "output": [{"name": "PROBABILITIES", "dims": ["3"]}, {"name": "DECISION"}],
+    }
+    if override is not None:
+        config["parameters"] = {"abstain_threshold": {"string_value": override}}
+    model = _load("postprocess", monkeypatch).TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path)})
+    return model
+
+
+def _request(logits: np.ndarray, calibration: list[tuple[float, float]]) -> dict[str, _Tensor]:
+    return {
+        "LOGITS": _Tensor("LOGITS", logits.astype(np.float32)),
+        "CALIBRATION": _Tensor("CALIBRATION", np.array(calibration, dtype=np.float32)),
+    }
+
+
+LOGITS = np.array([[4.0, 1.0, 0.0], [1.0, 1.2, 0.9], [0.0, 0.5, 3.0]], dtype=np.float32)
+
+
+def test_each_item_gets_its_own_rule_and_metrics_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _postprocess(tmp_path, monkeypatch)
+    # Items of one request from two versions (a hot update): T=2/threshold 0.6, then T=1/0.
+    cal = [(2.0, 0.6), (2.0, 0.6), (1.0, 0.0)]
+    (resp,) = model.execute([_request(LOGITS, cal)])
+    assert resp.error is None
+    expected = np.concatenate([softmax(LOGITS[:2], 2.0), softmax(LOGITS[2:], 1.0)])
+    assert np.array_equal(resp.outputs["PROBABILITIES"], expected)
+    rule = DecisionRule(2.0, 0.6)
+    assert rule.decisions(expected[:2], LABELS) == ["a", UNCERTAIN]
+    assert resp.outputs["DECISION"].tolist() == [[b"a"], [UNCERTAIN.encode()], [b"c"]]
+    assert model.abstentions.value == 1
+    assert [m.value for m in model.per_class] == [1, 1, 1]  # top-1 of every image
+    assert model.confidence.observed == pytest.approx(expected.max(axis=1).tolist())
+
+
+def test_the_override_replaces_every_versions_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _postprocess(tmp_path, monkeypatch, override="0.99")
+    (resp,) = model.execute([_request(LOGITS, [(1.0, 0.0)] * 3)])
+    assert resp.outputs["DECISION"].reshape(-1).tolist() == [UNCERTAIN.encode()] * 3
+    assert model.abstentions.value == 3
+    with pytest.raises(ValueError, match="abstain_threshold"):
+        _postprocess(tmp_path, monkeypatch, override="1.5")
+    assert _postprocess(tmp_path, monkeypatch, override=None).override is None
+
+
+def test_a_bad_rule_fails_its_own_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _postprocess(tmp_path, monkeypatch)
+    bad, good = model.execute(
+        [_request(LOGITS[:1], [(0.0, 0.5)]), _request(LOGITS[1:], [(1.0, 0.0)] * 2)]
+    )
+    assert bad.error and "temperature" in bad.error and not bad.outputs
+    assert good.error is None and good.outputs["DECISION"].shape == (2, 1)
+
+
+def test_an_old_config_without_calibration_is_the_identity_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    config = {"input": [{"name": "LOGITS"}], "output": [{"name": "PROBABILITIES", "dims": ["3"]}]}
+    model = _load("postprocess", monkeypatch).TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path)})
+    (resp,) = model.execute([{"LOGITS": _Tensor("LOGITS", LOGITS)}])
+    assert np.array_equal(resp.outputs["PROBABILITIES"], softmax(LOGITS))
+    assert set(resp.outputs) == {"PROBABILITIES"}
+
+
+def test_preprocess_sends_its_versions_rule_and_bad_images_still_fail_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plantdx.models import get_spec
+    from plantdx.synth import draw_leaf
+
+    from serving_helpers import jpeg
+
+    version = tmp_path / "1"
+    version.mkdir()
+    get_spec("test_tiny").preprocessing(64).save(version / "preprocessing.json")
+    DecisionRule(1.5, 0.7).save(version / "decision.json")
+    config = {"output": [{"name": "PIXELS"}, {"name": "CALIBRATION"}]}
+    model = _load("preprocess", monkeypatch).TritonPythonModel()
+    model.initialize(
+        {
+            "model_repository": str(tmp_path),
+            "model_version": "1",
+            "model_name": "preprocess",
+            "model_config": json.dumps(config),
+        }
+    )
+    photo = jpeg(draw_leaf("healthy", np.random.default_rng(0)))
+
+    def request(*images: bytes) -> dict[str, _Tensor]:
+        return {"IMAGE": _Tensor("IMAGE", np.array([[b] for b in images], dtype=np.object_))}
+
+    ok, bad, two = model.execute([request(photo), request(b"not an image"), request(photo, photo)])
+    assert ok.error is None and ok.outputs["CALIBRATION"].dtype == np.float32
+    assert ok.outputs["CALIBRATION"].tolist() == [[1.5, np.float32(0.7)]]
+    assert bad.error and "invalid image (not_an_image)" in bad.error and not bad.outputs
+    assert two.outputs["CALIBRATION"].shape == (2, 2) and two.outputs["PIXELS"].shape[0] == 2
+    (version / "decision.json").unlink()  # exported before decision rules: the identity rule
+    model.initialize(
+        {
+            "model_repository": str(tmp_path),
+            "model_version": "1",
+            "model_name": "preprocess",
+            "model_config": json.dumps(config),
+        }
+    )
+    (again,) = model.execute([request(photo)])
+    assert again.outputs["CALIBRATION"].tolist() == [[1.0, 0.0]]
