@@ -51,7 +51,7 @@ class TrainConfig:
     weights: str | None = None
     image_size: int | None = 160
     # How a non-square photo becomes the square input: squash | crop | pad (preprocessing.py).
-    resize: Literal["squash", "crop", "pad"] = "squash"
+    resize: Literal["squash", "crop", "pad"] = "crop"
     # The most epochs; on a GPU (no time budget there) exactly this many.
     epochs: int = 20
     # On a CPU, plan the epochs so the whole run (decoding, training, validation, test pass,
@@ -74,7 +74,7 @@ class TrainConfig:
     # and BatchNorm statistics): no backward pass through the early high-resolution layers,
     # which roughly halves a CPU training step. None or -1: train every layer. Models without a
     # stem/blocks layout (test_tiny, vit) ignore it.
-    freeze_blocks: int | None = 3
+    freeze_blocks: int | None = 5
     unfreeze_after: int | None = None
     early_stopping_patience: int | None = None
     val_fraction: float = 0.2

@@ -34,9 +34,9 @@ class SamplingConfig:
     # balanced: BalancedSampler with the shares below; concat: every photo once per epoch,
     # shuffled (unknown photos included), as one concatenated dataset.
     mode: Literal["balanced", "concat"] = "balanced"
-    source_balance: float = 1.0
+    source_balance: float = 0.5
     class_balance: float = 0.5
-    unknown_share: float = 0.2
+    unknown_share: float = 0.15
     # Weight of the outlier-exposure term (the loss on unknown photos).
     unknown_weight: float = 0.5
 
