@@ -13,6 +13,7 @@ from typing import Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from plantdx.decision import parse_threshold
 from plantdx.exceptions import RepositoryError
 
 from .names import (
@@ -224,18 +225,10 @@ def classifier_config(
 
 def check_abstain_threshold(text: str) -> float | None:
     """The postprocess `abstain_threshold` parameter: None when empty, else a number in [0, 1]."""
-    if not text.strip():
-        return None
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise RepositoryError(
-            f"postprocess parameter {ABSTAIN_THRESHOLD} must be empty or a number in [0, 1], "
-            f"got {text!r}"
-        )
-    return value
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise RepositoryError(f"postprocess parameter {ABSTAIN_THRESHOLD} {exc}") from exc
 
 
 def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig:

@@ -28,6 +28,21 @@ UNCERTAIN = "uncertain"
 DECISION_FILENAME = "decision.json"
 
 
+def parse_threshold(text: str) -> float | None:
+    """A threshold written as text (a config parameter): None when empty, else a number in
+    [0, 1]; anything else raises ValueError."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be empty or a number in [0, 1], got {text!r}")
+    return value
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of logits / temperature, float32, numerically stable."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)

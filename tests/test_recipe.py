@@ -227,7 +227,7 @@ def test_freeze_blocks_flag_reaches_the_config(
         raise SystemExit(0)
 
     monkeypatch.setattr(plantdx.training, "train", fake_train)
-    for flag, want in (([], 3), (["--freeze-blocks", "-1"], -1), (["--freeze-blocks", "5"], 5)):
+    for flag, want in (([], 5), (["--freeze-blocks", "-1"], -1), (["--freeze-blocks", "3"], 3)):
         seen.clear()
         CliRunner().invoke(app, ["train", "--data", str(tmp_path), *flag])
         assert seen and seen[0].freeze_blocks == want, flag

@@ -776,7 +776,7 @@ def test_bench_train_builds_the_model_as_training_does(
     )
     assert result["model"] == defaults.model == "efficientnet_lite0"
     assert result["image_size"] == defaults.image_size == 160
-    assert result["freeze_blocks"] == defaults.freeze_blocks == 3
+    assert result["freeze_blocks"] == defaults.freeze_blocks == 5
     assert result["channels_last"] is True and result["freeze_backbone"] is False
     model, kwargs = calls[0]
     assert all(m is model for m, _ in calls)

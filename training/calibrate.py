@@ -84,7 +84,10 @@ def _lowest_for_abstain(top: np.ndarray, rate: float) -> float:
         return 0.0
     s = np.sort(top)
     k = min(int(np.ceil(rate * len(s))), len(s))  # abstain on the k least confident
-    return float(min(np.nextafter(s[k - 1], 2.0), 1.0))
+    above = s[k] if k < len(s) else 1.0
+    if above <= s[k - 1]:  # a tie at the boundary: abstain on all of it
+        return float(min(np.nextafter(s[k - 1], 2.0), 1.0))
+    return _between(s[k - 1], above)
 
 
 def _highest_for_coverage(top: np.ndarray, coverage: float) -> float:
@@ -93,7 +96,7 @@ def _highest_for_coverage(top: np.ndarray, coverage: float) -> float:
         return 1.0
     s = np.sort(top)[::-1]
     k = min(int(np.ceil(coverage * len(s))), len(s))  # answer the k most confident
-    return float(s[k - 1])
+    return _between(s[k] if k < len(s) else 0.0, s[k - 1])
 
 
 def _lowest_for_accuracy(probs: np.ndarray, targets: np.ndarray, target: float) -> float:
@@ -108,7 +111,19 @@ def _lowest_for_accuracy(probs: np.ndarray, targets: np.ndarray, target: float) 
     if len(ok) == 0:
         return 1.0
     # Answer the most confident photos up to the last prefix that meets the target.
-    return float(top[order[ok[-1]]])
+    last = ok[-1]
+    below = top[order[last + 1]] if last + 1 < len(order) else 0.0
+    return _between(below, top[order[last]])
+
+
+def _between(low: float, high: float) -> float:
+    """A threshold that answers `high` and abstains on `low`: halfway, so the last float bits of
+    another runtime (ONNX, another batch size) cannot flip a photo on the boundary; `high`
+    itself when the two are equal."""
+    if high <= low:
+        return float(high)
+    mid = (float(low) + float(high)) / 2
+    return float(mid) if mid > low else float(high)
 
 
 def fit_decision_rule(

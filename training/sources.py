@@ -3,6 +3,7 @@ rule with its test figures (what `_Run._finish` adds to metrics.json)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,9 +38,14 @@ def selection_score(rule: str, pooled_acc: float, by_source: dict[str, dict[str,
     return float(min(accs)) if rule == "min_source_acc" else float(np.mean(accs))
 
 
+def metric_name(name: str) -> str:
+    """A source name as MLflow accepts it in a metric key (letters, digits, _ - . / space)."""
+    return re.sub(r"[^\w\-./ ]", "_", name)
+
+
 def epoch_row_extras(by_source: dict[str, dict[str, float]], score: float) -> dict[str, float]:
     """The per-source val figures of an epoch, flat for history.json and MLflow."""
-    row = {f"val_acc.{k}": v["acc"] for k, v in by_source.items()}
+    row = {f"val_acc.{metric_name(k)}": v["acc"] for k, v in by_source.items()}
     row["val_score"] = score
     return row
 
@@ -114,5 +120,5 @@ def flat_source_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         for split, figures in splits.items():
             for key, value in figures.items():
                 if key != "n":
-                    flat[f"{split}_{key}.{name}"] = float(value)
+                    flat[f"{split}_{key}.{metric_name(name)}"] = float(value)
     return flat

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from plantdx.decision import UNCERTAIN, DecisionRule
+from plantdx.decision import UNCERTAIN, DecisionRule, parse_threshold
 
 CONFIDENCE_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 IDENTITY = (1.0, 0.0)
@@ -30,16 +30,11 @@ IDENTITY = (1.0, 0.0)
 
 def abstain_threshold(params: dict) -> float | None:
     """The `abstain_threshold` parameter: None when empty or absent, else a number in [0, 1]."""
-    text = str((params.get("abstain_threshold") or {}).get("string_value", "")).strip()
-    if not text:
-        return None
+    text = str((params.get("abstain_threshold") or {}).get("string_value", ""))
     try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"parameter abstain_threshold must be empty or in [0, 1], got {text!r}")
-    return value
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise ValueError(f"parameter abstain_threshold {exc}") from exc
 
 
 class TritonPythonModel:
