@@ -29,6 +29,8 @@ from plantdx.training import TrainConfig
 SIZES: dict[str, tuple[int, dict[str, Any]]] = {
     "test_tiny": (32, {}),
     "efficientnet_lite0": (64, {}),
+    "efficientnet_lite1": (64, {}),
+    "efficientnet_lite2": (64, {}),
     "efficientnet_b0": (64, {}),
     "mobilenet_v3_small": (64, {}),
     "mobilenet_v3_large": (64, {}),

@@ -782,10 +782,10 @@ def test_bench_train_builds_the_model_as_training_does(
     assert all(m is model for m, _ in calls)
     assert kwargs["channels_last"] is True
     blocks = model._blocks  # type: ignore[union-attr]
-    frozen_params = [*model._conv_stem.parameters(), *blocks[:3].parameters()]  # type: ignore[union-attr]
+    frozen_params = [*model._conv_stem.parameters(), *blocks[:5].parameters()]  # type: ignore[union-attr]
     assert not any(p.requires_grad for p in frozen_params)
-    assert all(p.requires_grad for p in blocks[3:].parameters())
-    norms = [m for m in blocks[:3].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(p.requires_grad for p in blocks[5:].parameters())
+    norms = [m for m in blocks[:5].modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert {id(m) for m in norms} <= {id(m) for m in kwargs["frozen"]}  # kept in eval mode
     stem = model._conv_stem.weight  # type: ignore[union-attr]
     assert stem.is_contiguous(memory_format=torch.channels_last)

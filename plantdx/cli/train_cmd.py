@@ -189,7 +189,7 @@ def evaluate(
         ),
     )
     if cfg.split == "all" and not cfg.data and not cfg.unknown_data:
-        raise typer.BadParameter("--data (or --unknown-data) is required with --split all")
+        raise typer.BadParameter("--data is required with --split all (or give --unknown-data)")
     report = evaluate_checkpoint(cfg)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
