@@ -138,6 +138,19 @@ class ModelControl:
         kwargs = {"config": json.dumps(config)} if config is not None else {}
         self._call(what or f"loading {model}", self._client.load_model, model, **kwargs)
 
+    def load_config(self, model: str, config: dict[str, Any] | None, what: str = "") -> None:
+        """Load `model` with `config` replacing its config.pbtxt (None: the repository's), until
+        the next plain load or a restart; the loaded versions serve until the new ones are ready."""
+        self._load(model, config, what)
+
+    def ready_versions(self, model: str) -> list[int]:
+        """The versions of `model` that are READY now, ascending."""
+        return sorted(
+            int(s.version)
+            for s in self.status()
+            if s.name == model and s.state == "READY" and s.version.isdigit()
+        )
+
     def load(self, model: str = ENSEMBLE, *, version: int | None = None) -> list[str]:
         """Load (or reload) `model`; for the ensemble, its versioned models in a safe order.
 

@@ -10,7 +10,18 @@ import typer
 
 from plantdx.exceptions import PlantDxError
 
-from . import bench, data, demo, export_cmd, models_cmd, predict, repo, serve, train_cmd
+from . import (
+    bench,
+    compare_cmd,
+    data,
+    demo,
+    export_cmd,
+    models_cmd,
+    predict,
+    repo,
+    serve,
+    train_cmd,
+)
 
 app = typer.Typer(
     name="plantdx",
@@ -31,6 +42,7 @@ train_cmd.register(app)
 export_cmd.register(app)
 serve.register(app)
 predict.register(app)
+compare_cmd.register(app)
 demo.register(app)
 
 

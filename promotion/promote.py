@@ -1,0 +1,152 @@
+"""`plantdx promote`: make the candidate version the served and registered champion, only if the
+gate passes on the same labelled photos.
+
+    1. load the candidate beside the champion (the ensemble stays on the champion),
+    2. compare both through the server, per data source, and apply the gate,
+    3. passed: move the ensemble to the candidate, unload the champion, write the version policy
+       into the repository (every pod, every restart), move the MLflow alias, record the
+       evidence; refused (or --dry-run): unload the candidate again, change nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from plantdx.exceptions import ConfigError, PlantDxError
+from plantdx.model_repository.names import CLASSIFIER, ENSEMBLE, PREPROCESS
+from plantdx.model_repository.repository import versions
+from plantdx.model_repository.served import pin_served_version
+
+from .compare import Comparison
+from .gate import Gate, evaluate_gate
+from .photos import labelled_photos
+from .predictions import from_server
+from .record import candidate_provenance, record_in_mlflow, record_in_repository
+from .side_by_side import SideBySide, control_for
+
+
+class PromotionRefusedError(PlantDxError):
+    """The gate did not pass: nothing was changed."""
+
+    exit_code = 3
+
+
+@dataclass
+class PromoteConfig:
+    url: str = "127.0.0.1:8000"
+    protocol: str = "http"
+    repository: str = ""
+    candidate: int = 0
+    data: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    gate: Gate = field(default_factory=Gate)
+    limit: int = 0
+    concurrency: int = 4
+    admin_key_env: str = "PLANTDX_ADMIN_KEY"
+    registered_model: str = "plantdx"
+    alias: str = "champion"
+    mlflow: bool = True
+
+
+def _check(cfg: PromoteConfig) -> Path:
+    cfg.gate.check()
+    if not cfg.data:
+        raise ConfigError("no labelled photos: pass --data DIR (repeatable, one per source)")
+    repo = Path(cfg.repository)
+    if not (repo / CLASSIFIER).is_dir():
+        raise ConfigError(f"{repo} is not a plantdx model repository (no {CLASSIFIER}/)")
+    for name in (PREPROCESS, CLASSIFIER):
+        if cfg.candidate not in versions(repo / name):
+            raise ConfigError(
+                f"{repo} has no version {cfg.candidate} of {name} "
+                f"(it holds {versions(repo / CLASSIFIER)})"
+            )
+    return repo
+
+
+def promote(cfg: PromoteConfig) -> dict[str, Any]:
+    """The decision and its evidence; raises PromotionRefusedError after restoring the server
+    when the gate fails (the evidence is on the exception as `.result`)."""
+    from plantdx.client.options import ClientOptions
+
+    repo = _check(cfg)
+    options = ClientOptions.create(cfg.url, cfg.protocol)
+    with control_for(cfg.url, cfg.protocol, cfg.admin_key_env) as control:
+        side = SideBySide(control, [cfg.candidate])
+        champion = side.served
+        if champion == cfg.candidate:
+            raise ConfigError(f"version {cfg.candidate} is already the served version")
+        side.versions = sorted({champion, cfg.candidate})
+        with side:
+            photos = labelled_photos(cfg.data, side.class_names(options), limit=cfg.limit)
+            a = from_server(options, champion, photos, concurrency=cfg.concurrency)
+            b = from_server(options, cfg.candidate, photos, concurrency=cfg.concurrency)
+            comparison = Comparison(a, b, photos).to_dict()
+            verdict = evaluate_gate(cfg.gate, comparison)
+            evidence = {
+                "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "champion": champion,
+                "candidate": cfg.candidate,
+                "server": cfg.url,
+                "repository": str(repo),
+                "data": list(cfg.data),
+                "gate": verdict,
+                "comparison": comparison,
+                "dry_run": cfg.dry_run,
+            }
+            steps = _plan(champion, cfg, repo)
+            result: dict[str, Any] = {
+                "promoted": False,
+                "dry_run": cfg.dry_run,
+                "champion": champion,
+                "candidate": cfg.candidate,
+                "gate": verdict,
+                "comparison": comparison,
+                "steps": steps,
+            }
+            if not verdict["passed"] or cfg.dry_run:
+                result["steps"] = [f"would {s}" for s in steps] if cfg.dry_run else []
+                if not verdict["passed"]:
+                    error = PromotionRefusedError(
+                        f"version {cfg.candidate} was not promoted; the gate failed: "
+                        + "; ".join(verdict["reasons"])
+                        + f". Version {champion} keeps serving; nothing was changed."
+                    )
+                    error.result = result  # type: ignore[attr-defined]
+                    raise error
+                return result
+            side.keep()
+            _switch(side, cfg.candidate, repo)
+    result["promoted"] = True
+    result["recorded"] = {"repository": str(record_in_repository(repo, cfg.candidate, evidence))}
+    if cfg.mlflow:
+        run_id = candidate_provenance(repo, cfg.candidate).get("mlflow_run_id")
+        result["recorded"]["mlflow"] = record_in_mlflow(
+            evidence, run_id=run_id, registered_model=cfg.registered_model, alias=cfg.alias
+        )
+    return result
+
+
+def _plan(champion: int, cfg: PromoteConfig, repo: Path) -> list[str]:
+    return [
+        f"move {ENSEMBLE} from version {champion} to version {cfg.candidate}",
+        f"unload version {champion} of {CLASSIFIER} and {PREPROCESS}",
+        f"serve version {cfg.candidate} from {repo} (version policy specific: [{cfg.candidate}])",
+        f"record the evidence in {CLASSIFIER}/{cfg.candidate}/promotion.json"
+        + (f" and MLflow (alias {cfg.alias!r} of {cfg.registered_model!r})" if cfg.mlflow else ""),
+    ]
+
+
+def _switch(side: SideBySide, candidate: int, repo: Path) -> None:
+    """Both versions are loaded and the ensemble is pinned to the champion: move the traffic,
+    then drop the champion, then make it durable in the repository."""
+    side.pin_ensemble(candidate)
+    for name in (CLASSIFIER, PREPROCESS):
+        side.set_versions(name, [candidate], f"unloading the other versions of {name}")
+    pin_served_version(repo, candidate)
+    # The repository's own ensemble configs again (their steps follow the loaded version).
+    for name in side.ensembles:
+        side.control.load_config(name, None, f"reloading {name} from the repository")
