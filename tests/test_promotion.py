@@ -55,7 +55,9 @@ def test_selective_metrics_and_pairs() -> None:
     assert d["y"]["delta"] == 0.0
 
 
-def _comparison(sources: dict[str, tuple[float, float, float, float, float, int]]) -> dict[str, Any]:
+def _comparison(
+    sources: dict[str, tuple[float, float, float, float, float, int]],
+) -> dict[str, Any]:
     """sources: name → (acc_a, acc_b, cov_a, cov_b, mcnemar_p, n)."""
     blocks = {
         name: {
@@ -123,9 +125,9 @@ def test_labelled_photos_match_classes_by_folder_name(synth_dir: Path) -> None:
 def test_compare_checkpoints_cli_json(tiny_run: Path, mini_dir: Path, tmp_path: Path) -> None:
     """A checkpoint against itself: identical answers; against a changed copy: the deltas and
     the McNemar test see the difference; both sides judged on the same photos per source."""
-    from serving_helpers import alt_checkpoint
-
     from plantdx.cli import app
+
+    from serving_helpers import alt_checkpoint
 
     alt = alt_checkpoint(tiny_run / "best.pt", tmp_path / "alt.pt", shift=4.0)
     runner = CliRunner()
@@ -167,11 +169,13 @@ def test_compare_refuses_bad_arguments(tiny_run: Path, mini_dir: Path) -> None:
     assert "two different version numbers" in str(both.exception)
 
 
-def test_pin_served_version_is_durable_and_validated(tiny_repo: Path, tiny_run: Path, tmp_path: Path) -> None:
-    from serving_helpers import alt_checkpoint
-
+def test_pin_served_version_is_durable_and_validated(
+    tiny_repo: Path, tiny_run: Path, tmp_path: Path
+) -> None:
     from plantdx.export import ExportConfig, export
     from plantdx.model_repository.served import pin_served_version, served_by_policy
+
+    from serving_helpers import alt_checkpoint
 
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo, repo)
