@@ -120,8 +120,9 @@ def preprocess_config(image_size: int, opts: ServingOptions) -> mc.ModelConfig:
     cfg.output.append(
         mc.ModelOutput(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
     )
-    # The version's decision rule, per item: [temperature, threshold] (plantdx.decision).
-    cfg.output.append(mc.ModelOutput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[2]))
+    # Per item: the version's decision rule and number, [temperature, threshold, version];
+    # [-1], since versions exported before the number was sent emit [temperature, threshold].
+    cfg.output.append(mc.ModelOutput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[-1]))
     _apply_batching(cfg, opts.preprocess, opts.kind, python=True)
     _apply_version_policy(cfg, opts)
     # No response cache here: Triton 2.51 caches a Python model's error response as an empty
@@ -236,7 +237,7 @@ def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig
     the parameter `abstain_threshold` (empty: the version's) overrides its threshold."""
     cfg = mc.ModelConfig(name=POSTPROCESS, backend="python")
     cfg.input.append(mc.ModelInput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[num_classes]))
-    cfg.input.append(mc.ModelInput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[2]))
+    cfg.input.append(mc.ModelInput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[-1]))
     cfg.output.append(
         mc.ModelOutput(name=ENSEMBLE_OUTPUT, data_type=mc.TYPE_FP32, dims=[num_classes])
     )

@@ -17,8 +17,9 @@ PIXELS = "PIXELS"
 ONNX_INPUT = "input"
 ONNX_OUTPUT = "logits"
 LOGITS = "LOGITS"
-# Per item from preprocess to postprocess: FP32 [temperature, threshold] of the version's
-# decision rule (preprocess/N/decision.json), so the rule travels with the version.
+# Per item from preprocess to postprocess: FP32 [temperature, threshold, version] — the
+# version's decision rule (preprocess/N/decision.json) and its number, so the rule and the
+# metrics' version label travel with the item ([temperature, threshold] from older versions).
 CALIBRATION = "CALIBRATION"
 # Ensemble output beside PROBABILITIES: TYPE_STRING [1], the class label or "uncertain".
 DECISION = "DECISION"

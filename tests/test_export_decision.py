@@ -63,7 +63,7 @@ def test_configs_wire_calibration_and_decision(tmp_path: Path, ckpt: Path) -> No
             "DECISION": (mcfg.mc.TYPE_STRING, [1], ""),
         }
         assert ens.output[0].name == "PROBABILITIES"  # first, as older clients read it
-        assert [(t.name, list(t.dims)) for t in pre.output][1] == ("CALIBRATION", [2])
+        assert [(t.name, list(t.dims)) for t in pre.output][1] == ("CALIBRATION", [-1])
         assert [t.name for t in post.input] == ["LOGITS", "CALIBRATION"]
         assert post.parameters["abstain_threshold"].string_value == ""
         steps = {s.model_name: s for s in ens.ensemble_scheduling.step}

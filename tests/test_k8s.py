@@ -1470,6 +1470,9 @@ def test_metric_names_exist_in_live_scrape(
     assert not missing, f"used by the manifests but absent from a live Triton scrape: {missing}"
     assert 'model="plantdx"' in triton_metrics_text
     assert 'quantile="0.99"' in triton_metrics_text
+    # Every plantdx series names the model version (the per-version dashboard row reads it).
+    ours = [x for x in triton_metrics_text.splitlines() if x.startswith("plantdx_")]
+    assert ours and all('version="1"' in x for x in ours), ours
 
 
 # ================================================================================================

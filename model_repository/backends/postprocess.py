@@ -8,24 +8,33 @@ class's label when its probability reaches the threshold, otherwise "uncertain".
 parameter `abstain_threshold` (empty: each version's own) replaces the threshold for this
 deployment.
 
-Publishes `plantdx_predictions_total{class}` (top-1 class of every image, answered or not),
-the `plantdx_prediction_confidence` histogram (its calibrated top-1 probability) and
-`plantdx_abstentions_total` (images answered "uncertain") through Triton's custom-metrics API,
-so they appear on Triton's own metrics port.
+Publishes `plantdx_predictions_total{version, class}` (top-1 class of every image, answered or
+not), the `plantdx_prediction_confidence{version}` histogram (its calibrated top-1 probability)
+and `plantdx_abstentions_total{version}` (images answered "uncertain") through Triton's
+custom-metrics API, so they appear on Triton's own metrics port. `version` is the classifier
+version that produced the prediction: the third value of CALIBRATION, sent by the preprocess of
+the same version. A version exported before that sends [temperature, threshold] only; it is
+recognised by its decision rule among such versions in the repository (`preprocess/N/`), and
+labelled "unknown" when the rule does not single it out. Counters are incremented once per
+(version, class) per execute(); the histogram observes each image.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from plantdx.decision import UNCERTAIN, DecisionRule, parse_threshold
+from plantdx.decision import DECISION_FILENAME, UNCERTAIN, DecisionRule, parse_threshold
 
 CONFIDENCE_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 IDENTITY = (1.0, 0.0)
+UNKNOWN_VERSION = "unknown"
+SENDS_VERSION_MARKER = b"CALIBRATION_FIELDS"  # in preprocess model.py files that send it
 
 
 def abstain_threshold(params: dict) -> float | None:
@@ -35,6 +44,27 @@ def abstain_threshold(params: dict) -> float | None:
         return parse_threshold(text)
     except ValueError as exc:
         raise ValueError(f"parameter abstain_threshold {exc}") from exc
+
+
+def legacy_versions(preprocess_dir: Path) -> dict[tuple[float, float], str]:
+    """(temperature, threshold) → version, for the preprocess versions whose model.py sends no
+    version, where the rule names exactly one of them (as float32, as CALIBRATION carries it)."""
+    found: dict[tuple[float, float], list[str]] = {}
+    if not preprocess_dir.is_dir():
+        return {}
+    for vdir in sorted(preprocess_dir.iterdir()):
+        model = vdir / "model.py"
+        if not (vdir.name.isdigit() and model.is_file()):
+            continue
+        try:
+            if SENDS_VERSION_MARKER in model.read_bytes():
+                continue
+            rule = DecisionRule.load(vdir / DECISION_FILENAME)
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        values = np.array([rule.temperature, rule.threshold], dtype=np.float32)
+        found.setdefault((float(values[0]), float(values[1])), []).append(vdir.name)
+    return {key: names[0] for key, names in found.items() if len(names) == 1}
 
 
 class TritonPythonModel:
@@ -53,27 +83,55 @@ class TritonPythonModel:
         n = int(config["output"][0]["dims"][0])
         self.labels = [s for s in labels if s.strip()] or [str(i) for i in range(n)]
         self.rules: dict[tuple[float, float], DecisionRule] = {}
-        # Families must outlive their metrics, so they stay on the instance.
-        self.prediction_family = predictions = pb_utils.MetricFamily(
+        # A repository's versions that send no version of their own, by their rule.
+        self.legacy = legacy_versions(Path(args["model_repository"]).parent / "preprocess")
+        # Families must outlive their metrics, so they stay on the instance; the metrics are
+        # made on first use, per (version, class) and per version.
+        self.prediction_family = pb_utils.MetricFamily(
             name="plantdx_predictions_total",
             description="Predicted top-1 class of every served image (answered or uncertain)",
             kind=pb_utils.MetricFamily.COUNTER,
         )
-        self.per_class = [
-            predictions.Metric(labels={"model": "plantdx", "class": label}) for label in self.labels
-        ]
-        self.confidence_family = confidence = pb_utils.MetricFamily(
+        self.confidence_family = pb_utils.MetricFamily(
             name="plantdx_prediction_confidence",
             description="Calibrated top-1 probability of every served image",
             kind=pb_utils.MetricFamily.HISTOGRAM,
         )
-        self.confidence = confidence.Metric(labels={"model": "plantdx"}, buckets=CONFIDENCE_BUCKETS)
-        self.abstention_family = abstentions = pb_utils.MetricFamily(
+        self.abstention_family = pb_utils.MetricFamily(
             name="plantdx_abstentions_total",
             description="Served images answered 'uncertain' (top-1 probability under the threshold)",
             kind=pb_utils.MetricFamily.COUNTER,
         )
-        self.abstentions = abstentions.Metric(labels={"model": "plantdx"})
+        self.per_class: dict[tuple[str, int], Any] = {}
+        self.confidence: dict[str, Any] = {}
+        self.abstentions: dict[str, Any] = {}
+
+    def _labels(self, version: str, **extra: str) -> dict[str, str]:
+        return {"model": "plantdx", "version": version, **extra}
+
+    def _count_class(self, version: str, top: int, n: int) -> None:
+        metric = self.per_class.get((version, top))
+        if metric is None:
+            labels = self._labels(version, **{"class": self.labels[top]})
+            metric = self.per_class[version, top] = self.prediction_family.Metric(labels=labels)
+        metric.increment(n)
+
+    def _observe(self, version: str, values: list[float]) -> None:
+        metric = self.confidence.get(version)
+        if metric is None:
+            metric = self.confidence[version] = self.confidence_family.Metric(
+                labels=self._labels(version), buckets=CONFIDENCE_BUCKETS
+            )
+        for value in values:  # the custom-metrics API has no batched observe
+            metric.observe(value)
+
+    def _count_abstentions(self, version: str, n: int) -> None:
+        metric = self.abstentions.get(version)
+        if metric is None:
+            labels = self._labels(version)
+            metric = self.abstentions[version] = self.abstention_family.Metric(labels=labels)
+        if n:  # made at a version's first image, so its share reads 0 rather than no data
+            metric.increment(n)
 
     def _rule(self, key: tuple[float, float]) -> DecisionRule:
         rule = self.rules.get(key)
@@ -81,26 +139,55 @@ class TritonPythonModel:
             rule = self.rules[key] = DecisionRule(temperature=key[0], threshold=key[1])
         return rule
 
+    def _version(self, key: tuple[float, ...]) -> str:
+        if len(key) > 2:
+            return str(int(key[2]))
+        return self.legacy.get((key[0], key[1]), UNKNOWN_VERSION)
+
     def _decide(
         self, logits: np.ndarray, calibration: np.ndarray | None
-    ) -> tuple[np.ndarray, list[str]]:
-        """Probabilities and decisions of one request's items, each by its own rule."""
+    ) -> tuple[np.ndarray, list[str], list[str]]:
+        """Probabilities, decisions and versions of one request's items, each by its own rule."""
+        n = len(logits)
         if calibration is None:
-            calibration = np.tile(np.array(IDENTITY, dtype=np.float32), (len(logits), 1))
+            calibration = np.tile(np.array(IDENTITY, dtype=np.float32), (n, 1))
+        calibration = calibration.reshape(n, -1)
+        if calibration.shape[1] not in (2, 3):
+            raise ValueError(f"CALIBRATION has {calibration.shape[1]} values per item, not 2 or 3")
         probs = np.empty(logits.shape, dtype=np.float32)
-        decisions = [UNCERTAIN] * len(logits)
-        keys = [(float(t), float(h)) for t, h in calibration.reshape(len(logits), 2)]
-        for key in dict.fromkeys(keys):  # nearly always one rule per request
-            rows = [i for i, k in enumerate(keys) if k == key]
-            rule = self._rule(key)
-            p = rule.probabilities(logits[rows])
-            probs[rows] = p
-            for i, d in zip(rows, rule.decisions(p, self.labels, self.override), strict=True):
+        decisions = [UNCERTAIN] * n
+        versions = [UNKNOWN_VERSION] * n
+        rows = [tuple(float(x) for x in row) for row in calibration]
+        for key in dict.fromkeys(rows):  # nearly always one rule and version per request
+            where = [i for i, k in enumerate(rows) if k == key]
+            rule = self._rule((key[0], key[1]))
+            version = self._version(key)
+            p = rule.probabilities(logits[where])
+            probs[where] = p
+            for i, d in zip(where, rule.decisions(p, self.labels, self.override), strict=True):
                 decisions[i] = d
-        return probs, decisions
+                versions[i] = version
+        return probs, decisions, versions
+
+    def _publish(self, seen: list[tuple[str, int, float, bool]]) -> None:
+        """The metrics of one execute(): one increment per (version, class) and per version."""
+        classes = Counter((version, top) for version, top, _, _ in seen)
+        for (version, top), n in classes.items():
+            if top < len(self.labels):
+                self._count_class(version, top, n)
+        by_version: dict[str, list[float]] = {}
+        abstained: Counter[str] = Counter()
+        for version, _, confidence, uncertain in seen:
+            by_version.setdefault(version, []).append(confidence)
+            abstained[version] += uncertain
+        for version, values in by_version.items():
+            self._observe(version, values)
+        for version, n in abstained.items():
+            self._count_abstentions(version, n)
 
     def execute(self, requests: list) -> list:
         responses = []
+        seen: list[tuple[str, int, float, bool]] = []  # version, top class, confidence, abstained
         for request in requests:
             try:
                 logits = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
@@ -108,21 +195,21 @@ class TritonPythonModel:
                 if self.calibration_name:
                     tensor = pb_utils.get_input_tensor_by_name(request, self.calibration_name)
                     calibration = tensor.as_numpy() if tensor is not None else None
-                probs, decisions = self._decide(logits.astype(np.float32), calibration)
+                probs, decisions, versions = self._decide(logits.astype(np.float32), calibration)
             except Exception as exc:  # a bad rule fails its own request, not the batch
                 error = pb_utils.TritonError(f"postprocessing failed: {exc}")
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
                 continue
-            for row, decision in zip(probs, decisions, strict=True):
-                top = int(row.argmax())
-                if top < len(self.per_class):
-                    self.per_class[top].increment(1)
-                self.confidence.observe(float(row[top]))
-                if decision == UNCERTAIN:
-                    self.abstentions.increment(1)
+            tops = probs.argmax(axis=1)
+            confidences = probs[np.arange(len(probs)), tops].tolist()
+            seen.extend(
+                (v, int(t), c, d == UNCERTAIN)
+                for v, t, c, d in zip(versions, tops, confidences, decisions, strict=True)
+            )
             outputs = [pb_utils.Tensor(self.output_name, probs)]
             if self.decision_name:
                 answer = np.array([[d.encode()] for d in decisions], dtype=np.object_)
                 outputs.append(pb_utils.Tensor(self.decision_name, answer))
             responses.append(pb_utils.InferenceResponse(outputs))
+        self._publish(seen)
         return responses

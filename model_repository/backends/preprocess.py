@@ -4,9 +4,11 @@ Runs `plantdx.preprocessing` — the same code training evaluation uses — with
 that export wrote beside this file. All images of a dynamic batch are decoded into one buffer
 and normalised in one vectorised pass; a bad image fails its own request only, with its reason.
 
-Every item also carries CALIBRATION, [temperature, threshold] of the decision rule exported
-beside this version (`decision.json`; the identity rule when absent), which the postprocess
-applies: the rule travels with the version through the ensemble.
+Every item also carries CALIBRATION, [temperature, threshold, version]: the decision rule
+exported beside this version (`decision.json`; the identity rule when absent), which the
+postprocess applies, and this version's number, which labels the postprocess's metrics: the
+rule and the version travel with the item through the ensemble. (Versions exported before the
+version was sent emit [temperature, threshold]; the postprocess accepts both.)
 """
 
 from __future__ import annotations
@@ -21,18 +23,26 @@ from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import PreprocessError
 from plantdx.preprocessing import META_FILENAME, REJECTION_REASONS, PreprocessMeta, Preprocessor
 
+# What CALIBRATION holds per item; the postprocess reads the marker to tell this model.py from
+# one exported before the version was sent.
+CALIBRATION_FIELDS = ("temperature", "threshold", "version")
+
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.preprocessor = Preprocessor(PreprocessMeta.load(version_dir / META_FILENAME))
         rule = DecisionRule.load(version_dir / DECISION_FILENAME)
-        self.calibration = np.array([rule.temperature, rule.threshold], dtype=np.float32)
+        version = str(args["model_version"])
         config = json.loads(args["model_config"])
-        outputs = [o["name"] for o in config["output"]]
-        self.output_name = outputs[0]
-        # A config written before decision rules has no CALIBRATION output.
+        outputs = {o["name"]: o for o in config["output"]}
+        self.output_name = config["output"][0]["name"]
+        # A config written before decision rules has no CALIBRATION output; one written before
+        # the version was sent declares exactly [2] values.
         self.calibration_name = "CALIBRATION" if "CALIBRATION" in outputs else None
+        dims = [int(d) for d in (outputs.get("CALIBRATION") or {}).get("dims", [])]
+        values = [rule.temperature, rule.threshold, float(version)]
+        self.calibration = np.array(values[:2] if dims == [2] else values, dtype=np.float32)
         # Keep the family alive as long as its metrics: the stub frees both together.
         self.rejection_family = family = pb_utils.MetricFamily(
             name="plantdx_preprocess_rejections_total",
@@ -40,7 +50,9 @@ class TritonPythonModel:
             kind=pb_utils.MetricFamily.COUNTER,
         )
         self.rejections = {
-            reason: family.Metric(labels={"model": args["model_name"], "reason": reason})
+            reason: family.Metric(
+                labels={"model": args["model_name"], "version": version, "reason": reason}
+            )
             for reason in REJECTION_REASONS
         }
 
