@@ -24,7 +24,8 @@ class Gate:
     alpha: float = 0.05
     # ...or when it dropped by more than this, whatever the test says (small sources).
     max_drop: float = 0.05
-    # Coverage may not fall by more than this on any source (a model that answers less).
+    # Coverage may not fall by more than this on any source, unless that source's selective
+    # accuracy rose (a model that answers less must be right more often when it answers).
     max_coverage_drop: float = 0.10
 
     def check(self) -> None:
@@ -37,7 +38,7 @@ class Gate:
         return (
             f"{self.metric} better by more than {self.min_gain:g}; on no source accuracy lower "
             f"with McNemar p < {self.alpha:g} or by more than {self.max_drop:.0%}, nor coverage "
-            f"lower by more than {self.max_coverage_drop:.0%}"
+            f"lower by more than {self.max_coverage_drop:.0%} without higher selective accuracy"
         )
 
 
@@ -60,8 +61,10 @@ def evaluate_gate(gate: Gate, comparison: dict[str, Any]) -> dict[str, Any]:
                 f"{name}: accuracy {s['a']['accuracy']:.1%} → {s['b']['accuracy']:.1%} "
                 f"(McNemar p = {s['mcnemar_p']:.3g}, {s['a']['n']} photos)"
             )
+        # Answering less is a fair trade only when the answers given are more often right.
         cov_drop = s["a"]["coverage"] - s["b"]["coverage"]
-        if cov_drop > gate.max_coverage_drop:
+        sharper = s["b"]["selective_accuracy"] > s["a"]["selective_accuracy"]
+        if cov_drop > gate.max_coverage_drop and not sharper:
             reasons.append(f"{name}: coverage {s['a']['coverage']:.1%} → {s['b']['coverage']:.1%}")
     champion = metric_value(comparison, gate.metric, "a")
     candidate = metric_value(comparison, gate.metric, "b")

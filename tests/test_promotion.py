@@ -105,8 +105,12 @@ def test_gate_refuses_equal_or_lower_metric_and_coverage_loss() -> None:
     same = _comparison({"lab": (0.9, 0.9, 1, 1, 1.0, 100)})
     assert not evaluate_gate(Gate(), same)["passed"]
     fewer = _comparison({"lab": (0.9, 0.92, 0.9, 0.6, 0.5, 100)})
+    fewer["sources"]["lab"]["b"]["selective_accuracy"] = 0.85  # answers less, and worse
     verdict = evaluate_gate(Gate(), fewer)
     assert not verdict["passed"] and "coverage" in verdict["reasons"][0]
+    sharper = _comparison({"lab": (0.9, 0.92, 0.9, 0.6, 0.5, 100)})
+    sharper["sources"]["lab"]["b"]["selective_accuracy"] = 0.99  # answers less, but better
+    assert evaluate_gate(Gate(), sharper)["passed"]
     with pytest.raises(ConfigError):
         Gate(metric="f1").check()  # type: ignore[arg-type]
 
