@@ -12,7 +12,7 @@ import numpy as np
 from plantdx.exceptions import ConfigError
 
 from .photos import LabelledPhotos, labelled_photos
-from .predictions import Predictions, from_checkpoint, from_server, load_source
+from .predictions import Predictions, from_checkpoints, from_server, load_source
 from .stats import latency_summary, paired, per_class_delta, selective_metrics
 
 METRICS = ("accuracy", "coverage", "selective_accuracy")
@@ -116,8 +116,7 @@ def compare(cfg: CompareConfig) -> Comparison:
                 "the same classes can be compared"
             )
         photos = labelled_photos(cfg.data, ckpt_a.class_names, limit=cfg.limit)
-        a = from_checkpoint(ckpt_a, photos, name=cfg.sources[0])
-        b = from_checkpoint(ckpt_b, photos, name=cfg.sources[1])
+        a, b = from_checkpoints([ckpt_a, ckpt_b], photos, names=list(cfg.sources))
         result = Comparison(a, b, photos)
     else:
         result = compare_on_server(cfg)
@@ -140,9 +139,7 @@ def compare_on_server(cfg: CompareConfig, *, keep_loaded: bool = False) -> Compa
         with side:
             classes = side.class_names(options)
             photos = labelled_photos(cfg.data, classes, limit=cfg.limit)
-            va, vb = cfg.versions
-            a = from_server(options, va, photos, concurrency=cfg.concurrency)
-            b = from_server(options, vb, photos, concurrency=cfg.concurrency)
+            a, b = from_server(options, list(cfg.versions), photos, concurrency=cfg.concurrency)
             if keep_loaded:
                 side.keep()
     return Comparison(a, b, photos)

@@ -3,6 +3,7 @@ or from a running server (that version's preprocess and classifier, addressed by
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -52,71 +53,116 @@ def load_source(source: str) -> Checkpoint:
     return load_checkpoint(checkpoint_path(source))
 
 
-def from_checkpoint(
-    ckpt: Checkpoint, photos: LabelledPhotos, *, name: str, batch_size: int = 16
-) -> Predictions:
-    """PyTorch on this machine's CPU; latency is each photo's preprocessing plus its share of
-    its batch's forward pass."""
+def from_checkpoints(
+    ckpts: list[Checkpoint], photos: LabelledPhotos, *, names: list[str], batch_size: int = 16
+) -> list[Predictions]:
+    """PyTorch on this machine's CPU, the models taking turns batch by batch so that both see
+    the same machine load; a photo's latency is its preprocessing plus its share of its batch's
+    forward pass. Models with the same preprocessing share the decoded photos."""
     import torch
 
     from plantdx.preprocessing import Preprocessor
 
-    rule = DecisionRule.from_dict(ckpt.decision)
-    model = ckpt.build_model().eval()
-    pre = Preprocessor(ckpt.preprocessing)
-    n, c = len(photos), ckpt.num_classes
-    probs = np.zeros((n, c), dtype=np.float32)
-    ok = np.zeros(n, dtype=bool)
-    latency = np.zeros(n, dtype=np.float64)
-    errors: dict[str, str] = {}
+    n = len(photos)
+    rules = [DecisionRule.from_dict(c.decision) for c in ckpts]
+    models = [c.build_model().eval() for c in ckpts]
+    pres = [Preprocessor(c.preprocessing) for c in ckpts]
+    probs = [np.zeros((n, c.num_classes), dtype=np.float32) for c in ckpts]
+    ok = [np.zeros(n, dtype=bool) for _ in ckpts]
+    latency = [np.zeros(n, dtype=np.float64) for _ in ckpts]
+    errors: list[dict[str, str]] = [{} for _ in ckpts]
     with torch.no_grad():  # the first pass allocates and picks kernels: not timed
-        model(torch.zeros(1, 3, pre.size[0], pre.size[1]))
+        for model, pre in zip(models, pres, strict=True):
+            model(torch.zeros(1, 3, pre.size[0], pre.size[1]))
     for start in range(0, n, batch_size):
-        idx, arrays, spent = [], [], []
-        for i in range(start, min(n, start + batch_size)):
-            t0 = time.perf_counter()
-            try:
-                arrays.append(pre(photos.paths[i].read_bytes()))
-            except (PreprocessError, OSError) as exc:
-                errors[str(photos.paths[i])] = str(exc)
+        rows = range(start, min(n, start + batch_size))
+        decoded: dict[Any, tuple[list[int], list[np.ndarray], list[float]]] = {}
+        for k, (model, pre) in enumerate(zip(models, pres, strict=True)):
+            key = json.dumps(pre.meta.to_dict(), sort_keys=True)
+            if key not in decoded:
+                idx, arrays, spent = [], [], []
+                for i in rows:
+                    t0 = time.perf_counter()
+                    try:
+                        arrays.append(pre(photos.paths[i].read_bytes()))
+                    except (PreprocessError, OSError) as exc:
+                        errors[k][str(photos.paths[i])] = str(exc)
+                        continue
+                    idx.append(i)
+                    spent.append(time.perf_counter() - t0)
+                decoded[key] = (idx, arrays, spent)
+            idx, arrays, spent = decoded[key]
+            for i in rows:
+                if i not in idx:
+                    errors[k].setdefault(str(photos.paths[i]), "could not be decoded")
+            if not idx:
                 continue
-            idx.append(i)
-            spent.append(time.perf_counter() - t0)
-        if not idx:
-            continue
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            logits = model(torch.from_numpy(np.stack(arrays))).float().numpy()
-        share = (time.perf_counter() - t0) / len(idx)
-        probs[idx] = rule.probabilities(logits)
-        ok[idx] = True
-        latency[idx] = (np.asarray(spent) + share) * 1000
-    thresholds = np.full(n, rule.threshold, dtype=np.float32)
-    info = {"model": ckpt.model_name, "decision": rule.to_dict(), "run_id": ckpt.mlflow_run_id}
-    return Predictions(name, probs, thresholds, ok, latency, errors, "checkpoint", info)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                logits = model(torch.from_numpy(np.stack(arrays))).float().numpy()
+            share = (time.perf_counter() - t0) / len(idx)
+            probs[k][idx] = rules[k].probabilities(logits)
+            ok[k][idx] = True
+            latency[k][idx] = (np.asarray(spent) + share) * 1000
+    out = []
+    for k, ckpt in enumerate(ckpts):
+        thresholds = np.full(n, rules[k].threshold, dtype=np.float32)
+        info = {
+            "model": ckpt.model_name,
+            "decision": rules[k].to_dict(),
+            "run_id": ckpt.mlflow_run_id,
+        }
+        out.append(
+            Predictions(
+                names[k], probs[k], thresholds, ok[k], latency[k], errors[k], "checkpoint", info
+            )
+        )
+    return out
 
 
 def from_server(
     options: Any,
-    version: int,
+    versions: list[int],
     photos: LabelledPhotos,
     *,
     concurrency: int = 4,
-) -> Predictions:
-    """Version `version` of preprocess and classifier on a server, one photo per request,
-    `concurrency` requests in flight; decisions with the rule that version's preprocess sends."""
+) -> list[Predictions]:
+    """Each version's preprocess and classifier on a server, one photo per request and
+    `concurrency` requests in flight; every photo goes to every version in turn (the order
+    alternating), so the versions see the same server load. Decisions use the rule each
+    version's preprocess sends."""
     from plantdx.client.versioned import VersionedClient
 
     n, c = len(photos), len(photos.class_names)
-    probs = np.zeros((n, c), dtype=np.float32)
-    thresholds = np.zeros(n, dtype=np.float32)
-    ok = np.zeros(n, dtype=bool)
-    latency = np.zeros(n, dtype=np.float64)
-    errors: dict[str, str] = {}
+    m = len(versions)
+    probs = np.zeros((m, n, c), dtype=np.float32)
+    thresholds = np.zeros((m, n), dtype=np.float32)
+    ok = np.zeros((m, n), dtype=bool)
+    latency = np.zeros((m, n), dtype=np.float64)
+    errors: list[dict[str, str]] = [{} for _ in versions]
     todo: queue.SimpleQueue[int] = queue.SimpleQueue()
     for i in range(n):
         todo.put(i)
     down: list[str] = []
+
+    def one(client: VersionedClient, k: int, i: int, image: bytes) -> None:
+        try:
+            answer = client.classify_version(image, versions[k])
+        except ClientError as exc:
+            errors[k][str(photos.paths[i])] = str(exc)
+            if isinstance(exc, ServerUnavailableError):
+                down.append(str(exc))
+            return
+        if answer.logits.shape != (c,):
+            errors[k][str(photos.paths[i])] = (
+                f"version {versions[k]} answered {answer.logits.shape[0]} classes, not {c}"
+            )
+            return
+        rule = DecisionRule(temperature=answer.temperature, threshold=answer.threshold)
+        probs[k, i] = rule.probabilities(answer.logits[None])[0]
+        thresholds[k, i] = answer.threshold
+        ok[k, i] = True
+        latency[k, i] = answer.latency_ms
 
     def work() -> None:
         with VersionedClient.from_options(options) as client:
@@ -127,22 +173,14 @@ def from_server(
                 except queue.Empty:
                     return
                 try:
-                    answer = client.classify_version(photos.paths[i].read_bytes(), version)
-                except (ClientError, OSError) as exc:
-                    errors[str(photos.paths[i])] = str(exc)
-                    if isinstance(exc, ServerUnavailableError):
-                        down.append(str(exc))
+                    image = photos.paths[i].read_bytes()
+                except OSError as exc:
+                    for k in range(m):
+                        errors[k][str(photos.paths[i])] = str(exc)
                     continue
-                if answer.logits.shape != (c,):
-                    errors[str(photos.paths[i])] = (
-                        f"version {version} answered {answer.logits.shape[0]} classes, not {c}"
-                    )
-                    continue
-                rule = DecisionRule(temperature=answer.temperature, threshold=answer.threshold)
-                probs[i] = rule.probabilities(answer.logits[None])[0]
-                thresholds[i] = answer.threshold
-                ok[i] = True
-                latency[i] = answer.latency_ms
+                order = range(m) if i % 2 == 0 else range(m - 1, -1, -1)
+                for k in order:
+                    one(client, k, i, image)
 
     threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, concurrency))]
     for t in threads:
@@ -150,7 +188,17 @@ def from_server(
     for t in threads:
         t.join()
     if down:
-        raise ClientError(f"version {version}: {down[0]}")
-    return Predictions(
-        f"version {version}", probs, thresholds, ok, latency, errors, "server", {"version": version}
-    )
+        raise ClientError(down[0])
+    return [
+        Predictions(
+            f"version {v}",
+            probs[k],
+            thresholds[k],
+            ok[k],
+            latency[k],
+            errors[k],
+            "server",
+            {"version": v},
+        )
+        for k, v in enumerate(versions)
+    ]

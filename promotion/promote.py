@@ -82,8 +82,9 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
         side.versions = sorted({champion, cfg.candidate})
         with side:
             photos = labelled_photos(cfg.data, side.class_names(options), limit=cfg.limit)
-            a = from_server(options, champion, photos, concurrency=cfg.concurrency)
-            b = from_server(options, cfg.candidate, photos, concurrency=cfg.concurrency)
+            a, b = from_server(
+                options, [champion, cfg.candidate], photos, concurrency=cfg.concurrency
+            )
             comparison = Comparison(a, b, photos).to_dict()
             verdict = evaluate_gate(cfg.gate, comparison)
             evidence = {
