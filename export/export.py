@@ -31,6 +31,7 @@ from plantdx.model_repository.repository import (
     write_json,
 )
 
+from . import explain as explain_export
 from . import tensorrt as trt_export
 from .onnx import (
     DEFAULT_OPSET,
@@ -101,6 +102,8 @@ class ExportResult:
     # The version's decision rule (preprocess/N/decision.json) and the deployment override.
     decision: dict[str, Any] = field(default_factory=dict)
     abstain_threshold: float | None = None
+    # The heatmap parity report when the classifier has class-activation maps, else None.
+    explain: dict[str, Any] | None = None
 
 
 def settle(cfg: ExportConfig) -> ExportConfig:
@@ -174,9 +177,10 @@ def export(cfg: ExportConfig) -> ExportResult:
     ckpt = load_checkpoint(source_path)
     decision = _decision_rule(ckpt)
     model = ckpt.build_model()
+    explained = explain_export.plan(model, ckpt.model_name, to=cfg.to, target=cfg.target or "local")
     limit = max(cfg.check_images, cfg.gate_images if trt else 0)
     images, where = check_images(ckpt, cfg.check_data, source_path, limit)
-    notes: list[str] = []
+    notes: list[str] = [explained.note] if explained.note else []
     if where == SYNTHETIC_CHECK:
         notes.append(
             f"parity was checked on {len(images)} generated leaf images, not on photos: no "
@@ -191,21 +195,33 @@ def export(cfg: ExportConfig) -> ExportResult:
     with tempfile.TemporaryDirectory(prefix="plantdx-export-") as tmp:
         tmpdir = Path(tmp)
         onnx_path = export_onnx(
-            model, tmpdir / "model.onnx", image_size=ckpt.preprocessing.image_size, opset=cfg.opset
+            explained.module,
+            tmpdir / "model.onnx",
+            image_size=ckpt.preprocessing.image_size,
+            opset=cfg.opset,
+            output_names=explained.output_names,
         )
         simplification = simplify_onnx(onnx_path) if cfg.simplify else None
         if simplification and simplification.note:
             log.warning(simplification.note)
             notes.append(simplification.note)
+        checked = spread(images, cfg.check_images)
         report = check_parity(
             model,
             onnx_path,
-            spread(images, cfg.check_images),
+            checked,
             source=where,
             max_abs=cfg.max_abs_diff,
             min_agreement=cfg.min_top1_agreement,
         )
         require_parity(report)
+        heatmap = None
+        if isinstance(explained.module, explain_export.CamModel):
+            heatmap = explain_export.check_heatmap_parity(
+                explained.module, onnx_path, checked, source=where
+            )
+            explain_export.require_heatmap_parity(heatmap)
+        heatmap_doc = heatmap.to_dict() if heatmap else None
         onnx_sha = file_sha256(onnx_path)
         trt_build = None
         if trt is not None and gpu is not None:
@@ -224,11 +240,13 @@ def export(cfg: ExportConfig) -> ExportResult:
             trt_build.gate if trt_build else None,
         )
         provenance["decision"] = decision.to_dict()
+        parity_doc = provenance["parity"] = {**report.to_dict(), "heatmap": heatmap_doc}
+        provenance["explain"] = {"heatmap_parity": heatmap_doc, "note": explained.note}
         published: dict[str, Any] = {}
 
         def write_files(staged: StagedVersion) -> None:
             shutil.copyfile(onnx_path, staged.dir / "model.onnx")
-            write_json(staged.dir / PARITY_FILENAME, report.to_dict())
+            write_json(staged.dir / PARITY_FILENAME, parity_doc)
             if trt_build is not None:
                 published.update(_write_plans(staged, trt_build, cfg, trt, gpu))
 
@@ -244,17 +262,19 @@ def export(cfg: ExportConfig) -> ExportResult:
             trt_accelerator=cfg.trt_accelerator,
             trt_fp16=cfg.precision == "fp16",
             decision=decision,
+            cams_dims=tuple(heatmap.cam_shape) if heatmap else None,
         )
     return ExportResult(
         Path(cfg.repository),
         version,
-        report.to_dict(),
+        parity_doc,
         provenance,
         gate=trt_build.gate.to_dict() if trt_build else None,
         plans=published.get("plans", {}),
         notes=notes + [_note(n) for n in published.get("not_carried", [])],
         decision=decision.to_dict(),
         abstain_threshold=opts.abstain_threshold,
+        explain=heatmap_doc,
     )
 
 

@@ -28,8 +28,12 @@ def export_onnx(
     *,
     image_size: int,
     opset: int = DEFAULT_OPSET,
+    output_names: tuple[str, ...] = (ONNX_OUTPUT,),
 ) -> Path:
-    """Write one self-contained ONNX file with a dynamic batch axis and named tensors."""
+    """Write one self-contained ONNX file with a dynamic batch axis and named tensors.
+
+    A model with several outputs (logits, then class-activation maps) names them
+    `output_names`, in order."""
     import onnx
 
     path = Path(path)
@@ -45,8 +49,8 @@ def export_onnx(
                 (dummy,),
                 str(path),
                 input_names=[ONNX_INPUT],
-                output_names=[ONNX_OUTPUT],
-                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}},
+                output_names=list(output_names),
+                dynamic_axes={name: {0: "batch"} for name in (ONNX_INPUT, *output_names)},
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
@@ -136,7 +140,7 @@ def onnx_logits(path: str | Path, batch: np.ndarray, chunk: int = 16) -> np.ndar
     """The ONNX model's FP32 logits on onnxruntime's CPU provider: the precision gate's reference."""
     session = onnx_session(path)
     out = [
-        session.run(None, {ONNX_INPUT: batch[i : i + chunk]})[0]
+        session.run([ONNX_OUTPUT], {ONNX_INPUT: batch[i : i + chunk]})[0]
         for i in range(0, len(batch), chunk)
     ]
     return np.concatenate(out)
@@ -186,7 +190,7 @@ def check_parity(
         for i in range(0, len(batch), chunk):
             x = batch[i : i + chunk]
             torch_logits.append(model(torch.from_numpy(x)).numpy())
-            onnx_logits.append(session.run(None, {ONNX_INPUT: x})[0])
+            onnx_logits.append(session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0])
     t = np.concatenate(torch_logits).astype(np.float64)
     o = np.concatenate(onnx_logits).astype(np.float64)
     return ParityReport(

@@ -19,11 +19,13 @@ from plantdx.exceptions import RepositoryError
 from .names import (
     ABSTAIN_THRESHOLD,
     CALIBRATION,
+    CAMS,
     CLASSIFIER,
     DECISION,
     ENSEMBLE,
     ENSEMBLE_INPUT,
     ENSEMBLE_OUTPUT,
+    EXPLAIN_PIXELS,
     LOGITS,
     ONNX_INPUT,
     ONNX_OUTPUT,
@@ -175,6 +177,7 @@ def classifier_config(
     trt_accelerator: bool = False,
     trt_fp16: bool = False,
     cc_model_filenames: dict[str, str] | None = None,
+    cams_dims: tuple[int, ...] | None = None,
 ) -> mc.ModelConfig:
     """The classifier: onnxruntime inside a Python backend (local) or a native backend (triton).
 
@@ -208,6 +211,18 @@ def classifier_config(
         mc.ModelInput(name=in_name, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
     )
     cfg.output.append(mc.ModelOutput(name=out_name, data_type=mc.TYPE_FP32, dims=[num_classes]))
+    if cams_dims and target == "local":  # class-activation maps [C, h, w], only when asked
+        cfg.output.append(mc.ModelOutput(name=CAMS, data_type=mc.TYPE_FP32, dims=cams_dims))
+        # Each request has one of the two names (names.EXPLAIN_PIXELS says why).
+        cfg.input[0].optional = True
+        cfg.input.append(
+            mc.ModelInput(
+                name=EXPLAIN_PIXELS,
+                data_type=mc.TYPE_FP32,
+                dims=[3, image_size, image_size],
+                optional=True,
+            )
+        )
     _apply_batching(cfg, opts.classifier, opts.kind, python=(target == "local"))
     _apply_version_policy(cfg, opts)
     if opts.response_cache:

@@ -25,3 +25,20 @@ CALIBRATION = "CALIBRATION"
 DECISION = "DECISION"
 # Postprocess config parameter: a per-deployment threshold replacing the version's ("" = none).
 ABSTAIN_THRESHOLD = "abstain_threshold"
+
+# Explanations (class-activation maps), published when the classifier's architecture has them.
+# The classifier's second output: FP32 [C, h, w], every class's map at the last feature map's
+# resolution (ONNX tensor `cams`); computed only for requests that ask for it.
+CAMS = "CAMS"
+# The classifier's second (optional) name for PIXELS, fed by `plantdx_explain` only: Triton's
+# response cache keys a request on its model, version and inputs (names included) but not on the
+# outputs it asks for, so explanation requests must not share the plain requests' entries.
+EXPLAIN_PIXELS = "EXPLAIN_PIXELS"
+ONNX_CAMS = "cams"
+# The `heatmap` model: CAMS + LOGITS (+ optional CLASS, INT32 [1], -1: the top class) →
+# HEATMAP FP32 [h, w] in 0..1 (plantdx.heatmap.normalize_heatmap).
+HEATMAP_MODEL = "heatmap"
+HEATMAP = "HEATMAP"
+CLASS_INDEX = "CLASS"
+# The second ensemble: IMAGE → preprocess → classifier → {postprocess, heatmap}.
+EXPLAIN_ENSEMBLE = "plantdx_explain"

@@ -47,8 +47,9 @@ from .config import (
     to_pbtxt,
     warmup_files,
 )
+from .explain import explain_configs
 from .journal import Journal, locked
-from .names import CLASSIFIER, ENSEMBLE, POSTPROCESS, PREPROCESS
+from .names import CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, HEATMAP_MODEL, POSTPROCESS, PREPROCESS
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +214,14 @@ def publish_version(
     trt_accelerator: bool = False,
     trt_fp16: bool = False,
     decision: DecisionRule | None = None,
+    cams_dims: tuple[int, ...] | None = None,
 ) -> int:
     """Add the next version of preprocess + classifier; returns its number.
 
     `decision` is the version's rule (`preprocess/N/decision.json`); None writes the identity
-    rule (temperature 1, everything answered).
+    rule (temperature 1, everything answered). `cams_dims` ([C, h, w]): the classifier has
+    class-activation maps, so its config declares CAMS and the `heatmap` model and the
+    `plantdx_explain` ensemble are written too.
 
     `write_classifier_files` fills the staged classifier version (model.onnx, plans and their
     engines.json, reports). On any error the repository is left exactly as it was, including
@@ -247,6 +251,7 @@ def publish_version(
                 trt_accelerator=trt_accelerator,
                 trt_fp16=trt_fp16,
                 decision=decision or DecisionRule(),
+                cams_dims=cams_dims,
             )
     except BaseException:
         for d in created:  # innermost first; only if the rollback left them empty
@@ -268,6 +273,7 @@ def _publish_locked(
     trt_accelerator: bool,
     trt_fp16: bool,
     decision: DecisionRule,
+    cams_dims: tuple[int, ...] | None = None,
 ) -> int:
     _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform)
     _remove_stale_staging(repo)
@@ -329,9 +335,13 @@ def _publish_locked(
                 trt_accelerator=trt_accelerator,
                 trt_fp16=trt_fp16,
                 cc_model_filenames=cc_files or None,
+                cams_dims=cams_dims,
             ),
             POSTPROCESS: postprocess_config(len(class_names), opts),
         }
+        explain = (HEATMAP_MODEL, EXPLAIN_ENSEMBLE) if cams_dims else ()
+        if cams_dims:
+            configs.update(explain_configs(len(class_names), cams_dims, opts))
         labels = (clf_dir / LABELS_FILENAME).read_bytes()
         info = RepositoryInfo(
             class_names, meta.image_size, target, opts.kind, _options_dict(opts), platform
@@ -340,7 +350,7 @@ def _publish_locked(
         # Commit: versions first, then what points at them.
         for name in (PREPROCESS, CLASSIFIER):
             journal.move_dir(staged[name], repo / name / str(number))
-        for name in (ENSEMBLE, POSTPROCESS):
+        for name in (ENSEMBLE, POSTPROCESS, *explain):
             journal.mkdir(repo / name / "1")
         # The postprocess must match the config written below (a repository exported before
         # decision rules gets the one that reads CALIBRATION); unchanged, it is left alone.
@@ -348,7 +358,10 @@ def _publish_locked(
         post_model = repo / POSTPROCESS / "1" / "model.py"
         if not post_model.is_file() or post_model.read_bytes() != post_source:
             journal.put_file(post_model, post_source)
-        for name in (ENSEMBLE, POSTPROCESS):
+        if cams_dims:
+            heat_source = backend_source(HEATMAP_MODEL).encode()
+            journal.put_file(repo / HEATMAP_MODEL / "1" / "model.py", heat_source)
+        for name in (ENSEMBLE, POSTPROCESS, *explain[1:]):
             journal.put_file(repo / name / LABELS_FILENAME, labels)
         for rel, data in warmup_files(opts).items():
             journal.mkdir((repo / rel).parent)

@@ -38,6 +38,7 @@ from .repository import (
     served_versions,
     versions,
 )
+from .validate_explain import explain_problems
 from .validate_versions import version_problems
 
 Configs = dict[str, mc.ModelConfig]
@@ -65,6 +66,7 @@ def validate(repo: Path) -> list[str]:
         _check_decision,
     ):
         problems += check(repo, configs)
+    problems += explain_problems(repo, configs)
     return problems
 
 
@@ -141,10 +143,10 @@ def _check_labels(repo: Path, configs: Configs) -> list[str]:
     return problems
 
 
-def _check_wiring(repo: Path, configs: Configs) -> list[str]:
+def _check_wiring(repo: Path, configs: Configs, ensemble: str = ENSEMBLE) -> list[str]:
     """Follow the ensemble's tensors from its input through every step to its output."""
     problems: list[str] = []
-    ens = configs[ENSEMBLE]
+    ens = configs[ensemble]
     if not ens.ensemble_scheduling.step:
         return ["the ensemble has no steps"]
     produced: dict[str, TensorSpec] = {t.name: _spec(t) for t in ens.input}
@@ -169,7 +171,8 @@ def _check_wiring(repo: Path, configs: Configs) -> list[str]:
                 problems.append(f"ensemble tensor {tensor!r} is used before any step makes it")
             elif produced[tensor] != inputs[name]:
                 problems.append(_mismatch(tensor, produced[tensor], step.model_name, inputs[name]))
-        missing = sorted(set(inputs) - set(step.input_map))
+        optional = {t.name for t in model.input if t.optional}
+        missing = sorted(set(inputs) - set(step.input_map) - optional)
         if missing:
             problems.append(f"ensemble feeds nothing into {step.model_name} inputs {missing}")
         for name, tensor in step.output_map.items():
@@ -184,7 +187,7 @@ def _check_wiring(repo: Path, configs: Configs) -> list[str]:
         if out.name not in produced:
             problems.append(f"no ensemble step produces the output {out.name!r}")
         elif produced[out.name] != _spec(out):
-            problems.append(_mismatch(out.name, produced[out.name], ENSEMBLE, _spec(out)))
+            problems.append(_mismatch(out.name, produced[out.name], ensemble, _spec(out)))
     return problems
 
 

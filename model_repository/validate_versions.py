@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from plantdx.checkpoint import file_sha256
 
+from .names import CAMS, EXPLAIN_PIXELS
 from .repository import ENGINES_FILENAME, PROVENANCE_FILENAME, read_json
 
 _ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT
@@ -106,9 +107,16 @@ def _onnx_problems(path: Path, clf: mc.ModelConfig) -> list[str]:
     # tensors by name, so there the names must match too.
     by_name = clf.backend != "python"
     problems: list[str] = []
+    config_outputs = list(clf.output)
+    if not by_name and len(outputs) == len(config_outputs) - 1:
+        # A version exported without class-activation maps under a config that declares
+        # CAMS: the Python backend serves its logits and refuses CAMS requests on their own.
+        config_outputs = [t for t in config_outputs if t.name != CAMS]
+    # EXPLAIN_PIXELS is the Python backend's second name for the ONNX input.
+    config_inputs = [t for t in clf.input if by_name or t.name != EXPLAIN_PIXELS]
     for kind, onnx_side, config_side in (
-        ("input", inputs, list(clf.input)),
-        ("output", outputs, list(clf.output)),
+        ("input", inputs, config_inputs),
+        ("output", outputs, config_outputs),
     ):
         if len(onnx_side) != len(config_side):
             problems.append(

@@ -31,6 +31,11 @@ class ExportError(PlantDxError):
     """Export failed: the model repository was left untouched."""
 
 
+class ExplainUnavailableError(ModelNotFoundError):
+    """Class-activation maps do not apply to this architecture (its head is not global
+    pooling + one linear layer)."""
+
+
 class ParityError(ExportError):
     """The exported model disagrees with PyTorch beyond the allowed tolerance."""
 

@@ -172,6 +172,12 @@ def _die_with_parent() -> None:
     os.setpgrp()
 
 
+def default_models(repository: Path) -> list[str]:
+    """The models a server loads at start: the ensembles the repository has (plantdx first)."""
+    explain = (repository / "plantdx_explain" / "config.pbtxt").is_file()
+    return ["plantdx", *(["plantdx_explain"] if explain else [])]
+
+
 class TritonServer:
     """One tritonserver child process; use as a context manager or call start()/stop()."""
 
@@ -184,7 +190,7 @@ class TritonServer:
         grpc_port: int = 8001,
         metrics_port: int = 8002,
         model_control: str = "explicit",
-        load_models: Sequence[str] = ("plantdx",),
+        load_models: Sequence[str] | None = None,
         admin_key: str | None = None,
         response_cache_bytes: int = 64 * 1024 * 1024,
         log_verbose: int = 0,
@@ -200,7 +206,10 @@ class TritonServer:
         self.grpc_port = grpc_port
         self.metrics_port = metrics_port
         self.model_control = model_control
-        self.load_models = list(load_models)
+        # Default: the `plantdx` ensemble, and `plantdx_explain` when the repository has it.
+        self.load_models = (
+            list(load_models) if load_models is not None else default_models(self.repository)
+        )
         self._admin_key = admin_key
         self.response_cache_bytes = response_cache_bytes
         self.log_verbose = log_verbose

@@ -4,6 +4,7 @@ the ensemble; the per-deployment override; validation of new and pre-decision re
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,8 @@ def _make_pre_decision(repo: Path) -> None:
         (repo / name / "config.pbtxt").write_text(mcfg.to_pbtxt(cfg))
     (repo / "preprocess/1/decision.json").unlink()
     (repo / "postprocess/1/model.py").write_text("# the postprocess of an older plantdx\n")
+    for newer in ("plantdx_explain", "heatmap"):  # explanations came later still
+        shutil.rmtree(repo / newer)
 
 
 def test_repositories_exported_before_decision_rules(

@@ -1,0 +1,109 @@
+"""Explanations in an export: the classifier's class-activation maps as a second ONNX output,
+and the heatmap parity check that gates publication beside the probability parity.
+
+The heatmap compared is the one users see: the top class's map (by the PyTorch logits, so both
+sides show the same class), normalised by `plantdx.heatmap.normalize_heatmap`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from plantdx.exceptions import ParityError
+from plantdx.heatmap import HEATMAP_TOLERANCE, class_heatmaps
+from plantdx.model_repository.names import ONNX_CAMS, ONNX_INPUT, ONNX_OUTPUT
+from plantdx.models.cam import CamModel as CamModel
+from plantdx.models.cam import cam_model, cam_supported
+
+from .onnx import onnx_session
+
+UNAVAILABLE_NOTE = (
+    "explanations are unavailable for architecture {arch}: its head is not global pooling + "
+    "one linear layer, so the classifier was exported without class-activation maps and no "
+    "plantdx_explain ensemble was published"
+)
+TRITON_TARGET_NOTE = (
+    "explanations are exported for --target local only: this version has no "
+    "class-activation maps and no plantdx_explain ensemble was published"
+)
+
+
+@dataclass
+class ExplainPlan:
+    """What the export writes: the module to export, its ONNX outputs, and why there are no
+    maps when there are none."""
+
+    module: nn.Module
+    output_names: tuple[str, ...]
+    note: str | None = None
+
+    @property
+    def cams(self) -> bool:
+        return isinstance(self.module, CamModel)
+
+
+def plan(model: nn.Module, arch: str, *, to: str, target: str = "local") -> ExplainPlan:
+    if (to != "onnx" or target != "local") and cam_supported(arch):
+        return ExplainPlan(model, (ONNX_OUTPUT,), TRITON_TARGET_NOTE)
+    if not cam_supported(arch):
+        return ExplainPlan(model, (ONNX_OUTPUT,), UNAVAILABLE_NOTE.format(arch=arch))
+    return ExplainPlan(cam_model(model, arch).eval(), (ONNX_OUTPUT, ONNX_CAMS))
+
+
+@dataclass
+class HeatmapParityReport:
+    n_images: int
+    max_abs_diff_heatmap: float
+    tolerance: float
+    cam_shape: list[int]
+    source: str
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff_heatmap <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "passed": self.passed}
+
+
+def check_heatmap_parity(
+    model: CamModel,
+    onnx_path: str | Path,
+    batch: np.ndarray,
+    *,
+    source: str,
+    tolerance: float = HEATMAP_TOLERANCE,
+    chunk: int = 16,
+) -> HeatmapParityReport:
+    """PyTorch's and onnxruntime's normalised top-class heatmaps on the same images."""
+    session = onnx_session(onnx_path)
+    worst = 0.0
+    shape: list[int] = []
+    model = model.eval()
+    with torch.no_grad():
+        for i in range(0, len(batch), chunk):
+            x = batch[i : i + chunk]
+            t_logits, t_cams = (t.numpy() for t in model(torch.from_numpy(x)))
+            (o_cams,) = session.run([ONNX_CAMS], {ONNX_INPUT: x})
+            top = t_logits.argmax(axis=1)
+            diff = np.abs(
+                class_heatmaps(t_cams, t_logits, top) - class_heatmaps(o_cams, t_logits, top)
+            )
+            worst = max(worst, float(diff.max()))
+            shape = list(t_cams.shape[1:])
+    return HeatmapParityReport(len(batch), worst, tolerance, shape, source)
+
+
+def require_heatmap_parity(report: HeatmapParityReport) -> None:
+    if not report.passed:
+        raise ParityError(
+            f"ONNX class-activation heatmaps disagree with PyTorch on {report.n_images} images "
+            f"from {report.source}: max |Δ| = {report.max_abs_diff_heatmap:.2e} (limit "
+            f"{report.tolerance:.0e}); nothing was published"
+        )
