@@ -187,7 +187,7 @@ def plot_comparison(d: dict[str, Any], path: str | Path) -> None:
 
     names = [*d["sources"], "all"]
     blocks = [*d["sources"].values(), d["overall"]]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     x = np.arange(len(names))
     width = 0.13
     for j, metric in enumerate(METRICS):
@@ -203,7 +203,7 @@ def plot_comparison(d: dict[str, Any], path: str | Path) -> None:
     axes[0].set_xticks(x, names, rotation=15, fontsize=8)
     axes[0].set_ylim(0, 1)
     axes[0].set_title(f"A = {d['a']['name']}  vs  B = {d['b']['name']}", fontsize=9)
-    axes[0].legend(fontsize=7, ncol=3)
+    axes[0].legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     deltas = sorted(d["per_class_delta"].items(), key=lambda kv: kv[1]["delta"])
     axes[1].barh(
         [k[:30] for k, _ in deltas],
