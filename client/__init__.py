@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .aio import AsyncPlantDxClient
 from .client import PlantDxClient
+from .explain import ExplainOutcome, Explanation
 from .options import ClientOptions
 from .results import ClassScore, Prediction, PredictOutcome, ServerHealth
 
@@ -11,6 +12,8 @@ __all__ = [
     "AsyncPlantDxClient",
     "ClassScore",
     "ClientOptions",
+    "ExplainOutcome",
+    "Explanation",
     "PlantDxClient",
     "PredictOutcome",
     "Prediction",

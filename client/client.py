@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plantdx.exceptions import ClientError, ServerUnavailableError
 
@@ -27,6 +27,9 @@ from .results import (
     to_bytes,
     to_prediction,
 )
+
+if TYPE_CHECKING:
+    from .explain import ExplainOutcome, Explanation
 
 OnResult = Callable[[PredictOutcome], None]
 
@@ -184,6 +187,21 @@ class PlantDxClient(ClientBase):
         result = self._infer_with_decision([data], top_k)
         latency = (time.perf_counter() - start) * 1000
         return to_prediction(result, latency, source_name(image), self.classifier_version())
+
+    def explain(self, image: ImageLike, *, top_k: int = 3) -> Explanation:
+        """Classify one image through `plantdx_explain`: the prediction and the top class's
+        heatmap (ClientError naming the problem when the server has no explanations)."""
+        from .explain import explain
+
+        return explain(self, image, top_k=top_k)
+
+    def explain_many(
+        self, images: Sequence[ImageLike], *, concurrency: int = 4, top_k: int = 3
+    ) -> list[ExplainOutcome]:
+        """Explain many images in input order; a failed image never hides the others."""
+        from .explain import explain_many
+
+        return explain_many(self, images, concurrency=concurrency, top_k=top_k)
 
     def predict_many(
         self,

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from plantdx.exceptions import ClientError
 from plantdx.model_repository.config import CLASSIFIER, ENSEMBLE, PREPROCESS
+from plantdx.model_repository.names import EXPLAIN_ENSEMBLE
 
 Protocol = Literal["http", "grpc"]
 KEY_NAME = "plantdx-key"  # the restricted-API header the server is started with
@@ -167,6 +168,9 @@ class ModelControl:
         if not self._client.is_model_ready(ENSEMBLE):
             self._load(ENSEMBLE)
             steps.append(f"loaded {ENSEMBLE}")
+        if EXPLAIN_ENSEMBLE in {s.name for s in self.status()}:  # explanations, when published
+            self._load(EXPLAIN_ENSEMBLE)
+            steps.append(f"loaded {EXPLAIN_ENSEMBLE}")
         return steps
 
     def pin(self, version: int, model: str = ENSEMBLE) -> list[str]:

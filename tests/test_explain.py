@@ -22,9 +22,9 @@ from plantdx.models.cam import cam_model, cam_supported
 from export_helpers import snapshot, tiny_checkpoint
 
 
-def _identity(name: str, size: int, **kw: object) -> None:
+def _identity(name: str, size: int) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=4, image_size=size, **kw).eval()
+    model = create_model(name, num_classes=4, image_size=size).eval()
     wrapped = cam_model(model, name).eval()
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
@@ -186,3 +186,28 @@ def test_validate_checks_the_explain_ensemble(tmp_path: Path, tiny_ckpt: Path) -
     shutil.copytree(repo, labels)
     (labels / "plantdx_explain/labels.txt").write_text("x\ny\nz\n")
     assert any("labels differ" in p for p in validate_repository(labels))
+
+
+def test_evaluate_explain_writes_overlays_of_mistakes(
+    tmp_path: Path, synth_dir: Path, tiny_ckpt: Path
+) -> None:
+    from PIL import Image
+
+    from plantdx.data import scan_image_folder
+    from plantdx.training import EvaluateConfig, evaluate_checkpoint
+
+    classes = tuple(scan_image_folder(synth_dir).class_names)
+    ckpt = tiny_checkpoint(tmp_path / "synth.pt", classes=classes)
+    report = evaluate_checkpoint(
+        EvaluateConfig(
+            checkpoint=str(ckpt), data=str(synth_dir), out=str(tmp_path / "ev"), explain=3
+        )
+    )
+    assert report["misclassified"], "a random network gets some wrong"
+    written = [Path(p) for p in report["explanations"]]
+    assert len(written) == min(3, len(report["misclassified"]))
+    assert all(p.parent == tmp_path / "ev" / "explanations" for p in written)
+    for p, row in zip(written, report["misclassified"], strict=False):
+        assert Path(row["file"]).stem in p.name
+        with Image.open(p) as img, Image.open(row["file"]) as src:
+            assert img.size[0] == src.size[0]

@@ -36,6 +36,8 @@ class EvaluateConfig:
     # Where report.json and confusion_matrix.png go (default: eval-SPLIT beside the checkpoint).
     out: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Overlays (class-activation heatmaps) of up to this many misclassified photos.
+    explain: int = 0
 
 
 def classification_report(
@@ -258,6 +260,12 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
             report["confusion_matrix"], ckpt.class_names, out / "confusion_matrix.png"
         )
         report["confusion_matrix_png"] = str(out / "confusion_matrix.png")
+        if cfg.explain > 0:
+            from .explain_eval import explain_misclassified
+
+            report["explanations"] = explain_misclassified(
+                model, ckpt, report["misclassified"], out, device, cfg.explain
+            )
     if unknown:
         zu, decoded_u = _logits(model, unknown, ckpt, device, cfg.batch_size)
         skipped += decoded_u.skipped

@@ -91,12 +91,27 @@ def predict(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    explain: Path = typer.Option(
+        None,
+        "--explain",
+        help="Write one PNG per photo into this folder: the photo with its top class's heatmap "
+        "(needs the server's plantdx_explain ensemble).",
+    ),
+    explain_resize: str = typer.Option(
+        "crop",
+        "--explain-resize",
+        help="How the served model made its square input (squash | crop | pad; the model's "
+        "preprocessing.json says): where the heatmap lies on the photo.",
+    ),
 ) -> None:
     """Classify leaf photos; exits non-zero when any image failed, with a reason per file."""
     from rich.console import Console
 
     from plantdx.client import PlantDxClient, PredictOutcome
+    from plantdx.preprocessing import RESIZE_MODES
 
+    if explain_resize not in RESIZE_MODES:
+        raise ConfigError(f"--explain-resize must be one of {list(RESIZE_MODES)}")
     paths, problems = expand_inputs(images)
     outcomes = [PredictOutcome(item, error=reason, kind="io") for item, reason in problems]
     if not paths and not problems:
@@ -112,9 +127,21 @@ def predict(
         ssl=ssl,
         root_certificates=root_certificates,
     ) as client:
-        outcomes += _run(
-            client, paths, concurrency, top_k, progress and len(paths) > PROGRESS_MIN, err
-        )
+        if explain is not None:
+            from .predict_explain import explain_to
+
+            outcomes += explain_to(
+                client,
+                paths,
+                explain,
+                concurrency=concurrency,
+                top_k=top_k,
+                resize=explain_resize,
+            )
+        else:
+            outcomes += _run(
+                client, paths, concurrency, top_k, progress and len(paths) > PROGRESS_MIN, err
+            )
     elapsed = time.perf_counter() - start
     if as_json:
         typer.echo(json.dumps([o.to_dict() for o in outcomes], indent=2))

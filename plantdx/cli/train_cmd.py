@@ -171,6 +171,13 @@ def evaluate(
     ),
     device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    explain: int = typer.Option(
+        0,
+        "--explain",
+        min=0,
+        help="Write heatmap overlays of up to N misclassified photos (explanations/ beside "
+        "the confusion matrix).",
+    ),
 ) -> None:
     """Accuracy, macro-F1, per-class report, confusion matrix and misclassified files."""
     from plantdx.training import EvaluateConfig, evaluate_checkpoint
@@ -186,6 +193,7 @@ def evaluate(
             split=split,
             out=out,
             device=device,
+            explain=explain or None,
         ),
     )
     if cfg.split == "all" and not cfg.data and not cfg.unknown_data:
