@@ -165,6 +165,13 @@ def open_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
 
     Raises PreprocessError with a machine-readable `reason` (one of REJECTION_REASONS).
     """
+    return open_image_sized(data, draft_size=draft_size)[0]
+
+
+def open_image_sized(
+    data: bytes, *, draft_size: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`open_image`, and the photo's upright (width, height) before any draft-mode scaling."""
     if not data:
         raise PreprocessError("empty", "empty input: no bytes were sent")
     if len(data) > MAX_ENCODED_BYTES:
@@ -204,9 +211,12 @@ def open_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
             img.draft("RGB", (draft_size, draft_size))
         img.load()
         # A JPEG without an APP1 block has no orientation: skip parsing EXIF for it.
+        orientation = 1
         if (not jpeg or "exif" in img.info) and img.getexif().get(0x0112, 1) != 1:
+            orientation = img.getexif().get(0x0112, 1)
             img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        upright = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        return _to_rgb(img), upright
     except OSError as exc:
         msg = str(exc)
         reason = (
@@ -254,9 +264,13 @@ class Preprocessor:
 
     def decode(self, data: bytes) -> np.ndarray:
         """Encoded bytes → uint8 HWC array at the model's size (raises PreprocessError)."""
-        img = open_image(data, draft_size=self.meta.image_size)
+        return self.decode_sized(data)[0]
+
+    def decode_sized(self, data: bytes) -> tuple[np.ndarray, tuple[int, int]]:
+        """`decode`, and the photo's original upright (width, height)."""
+        img, size = open_image_sized(data, draft_size=self.meta.image_size)
         try:
-            return self.resize(img)
+            return self.resize(img), size
         except Exception as exc:
             raise PreprocessError("truncated", f"image could not be decoded: {exc}") from exc
 
@@ -268,16 +282,21 @@ class Preprocessor:
         return self.normalize(np.asarray(image, dtype=np.uint8))
 
     def decode_batch(
-        self, images: Sequence[bytes]
+        self, images: Sequence[bytes], sizes: list[tuple[int, int]] | None = None
     ) -> tuple[np.ndarray, list[PreprocessError | None]]:
         """Decode every image into one uint8 NHWC buffer; each bad image leaves its row zero
         and its PreprocessError in the list (None for the good ones), so one bad image never
-        stops the others."""
+        stops the others. `sizes`, when given, receives each photo's original upright
+        (width, height), (0, 0) for a bad one."""
         pixels = np.zeros((len(images), *self.size, 3), dtype=np.uint8)
         errors: list[PreprocessError | None] = [None] * len(images)
+        if sizes is not None:
+            sizes[:] = [(0, 0)] * len(images)
         for i, data in enumerate(images):
             try:
-                pixels[i] = self.decode(bytes(data))
+                pixels[i], size = self.decode_sized(bytes(data))
+                if sizes is not None:
+                    sizes[i] = size
             except PreprocessError as exc:
                 errors[i] = exc
             except Exception as exc:  # an unexpected decoder failure is still this image's

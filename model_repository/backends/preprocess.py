@@ -9,18 +9,24 @@ exported beside this version (`decision.json`; the identity rule when absent), w
 postprocess applies, and this version's number, which labels the postprocess's metrics: the
 rule and the version travel with the item through the ensemble. (Versions exported before the
 version was sent emit [temperature, threshold]; the postprocess accepts both.)
+
+Every decoded photo's image statistics (`plantdx.imagestats`, on the pixels sent on) are
+observed in one histogram each, `plantdx_image_<statistic>{model, version}`: the live side of
+drift monitoring, compared with the reference exported beside the classifier version.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import PreprocessError
+from plantdx.imagestats import EDGES, METRIC_PREFIX, image_stats
 from plantdx.preprocessing import META_FILENAME, REJECTION_REASONS, PreprocessMeta, Preprocessor
 
 # What CALIBRATION holds per item; the postprocess reads the marker to tell this model.py from
@@ -55,6 +61,17 @@ class TritonPythonModel:
             )
             for reason in REJECTION_REASONS
         }
+        # Drift inputs: one histogram per image statistic, made at this version's first image.
+        self.stat_labels = {"model": args["model_name"], "version": version}
+        self.stat_families = {
+            name: pb_utils.MetricFamily(
+                name=f"{METRIC_PREFIX}{name}",
+                description=f"Image statistic '{name}' of every decoded served photo",
+                kind=pb_utils.MetricFamily.HISTOGRAM,
+            )
+            for name in EDGES
+        }
+        self.stat_metrics: dict[str, Any] = {}
 
     def execute(self, requests: list) -> list:
         try:
@@ -63,7 +80,8 @@ class TritonPythonModel:
                 for r in requests
             ]
             images = [bytes(data) for batch in batches for data in batch]
-            pixels, errors = self.preprocessor.decode_batch(images)
+            sizes: list[tuple[int, int]] = []
+            pixels, errors = self.preprocessor.decode_batch(images, sizes)
             normalized = self.preprocessor.normalize.batch(pixels)
         except Exception as exc:  # nothing decodable: every request gets the reason, none hangs
             error = pb_utils.TritonError(f"preprocessing failed: {exc}")
@@ -74,7 +92,29 @@ class TritonPythonModel:
             end = start + len(batch)
             responses.append(self._response(normalized[start:end], errors[start:end]))
             start = end
+        self._observe_stats(pixels, errors, sizes)
         return responses
+
+    def _observe_stats(self, pixels: np.ndarray, errors: list, sizes: list) -> None:
+        """The image statistics of every decoded photo; a photo whose statistics fail is left
+        out of the histograms, and its request is answered as usual."""
+        if not self.stat_metrics:
+            try:
+                self.stat_metrics = {
+                    name: family.Metric(labels=self.stat_labels, buckets=list(EDGES[name]))
+                    for name, family in self.stat_families.items()
+                }
+            except Exception:
+                return
+        for i, error in enumerate(errors):
+            if error is not None:
+                continue
+            try:
+                stats = image_stats(pixels[i], sizes[i]).to_dict()
+            except Exception:
+                continue
+            for name, metric in self.stat_metrics.items():
+                metric.observe(stats[name])
 
     def _response(self, pixels: np.ndarray, errors: list[PreprocessError | None]) -> object:
         bad = [(i, e) for i, e in enumerate(errors) if e is not None]
