@@ -253,6 +253,11 @@ def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig
     cfg = mc.ModelConfig(name=POSTPROCESS, backend="python")
     cfg.input.append(mc.ModelInput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[num_classes]))
     cfg.input.append(mc.ModelInput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[-1]))
+    # The photo's bytes, read only when capture is on (plantdx.capture); optional, since
+    # plantdx_explain does not send them.
+    cfg.input.append(
+        mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1], optional=True)
+    )
     cfg.output.append(
         mc.ModelOutput(name=ENSEMBLE_OUTPUT, data_type=mc.TYPE_FP32, dims=[num_classes])
     )
@@ -301,6 +306,7 @@ def ensemble_config(
     post = steps.add(model_name=POSTPROCESS, model_version=-1)
     post.input_map[LOGITS] = "logits"
     post.input_map[CALIBRATION] = "calibration"
+    post.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT  # for capture
     post.output_map[ENSEMBLE_OUTPUT] = ENSEMBLE_OUTPUT
     post.output_map[DECISION] = DECISION
     return cfg

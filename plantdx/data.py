@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from plantdx.decision import UNCERTAIN
 from plantdx.exceptions import DatasetError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -94,6 +95,16 @@ def scan_image_folder(root: str | Path, *, min_classes: int = 2) -> ImageFolder:
         (d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
         key=lambda d: d.name,
     )
+    if any(d.name == UNCERTAIN for d in class_dirs):
+        # `plantdx feedback export` puts the photos the model abstained on there: they are
+        # to be sorted into real classes, never learnt as a class of their own.
+        left = [p for p in (root / UNCERTAIN).rglob("*") if is_image_file(p)]
+        if left:
+            raise DatasetError(
+                f"{root / UNCERTAIN} still holds {len(left)} photo(s): move each into its true "
+                f"class folder (or delete it) before training; '{UNCERTAIN}' is not a class"
+            )
+        class_dirs = [d for d in class_dirs if d.name != UNCERTAIN]
     if len(class_dirs) < min_classes:
         raise DatasetError(
             f"{root} has {len(class_dirs)} class folder(s); at least {min_classes} are needed "

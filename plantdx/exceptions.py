@@ -86,3 +86,7 @@ class InvalidImageError(ClientError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class CaptureError(PlantDxError):
+    """A capture destination or a captured file cannot be used."""

@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,7 @@ class TritonServer:
         exit_timeout_s: int = 30,
         restart_dead_stubs: bool = True,
         gpu_metrics: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.host = host
@@ -220,6 +221,9 @@ class TritonServer:
         self._log_handle: object | None = None
         self.restart_dead_stubs = restart_dead_stubs
         self.gpu_metrics = gpu_metrics
+        # Added to the server's environment, which the Python-backend stubs inherit
+        # (the capture settings, plantdx.capture).
+        self.env = dict(env or {})
         # A command line supervised as given (see `wrapping`): binary and flags.
         self._wrapped: list[str] | None = None
         self._own_log: Path | None = None  # a log kept for error messages when none was asked
@@ -354,7 +358,7 @@ class TritonServer:
         self._log_handle = out
         self._proc = subprocess.Popen(
             self.command(),
-            env=server_env() if self._wrapped is None else None,
+            env={**server_env(), **self.env} if self._wrapped is None else None,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             preexec_fn=_die_with_parent,

@@ -13,6 +13,11 @@ repository location) and adds what `plantdx serve` adds locally: the stub watchd
 reloads a model whose stub died, and on SIGTERM a drain (the startup models are unloaded, the
 requests inside them finish) before Triton is stopped. It needs only the standard library and
 the plantdx package, so it runs in the serving image. Its exit code is Triton's.
+
+Capture for relabelling is configured by environment variables, which Triton's stubs inherit:
+PLANTDX_CAPTURE (a folder or s3://BUCKET/PREFIX; unset: off), PLANTDX_CAPTURE_RATE,
+PLANTDX_CAPTURE_LOW_CONFIDENCE, PLANTDX_CAPTURE_MAX_MB, PLANTDX_CAPTURE_MAX_PER_S,
+PLANTDX_CAPTURE_STRIP_EXIF (1/0), PLANTDX_S3_ENDPOINT; they are checked before Triton starts.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from plantdx.exceptions import ServerError
+from plantdx.capture import CaptureSettings
+from plantdx.exceptions import PlantDxError, ServerError
 
 from .server import TritonServer
 
@@ -50,6 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command or command[0].startswith("-"):
         parser.error("give the server's command line after --, e.g. -- tritonserver --model-...")
     logging.basicConfig(level=logging.INFO, format="plantdx-supervise: %(message)s")
+    try:
+        capture = CaptureSettings.from_env()
+    except PlantDxError as exc:
+        log.error("%s", exc)
+        return 2
+    if capture is not None:
+        log.info("%s", capture.describe())
 
     server = TritonServer.wrapping(command[0], command[1:])
     stop = threading.Event()

@@ -17,6 +17,11 @@ the same version. A version exported before that sends [temperature, threshold] 
 recognised by its decision rule among such versions in the repository (`preprocess/N/`), and
 labelled "unknown" when the rule does not single it out. Counters are incremented once per
 (version, class) per execute(); the histogram observes each image.
+
+Capture for relabelling (`plantdx.capture`, off unless the server's environment sets
+PLANTDX_CAPTURE): the ensemble also feeds the photo's bytes (optional input IMAGE), and the
+answers chosen for capture are queued for a background writer; `plantdx_captures_total`
+counts their outcomes. The request path never waits on the writer.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from plantdx.capture.hook import METRIC_HELP, METRIC_NAME, CaptureHook
 from plantdx.decision import DECISION_FILENAME, UNCERTAIN, DecisionRule, parse_threshold
 
 CONFIDENCE_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 IDENTITY = (1.0, 0.0)
 UNKNOWN_VERSION = "unknown"
 SENDS_VERSION_MARKER = b"CALIBRATION_FIELDS"  # in preprocess model.py files that send it
+IMAGE = "IMAGE"  # the photo's bytes, for capture (optional: configs before capture lack it)
 
 
 def abstain_threshold(params: dict) -> float | None:
@@ -105,6 +112,19 @@ class TritonPythonModel:
         self.per_class: dict[tuple[str, int], Any] = {}
         self.confidence: dict[str, Any] = {}
         self.abstentions: dict[str, Any] = {}
+        self.image_name = IMAGE if IMAGE in inputs else None
+        self.capture: CaptureHook | None = None
+        if self.image_name:
+            self.capture_family = pb_utils.MetricFamily(
+                name=METRIC_NAME, description=METRIC_HELP, kind=pb_utils.MetricFamily.COUNTER
+            )
+            self.capture = CaptureHook.from_env(
+                lambda labels: self.capture_family.Metric(labels=labels)
+            )
+
+    def finalize(self) -> None:
+        if self.capture is not None:
+            self.capture.close()
 
     def _labels(self, version: str, **extra: str) -> dict[str, str]:
         return {"model": "plantdx", "version": version, **extra}
@@ -185,9 +205,32 @@ class TritonPythonModel:
         for version, n in abstained.items():
             self._count_abstentions(version, n)
 
+    def _capture(
+        self,
+        request: Any,
+        tops: np.ndarray,
+        confidences: list[float],
+        decisions: list[str],
+        versions: list[str],
+    ) -> None:
+        """Offer this request's answers for capture; never fails the request."""
+
+        def images() -> list[bytes] | None:
+            tensor = pb_utils.get_input_tensor_by_name(request, self.image_name)
+            return None if tensor is None else [bytes(x) for x in tensor.as_numpy().reshape(-1)]
+
+        assert self.capture is not None
+        try:
+            labels = [self.labels[t] if t < len(self.labels) else str(t) for t in tops]
+            self.capture.after(images, labels, confidences, decisions, versions)
+        except Exception as exc:  # capture is best-effort
+            pb_utils.Logger.log_warn(f"capture skipped: {exc}")
+
     def execute(self, requests: list) -> list:
         responses = []
         seen: list[tuple[str, int, float, bool]] = []  # version, top class, confidence, abstained
+        if self.capture is not None:
+            self.capture.publish()
         for request in requests:
             try:
                 logits = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
@@ -206,6 +249,8 @@ class TritonPythonModel:
                 (v, int(t), c, d == UNCERTAIN)
                 for v, t, c, d in zip(versions, tops, confidences, decisions, strict=True)
             )
+            if self.capture is not None:
+                self._capture(request, tops, confidences, decisions, versions)
             outputs = [pb_utils.Tensor(self.output_name, probs)]
             if self.decision_name:
                 answer = np.array([[d.encode()] for d in decisions], dtype=np.object_)

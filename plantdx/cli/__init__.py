@@ -16,6 +16,7 @@ from . import (
     data,
     demo,
     export_cmd,
+    feedback,
     models_cmd,
     predict,
     repo,
@@ -36,6 +37,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(repo.app, name="repo")
 app.add_typer(models_cmd.app, name="models")
+app.add_typer(feedback.app, name="feedback")
 bench.register_all()
 app.add_typer(bench.app, name="bench")
 train_cmd.register(app)

@@ -29,13 +29,51 @@ def serve(
         help="Triton's response cache (answers repeated images without running the model); "
         "turn it off to benchmark real work.",
     ),
+    capture: str = typer.Option(
+        None,
+        "--capture",
+        help="Keep served photos for relabelling in this folder or s3://BUCKET/PREFIX "
+        "(off by default; README: capture for relabelling).",
+    ),
+    capture_rate: float = typer.Option(
+        0.01, "--capture-rate", help="Share of ordinary answers captured (0..1)."
+    ),
+    capture_low_confidence: float = typer.Option(
+        0.5,
+        "--capture-low-confidence",
+        help="Answers whose top-1 probability is under this are always captured (as are "
+        "abstained ones).",
+    ),
+    capture_max_mb: float = typer.Option(
+        1024.0, "--capture-max-mb", help="Size cap of the capture (what is there counts)."
+    ),
+    capture_max_per_s: float = typer.Option(
+        20.0, "--capture-max-per-s", help="At most this many captures per second (0: no cap)."
+    ),
+    capture_strip_exif: bool = typer.Option(
+        True,
+        "--capture-strip-exif/--capture-keep-exif",
+        help="Remove EXIF (GPS, camera), XMP and comments from captured photos.",
+    ),
 ) -> None:
     """Run Triton on REPOSITORY until Ctrl-C or SIGTERM; the server never outlives this command."""
+    from plantdx.capture import CaptureSettings
+    from plantdx.capture.settings import ENV_DESTINATION
     from plantdx.exceptions import ServerError
     from plantdx.serving import TritonServer
 
     key = os.environ.get(admin_key_env) or None
     cache: dict[str, int] = {} if response_cache else {"response_cache_bytes": 0}
+    settings = None
+    if capture:
+        settings = CaptureSettings(
+            destination=capture,
+            rate=capture_rate,
+            low_confidence=capture_low_confidence,
+            max_mb=capture_max_mb,
+            max_per_s=capture_max_per_s,
+            strip_exif=capture_strip_exif,
+        ).resolved()
     server = TritonServer(
         repository=repository,
         host=host,
@@ -44,6 +82,7 @@ def serve(
         metrics_port=metrics_port,
         admin_key=key,
         log_file=log_file,
+        env=settings.to_env() if settings else {ENV_DESTINATION: ""},  # off unless asked
         **cache,
     )
     stop = threading.Event()
@@ -66,6 +105,8 @@ def serve(
         f"plantdx is ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}"
     )
     typer.echo(f"  metrics  {server.metrics_url}")
+    if settings:
+        typer.echo(f"  {settings.describe()}")
     if key:
         typer.echo(f"  model control: protected; send header plantdx-key from ${admin_key_env}")
     else:

@@ -1,0 +1,47 @@
+"""Photos and captures for the capture and feedback tests."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image
+
+
+def photo(seed: int, *, size: int = 64, fmt: str = "JPEG", exif: Image.Exif | None = None) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    kwargs = {"exif": exif} if exif is not None else {}
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def gps_exif(orientation: int = 1) -> Image.Exif:
+    """EXIF with a camera make, a GPS position and an orientation."""
+    exif = Image.Exif()
+    exif[0x010F] = "LeafCam"  # Make
+    exif[0x0112] = orientation
+    gps = exif.get_ifd(0x8825)
+    gps[1] = "N"
+    gps[2] = (48.0, 51.0, 24.0)
+    gps[3] = "E"
+    gps[4] = (2.0, 21.0, 3.0)
+    return exif
+
+
+def capture(data: bytes, **kw: object) -> object:
+    from plantdx.capture.writer import Capture
+
+    fields: dict[str, object] = {
+        "data": data,
+        "when": datetime(2025, 6, 1, 10, 15, 0, tzinfo=timezone.utc),
+        "version": "1",
+        "prediction": "rust",
+        "confidence": 0.3,
+        "decision": "uncertain",
+        "reason": "abstained",
+    }
+    fields.update(kw)
+    return Capture(**fields)  # type: ignore[arg-type]
