@@ -1,8 +1,9 @@
 """MLflow for one training run: parameters, per-epoch metrics, artifacts, the Model Registry.
 
 The store is `plantdx.tracking.tracking_uri()`: MLFLOW_TRACKING_URI, else `mlflow.db` (SQLite,
-registry included) in the working directory. The registered version's source is the run's
-`checkpoint/` artifact folder, so `plantdx export models:/plantdx/3` (or `@alias`) works.
+registry included) in the working directory. The registered version is an MLflow model
+(`mlflow_model.py`: pyfunc, with the checkpoint as its artifact), so `mlflow models serve`
+answers and `plantdx export models:/plantdx/3` (or `@alias`) finds the checkpoint.
 """
 
 from __future__ import annotations
@@ -118,20 +119,25 @@ class RunTracker:
                 self.mlflow.log_artifact(str(run_dir / name))
         self.mlflow.log_artifact(str(run_dir / "best.pt"), artifact_path="checkpoint")
         if self.cfg.register:
-            self.register(self.cfg.register_as or DEFAULT_MODEL_NAME, metrics)
+            self.register(self.cfg.register_as or DEFAULT_MODEL_NAME, metrics, run_dir / "best.pt")
         self.mlflow.end_run()
 
-    def register(self, name: str, metrics: dict[str, Any]) -> None:
-        """A registry version whose source is the checkpoint folder, tagged with data and scores."""
+    def register(self, name: str, metrics: dict[str, Any], checkpoint: Path) -> None:
+        """A registry version that is an MLflow model (pyfunc, with signature and input example,
+        the checkpoint as its artifact), tagged with data and scores."""
         from mlflow.exceptions import MlflowException
 
+        from .mlflow_model import log_model
+
+        info = log_model(self.mlflow, checkpoint)
         client = self.mlflow.MlflowClient()
         with contextlib.suppress(MlflowException):  # already registered
             client.create_registered_model(name)
         tags = {k: str(v) for k, v in metrics.items() if isinstance(v, int | float | str)}
         tags["data_sha256"] = self.data_hash
-        source = f"{self.run.info.artifact_uri}/checkpoint"
-        version = client.create_model_version(name, source, run_id=self.run_id, tags=tags)
+        version = client.create_model_version(
+            name, info.model_uri, run_id=self.run_id, tags=tags, model_id=info.model_id
+        )
         if self.cfg.register_alias:
             client.set_registered_model_alias(name, self.cfg.register_alias, version.version)
         self.registered = f"models:/{name}/{version.version}"
