@@ -30,6 +30,7 @@ from plantdx.model_repository.repository import (
     publish_version,
     write_json,
 )
+from plantdx.reference import REFERENCE_FILENAME
 
 from . import explain as explain_export
 from . import tensorrt as trt_export
@@ -42,6 +43,7 @@ from .onnx import (
     simplify_onnx,
 )
 from .provenance import provenance as make_provenance
+from .reference import export_reference
 from .sources import SYNTHETIC_CHECK, check_images, resolve_source, spread
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,8 @@ class ExportConfig:
     # Parity (ONNX vs PyTorch) on real images: --check-data, else the run's test split.
     check_data: str | None = None
     check_images: int = 64
+    # The drift reference (reference.json): at most this many training and validation photos.
+    reference_photos: int = 200
     max_abs_diff: float = 1e-4
     min_top1_agreement: float = 1.0
     # Precision gate (TensorRT plan vs FP32 ONNX) on up to gate_images of the same images.
@@ -242,11 +246,18 @@ def export(cfg: ExportConfig) -> ExportResult:
         provenance["decision"] = decision.to_dict()
         parity_doc = provenance["parity"] = {**report.to_dict(), "heatmap": heatmap_doc}
         provenance["explain"] = {"heatmap_parity": heatmap_doc, "note": explained.note}
+        reference, provenance["reference"] = export_reference(
+            ckpt, decision, onnx_path, cfg.check_data, source_path, cfg.reference_photos
+        )
+        if reference is None:
+            notes.append(str(provenance["reference"]["note"]))
         published: dict[str, Any] = {}
 
         def write_files(staged: StagedVersion) -> None:
             shutil.copyfile(onnx_path, staged.dir / "model.onnx")
             write_json(staged.dir / PARITY_FILENAME, parity_doc)
+            if reference is not None:
+                reference.save(staged.dir / REFERENCE_FILENAME)
             if trt_build is not None:
                 published.update(_write_plans(staged, trt_build, cfg, trt, gpu))
 

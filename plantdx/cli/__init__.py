@@ -15,6 +15,7 @@ from . import (
     compare_cmd,
     data,
     demo,
+    drift_cmd,
     export_cmd,
     feedback,
     models_cmd,
@@ -46,6 +47,7 @@ serve.register(app)
 predict.register(app)
 compare_cmd.register(app)
 demo.register(app)
+drift_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,87 @@
+"""`plantdx drift`: captured photos against each version's reference; `plantdx drift rules`:
+the references as Prometheus rules for the drift alerts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help=(
+        "Drift: compare captured photos and answers with the reference each version was "
+        "exported with (PSI per statistic), or write the references as Prometheus rules."
+    ),
+    invoke_without_command=True,
+)
+
+_REPO = typer.Option(None, "--repository", help="The model repository (reference.json files).")
+
+
+@app.callback()
+def check(
+    ctx: typer.Context,
+    repository: Path = _REPO,
+    capture: Path = typer.Option(
+        None, "--capture", help="A capture folder (plantdx serve --capture)."
+    ),
+    out: Path = typer.Option(
+        Path("drift-report"), "--out", help="Folder for one PNG per version and statistic."
+    ),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Write no PNG."),
+    reasons: str = typer.Option(
+        "sampled",
+        "--reasons",
+        help="Which captures count, by sidecar reason: sampled (default: the random sample), "
+        "abstained, low_confidence; comma-separated.",
+    ),
+    fail_on_drift: bool = typer.Option(
+        False, "--fail-on-drift", help="Exit with code 3 when any statistic drifted."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """`plantdx drift --repository REPO --capture DIR`: per version found in the capture, PSI of
+    each image statistic, the confidence and the classes against the version's reference, the
+    abstention share, and a verdict (ok / drift, the thresholds of the alerts)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from plantdx.drift.offline import DriftConfig, drift, render_table
+
+    cfg = DriftConfig(
+        repository=str(repository or ""),
+        capture=str(capture or ""),
+        out=None if no_plots else str(out),
+        reasons=tuple(r.strip() for r in reasons.split(",") if r.strip()),
+    )
+    report = drift(cfg)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_table(report))
+    if fail_on_drift and report.drift:
+        raise typer.Exit(3)
+
+
+@app.command("rules")
+def rules(
+    repository: Path = typer.Option(..., "--repository", help="The model repository."),
+    out: Path = typer.Option(None, "--out", help="Write the rules here (default: print them)."),
+    kubernetes: bool = typer.Option(
+        False, "--kubernetes", help="A PrometheusRule manifest instead of a rule file."
+    ),
+) -> None:
+    """Every version's reference shares as constant Prometheus series
+    (plantdx:reference_share, plantdx:reference_abstention_share), read by the plantdx.drift
+    rules. Regenerate after every export."""
+    from plantdx.drift.rules import rules_text
+
+    text, missing = rules_text(repository, kubernetes=kubernetes)
+    if out:
+        out.write_text(text)
+        typer.echo(f"wrote {out}", err=True)
+    else:
+        typer.echo(text, nl=False)
+    if missing:
+        typer.echo(f"versions without a reference (left out): {', '.join(missing)}", err=True)
+
+
+def register(parent: typer.Typer) -> None:
+    parent.add_typer(app, name="drift")
