@@ -1,6 +1,7 @@
 """Run a tritonserver command line under supervision: the container entrypoint of plantdx.
 
-    python3 -m plantdx.serving.supervise [--startup-timeout S] -- tritonserver FLAGS...
+    python3 -m plantdx.serving.supervise [--startup-timeout S] [--served-version N] \
+        -- tritonserver FLAGS...
 
 Triton 2.51 on its own leaves two gaps a deployment would meet:
 
@@ -13,6 +14,11 @@ repository location) and adds what `plantdx serve` adds locally: the stub watchd
 reloads a model whose stub died, and on SIGTERM a drain (the startup models are unloaded, the
 requests inside them finish) before Triton is stopped. It needs only the standard library and
 the plantdx package, so it runs in the serving image. Its exit code is Triton's.
+
+`--served-version N` (default: the environment variable PLANTDX_SERVED_VERSION; empty follows
+the repository's version policy) serves version N of preprocess and classifier and nothing else
+(serving/served_version.py): every pod started with it serves N, after every restart, and is
+ready only once N is loaded.
 
 Capture for relabelling is configured by environment variables, which Triton's stubs inherit:
 PLANTDX_CAPTURE (a folder or s3://BUCKET/PREFIX; unset: off), PLANTDX_CAPTURE_RATE,
@@ -32,6 +38,7 @@ from collections.abc import Sequence
 from plantdx.capture import CaptureSettings
 from plantdx.exceptions import PlantDxError, ServerError
 
+from . import served_version
 from .server import TritonServer
 
 log = logging.getLogger("plantdx.supervise")
@@ -49,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds to wait for the startup models (downloads, TensorRT engines)",
     )
     parser.add_argument(
+        "--served-version",
+        default=None,
+        help="serve only this version of preprocess and classifier (default: "
+        f"${served_version.ENV_VAR}; empty: the repository's version policy)",
+    )
+    parser.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- then the tritonserver binary and its flags"
     )
     args = parser.parse_args(argv)
@@ -63,7 +76,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if capture is not None:
         log.info("%s", capture.describe())
+    try:
+        pinned, command = served_version.pinned_command(args.served_version, command)
+    except ServerError as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        return _run(command, args.startup_timeout, pinned)
+    finally:
+        served_version.remove_view(command)
 
+
+def _run(command: list[str], startup_timeout: float, pinned: int | None) -> int:
     server = TritonServer.wrapping(command[0], command[1:])
     stop = threading.Event()
 
@@ -76,9 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, on_signal)
     wait_for = server.load_models[0] if len(server.load_models) == 1 else None
     try:
-        server.start(timeout_s=args.startup_timeout, wait_for=wait_for)
+        server.start(timeout_s=startup_timeout, wait_for=wait_for)
+        if pinned is not None:
+            served_version.check_served(server, pinned)
     except ServerError as exc:
         log.error("%s", exc)
+        if server.is_alive():
+            server.stop()
         return 0 if stop.is_set() else 1
     log.info(
         "Triton is ready (pid %s); watching its Python-backend stubs%s",

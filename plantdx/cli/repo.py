@@ -90,3 +90,21 @@ def validate(
         typer.secho(f"{repository}: {len(problems)} problem(s)", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
     typer.echo(f"{repository}: ok")
+
+
+@app.command()
+def pin(
+    repository: Path = typer.Argument(..., help="Model repository directory."),
+    version: int = typer.Argument(..., min=1, help="The version to serve."),
+) -> None:
+    """Make VERSION the one version of preprocess and classifier that REPOSITORY serves.
+
+    Writes `version_policy specific [VERSION]` into both configs (checked, all or nothing):
+    every server started on the repository from now on serves that version, until the next
+    export or pin. A running server keeps what it loaded until it restarts or reloads.
+    """
+    from plantdx.model_repository.served import pin_served_version, served_by_policy
+
+    pin_served_version(repository, version)
+    served = ", ".join(map(str, served_by_policy(repository)))
+    typer.echo(f"{repository}: a server started on it now serves version {served}")

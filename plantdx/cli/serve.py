@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -28,6 +29,13 @@ def serve(
         "--response-cache/--no-response-cache",
         help="Triton's response cache (answers repeated images without running the model); "
         "turn it off to benchmark real work.",
+    ),
+    served_version: str = typer.Option(
+        None,
+        "--served-version",
+        envvar="PLANTDX_SERVED_VERSION",
+        help="Serve only this version of preprocess and classifier, whatever the repository's "
+        "latest (empty: the repository's version policy).",
     ),
     capture: str = typer.Option(
         None,
@@ -74,8 +82,12 @@ def serve(
             max_per_s=capture_max_per_s,
             strip_exif=capture_strip_exif,
         ).resolved()
+    from plantdx.serving.served_version import build_view, check_served, parse_served_version
+
+    pinned = parse_served_version(served_version)
+    view = build_view(repository, pinned) if pinned is not None else None
     server = TritonServer(
-        repository=repository,
+        repository=view or repository,
         host=host,
         http_port=http_port,
         grpc_port=grpc_port,
@@ -96,7 +108,12 @@ def serve(
     typer.echo(f"starting Triton on {repository} ...", err=True)
     try:
         server.start(timeout_s=timeout)
+        if pinned is not None:
+            check_served(server, pinned)
     except ServerError:
+        server.stop()
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
         if stop.is_set():
             typer.echo("stopped before the server was ready", err=True)
             raise typer.Exit(130) from None
@@ -105,6 +122,8 @@ def serve(
         f"plantdx is ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}"
     )
     typer.echo(f"  metrics  {server.metrics_url}")
+    if pinned is not None:
+        typer.echo(f"  serving  version {pinned} only (--served-version)")
     if settings:
         typer.echo(f"  {settings.describe()}")
     if key:
@@ -121,6 +140,8 @@ def serve(
     finally:
         typer.echo("stopping (finishing in-flight requests) ...", err=True)
         server.stop()
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
 
 
 def register(app: typer.Typer) -> None:
