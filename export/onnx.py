@@ -58,11 +58,31 @@ def export_onnx(
         except Exception as exc:
             raise ExportError(f"ONNX export failed: {exc}") from exc
     proto = onnx.load(str(path))
+    if _fix_output_dims(proto, model, dummy):
+        onnx.save(proto, str(path))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
         raise ExportError(f"exported ONNX fails onnx.checker: {exc}") from exc
     return path
+
+
+def _fix_output_dims(proto: Any, model: nn.Module, dummy: torch.Tensor) -> bool:
+    """Write the outputs' non-batch sizes into the graph where the exporter left them symbolic
+    (class-activation maps behind "same" padding come out [batch, C, ?, ?]): the input size is
+    fixed per export, so they are too, and Triton's config states them."""
+    with torch.no_grad():
+        outs = model(dummy)
+    outs = outs if isinstance(outs, tuple | list) else (outs,)
+    changed = False
+    for out, tensor in zip(proto.graph.output, outs, strict=False):
+        dims = out.type.tensor_type.shape.dim
+        for d, size in zip(list(dims)[1:], tensor.shape[1:], strict=False):
+            if d.dim_value != int(size):
+                d.ClearField("dim_param")
+                d.dim_value = int(size)
+                changed = True
+    return changed
 
 
 @dataclass

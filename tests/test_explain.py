@@ -211,3 +211,27 @@ def test_evaluate_explain_writes_overlays_of_mistakes(
         assert Path(row["file"]).stem in p.name
         with Image.open(p) as img, Image.open(row["file"]) as src:
             assert img.size[0] == src.size[0]
+
+
+def test_efficientnet_lite_export_publishes_static_cam_shape(tmp_path: Path) -> None:
+    """EfficientNet-Lite's "same" padding leaves the exported maps' size symbolic; the export
+    states it (the input size is fixed), so the config and the ONNX file agree and it publishes."""
+    from plantdx.checkpoint import Checkpoint, save_checkpoint
+    from plantdx.models import get_spec, model_kwargs_for_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", num_classes=3, image_size=160)
+    ckpt = Checkpoint(
+        "efficientnet_lite0",
+        ["a", "b", "c"],
+        get_spec("efficientnet_lite0").preprocessing(160),
+        model.state_dict(),
+        model_kwargs_for_checkpoint(model),
+    )
+    path = save_checkpoint(ckpt, tmp_path / "lite0.pt")
+    repo = tmp_path / "repo"
+    result = export(ExportConfig(source=str(path), repository=str(repo), check_images=4))
+    assert result.version == 1 and validate_repository(repo) == []
+    cfg = parse_pbtxt((repo / "classifier" / "config.pbtxt").read_text())
+    cams = next(o for o in cfg.output if o.name == "CAMS")
+    assert list(cams.dims) == [3, 5, 5]
