@@ -109,6 +109,14 @@ GPU_ONLY_METRICS = frozenset(
         "nv_gpu_power_usage",
     }
 )
+DRIFT_STATISTICS = (
+    "brightness",
+    "colourfulness",
+    "sharpness",
+    "green_fraction",
+    "megapixels",
+    "aspect_ratio",
+)
 # Exported by the preprocess/postprocess Python backends through Triton's custom metrics
 # (model_repository/backends): three counters and the calibrated top-1 confidence histogram
 # `plantdx_prediction_confidence` (buckets 0.1 ... 0.99 in the `le` label).
@@ -120,8 +128,18 @@ PLANTDX_METRICS = frozenset(
         "plantdx_prediction_confidence_count",
         "plantdx_prediction_confidence_sum",
         "plantdx_preprocess_rejections_total",
+        # The preprocess's image-statistic histograms (plantdx.imagestats), the live side of
+        # the drift rules.
+        *(
+            f"plantdx_image_{stat}_{suffix}"
+            for stat in DRIFT_STATISTICS
+            for suffix in ("bucket", "count", "sum")
+        ),
     }
 )
+# Written by `plantdx drift rules` from the repository's reference.json files (constant
+# series loaded beside the rules), not by Triton: the drift rules compare with them.
+REFERENCE_METRICS = frozenset({"plantdx:reference_share", "plantdx:reference_abstention_share"})
 # Series that do not come from Triton, used only by alerts: `up` is written by Prometheus for
 # every target, kube_deployment_* by kube-state-metrics (part of kube-prometheus-stack).
 PLATFORM_METRICS = frozenset(
@@ -157,6 +175,9 @@ MANIFEST_METRICS = frozenset(
         "plantdx_prediction_confidence_count",
         "plantdx_preprocess_rejections_total",
         "plantdx_abstentions_total",
+        *(f"plantdx_image_{stat}_bucket" for stat in DRIFT_STATISTICS),
+        "plantdx:reference_share",
+        "plantdx:reference_abstention_share",
         "up",
         "kube_deployment_spec_replicas",
         "kube_deployment_status_replicas_available",
@@ -164,7 +185,7 @@ MANIFEST_METRICS = frozenset(
 )
 # Everything a Triton /metrics scrape can contain that the manifests may use.
 SCRAPED_METRICS = TRITON_METRICS | GPU_ONLY_METRICS | PLANTDX_METRICS
-KNOWN_METRICS = SCRAPED_METRICS | PLATFORM_METRICS
+KNOWN_METRICS = SCRAPED_METRICS | PLATFORM_METRICS | REFERENCE_METRICS
 
 _PROMQL_KEYWORDS = frozenset(
     {
@@ -1466,7 +1487,7 @@ def test_metric_names_exist_in_live_scrape(
     scraped = scrape_metric_names(triton_metrics_text)
     assert "nv_inference_request_success" in scraped, "not a Triton scrape"
     used = manifest_metric_names(renders["overlays/gpu"], dashboard)
-    missing = sorted(used - scraped - GPU_ONLY_METRICS - PLATFORM_METRICS)
+    missing = sorted(used - scraped - GPU_ONLY_METRICS - PLATFORM_METRICS - REFERENCE_METRICS)
     assert not missing, f"used by the manifests but absent from a live Triton scrape: {missing}"
     assert 'model="plantdx"' in triton_metrics_text
     assert 'quantile="0.99"' in triton_metrics_text
