@@ -7,8 +7,11 @@ down by 1/2, 1/4 or 1/8 while decoding) whenever the photo is at least twice the
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -160,6 +163,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# The first bytes of every format PIL is asked to decode here; anything else may be base64.
+_MAGIC = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+_BASE64_HEAD = re.compile(rb"^(data:image/[\w.+-]+;base64,)?[A-Za-z0-9+/]{16}")
+
+
+def from_base64(data: bytes) -> bytes:
+    """The photo's bytes when `data` is its base64 text (optionally a `data:image/...;base64,`
+    URI), as a JSON request from curl sends it; otherwise `data` unchanged."""
+    if data.startswith(_MAGIC):
+        return data
+    head = _BASE64_HEAD.match(data[:80])
+    if head is None:
+        return data
+    if len(data) > MAX_ENCODED_BYTES * 4 // 3 + 128:
+        raise PreprocessError(
+            "too_large",
+            f"base64 image text is {len(data) / 2**20:.1f} MiB; the limit is "
+            f"{MAX_ENCODED_BYTES / 2**20:.0f} MiB of image bytes",
+        )
+    try:
+        start = head.end(1) if head.group(1) else 0
+        decoded = base64.b64decode(b"".join(data[start:].split()), validate=True)
+    except (binascii.Error, ValueError):
+        return data
+    return decoded if decoded.startswith(_MAGIC) else data
+
+
 def open_image(data: bytes, *, draft_size: int | None = None) -> Image.Image:
     """Decode encoded bytes into an upright RGB image, enforcing every input limit.
 
@@ -174,6 +204,7 @@ def open_image_sized(
     """`open_image`, and the photo's upright (width, height) before any draft-mode scaling."""
     if not data:
         raise PreprocessError("empty", "empty input: no bytes were sent")
+    data = from_base64(data)
     if len(data) > MAX_ENCODED_BYTES:
         raise PreprocessError(
             "too_large",
