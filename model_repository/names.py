@@ -42,3 +42,5 @@ HEATMAP = "HEATMAP"
 CLASS_INDEX = "CLASS"
 # The second ensemble: IMAGE → preprocess → classifier → {postprocess, heatmap}.
 EXPLAIN_ENSEMBLE = "plantdx_explain"
+# Preprocess config parameter: the share of photos whose image statistics are observed.
+DRIFT_SAMPLE_RATE = "drift_sample_rate"

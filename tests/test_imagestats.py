@@ -235,3 +235,24 @@ def test_preprocess_observes_every_decoded_photo_per_version(
     (again,) = model.execute([_request(_png(photo))])  # answered; just not observed
     assert again.error is None and again.outputs["PIXELS"].shape == (1, 3, 64, 64)
     assert len(model.stat_metrics["brightness"].observed) == 3
+
+
+def test_preprocess_observes_a_sample_when_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`drift_sample_rate` 0 observes no photo (and costs none); the exported default samples."""
+    from plantdx.model_repository.config import ServingOptions, preprocess_config
+
+    cfg = preprocess_config(64, ServingOptions())
+    assert float(cfg.parameters["drift_sample_rate"].string_value) == 0.25
+    module, model = _preprocess(tmp_path, monkeypatch)
+    model.sample_rate = 0.0
+    photo = _png(_noise(size=120))
+    (ok,) = model.execute([_request(photo, photo, photo)])
+    assert ok.error is None
+    assert all(len(m.observed) == 0 for m in model.stat_metrics.values())
+    model.sample_rate = 0.5
+    for _ in range(20):
+        model.execute([_request(photo, photo, photo, photo, photo)])
+    seen = len(model.stat_metrics["brightness"].observed)
+    assert 20 < seen < 80  # about half of 100

@@ -10,8 +10,8 @@ postprocess applies, and this version's number, which labels the postprocess's m
 rule and the version travel with the item through the ensemble. (Versions exported before the
 version was sent emit [temperature, threshold]; the postprocess accepts both.)
 
-Every decoded photo's image statistics (`plantdx.imagestats`, on the pixels sent on) are
-observed in one histogram each, `plantdx_image_<statistic>{model, version}`: the live side of
+A random share of the decoded photos (config parameter `drift_sample_rate`) has its image
+statistics (`plantdx.imagestats`, on the pixels sent on) observed in one histogram each, `plantdx_image_<statistic>{model, version}`: the live side of
 drift monitoring, compared with the reference exported beside the classifier version.
 """
 
@@ -72,6 +72,11 @@ class TritonPythonModel:
             for name in EDGES
         }
         self.stat_metrics: dict[str, Any] = {}
+        # Observe a random share of the photos (config parameter; every photo in configs
+        # written before the parameter existed).
+        rate = (config.get("parameters", {}).get("drift_sample_rate") or {}).get("string_value")
+        self.sample_rate = min(1.0, max(0.0, float(rate))) if rate else 1.0
+        self.rng = np.random.default_rng()
 
     def execute(self, requests: list) -> list:
         try:
@@ -107,7 +112,7 @@ class TritonPythonModel:
             except Exception:
                 return
         for i, error in enumerate(errors):
-            if error is not None:
+            if error is not None or self.rng.random() >= self.sample_rate:
                 continue
             try:
                 stats = image_stats(pixels[i], sizes[i]).to_dict()
