@@ -245,7 +245,7 @@ def test_preprocess_observes_a_sample_when_configured(
 
     cfg = preprocess_config(64, ServingOptions())
     assert float(cfg.parameters["drift_sample_rate"].string_value) == 0.25
-    module, model = _preprocess(tmp_path, monkeypatch)
+    _module, model = _preprocess(tmp_path, monkeypatch)
     model.sample_rate = 0.0
     photo = _png(_noise(size=120))
     (ok,) = model.execute([_request(photo, photo, photo)])
