@@ -21,13 +21,11 @@ repository as it was.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import shutil
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,83 +47,29 @@ from .config import (
 )
 from .explain import explain_configs
 from .journal import Journal, locked
+from .layout import (
+    ENGINES_FILENAME,
+    GATE_FILENAME,
+    PARITY_FILENAME,
+    PLATFORMS,
+    PROVENANCE_FILENAME,
+    REPOSITORY_FILENAME,
+    STAGING_PREFIX,
+    RepositoryInfo,
+    VersionInfo,
+    backend_source,
+    describe_repository,
+    list_repository,
+    plan_filenames,
+    read_json,
+    served_versions,
+    versions,
+    write_json,
+)
 from .names import CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, HEATMAP_MODEL, POSTPROCESS, PREPROCESS
+from .validate import validate_repository
 
 log = logging.getLogger(__name__)
-
-PROVENANCE_FILENAME = "provenance.json"
-PARITY_FILENAME = "parity.json"
-ENGINES_FILENAME = "engines.json"
-GATE_FILENAME = "precision_gate.json"
-REPOSITORY_FILENAME = "plantdx-repository.json"
-STAGING_PREFIX = ".staging-"
-PLATFORMS = ("onnx", "tensorrt")
-
-
-def backend_source(name: str) -> str:
-    """Source of a Python-backend model shipped in this package (preprocess, postprocess...)."""
-    return (
-        resources.files("plantdx.model_repository").joinpath("backends", f"{name}.py").read_text()
-    )
-
-
-def versions(model_dir: Path) -> list[int]:
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a file, or {} when it is absent or unreadable."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def write_json(path: Path, doc: Any) -> None:
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-
-
-@dataclass
-class RepositoryInfo:
-    """What a repository serves; stored at its root so every export can check it fits."""
-
-    class_names: list[str]
-    image_size: int
-    target: str
-    kind: str
-    options: dict[str, Any] = field(default_factory=dict)
-    platform: str = "onnx"
-
-    @classmethod
-    def load(cls, repo: Path) -> RepositoryInfo | None:
-        p = repo / REPOSITORY_FILENAME
-        if not p.is_file():
-            return None
-        d = read_json(p)
-        if not d:
-            raise RepositoryError(f"{p} is not readable JSON; restore it or use a new repository")
-        return cls(
-            d["class_names"],
-            int(d["image_size"]),
-            d["target"],
-            d["kind"],
-            d.get("options", {}),
-            d.get("platform", "onnx"),
-        )
-
-    def to_json(self) -> str:
-        doc = {
-            "class_names": self.class_names,
-            "image_size": self.image_size,
-            "target": self.target,
-            "kind": self.kind,
-            "platform": self.platform,
-            "options": self.options,
-        }
-        return json.dumps(doc, indent=2) + "\n"
 
 
 def _options_dict(opts: ServingOptions) -> dict[str, Any]:
@@ -185,12 +129,6 @@ def _check_fits(
             f"{repo} serves {info.platform} classifiers; a {platform} export needs its own "
             "repository"
         )
-
-
-def plan_filenames(version_dir: Path) -> dict[str, str]:
-    """compute capability → plan file, from a version's engines.json."""
-    plans = read_json(version_dir / ENGINES_FILENAME).get("plans", {})
-    return {cc: str(entry["file"]) for cc, entry in plans.items() if "file" in entry}
 
 
 def _version_files(version_dir: Path) -> dict[str, str]:
@@ -407,89 +345,21 @@ def _staged_plans(clf_dir: Path, platform: str) -> dict[str, str]:
 # Listing.
 
 
-def served_versions(policy: Any, available: list[int]) -> list[int]:
-    """The versions Triton loads under a ModelVersionPolicy message (latest N by default)."""
-    which = policy.WhichOneof("policy_choice") if policy is not None else None
-    if which == "all":
-        return list(available)
-    if which == "specific":
-        return [v for v in available if v in set(policy.specific.versions)]
-    n = policy.latest.num_versions if which == "latest" else 1
-    return available[-max(n, 1) :] if available else []
-
-
-@dataclass
-class VersionInfo:
-    model: str
-    version: int
-    files: list[str]
-    provenance: dict[str, Any]
-    served: bool = True
-
-
-def _model_policy(model_dir: Path) -> Any:
-    from .config import parse_pbtxt
-
-    path = model_dir / "config.pbtxt"
-    if not path.is_file():
-        return None
-    try:
-        cfg = parse_pbtxt(path.read_text())
-    except RepositoryError:
-        return None
-    return cfg.version_policy if cfg.HasField("version_policy") else None
-
-
-def list_repository(repo: str | Path) -> list[VersionInfo]:
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise RepositoryError(f"model repository {repo} does not exist")
-    out = []
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        available = versions(model_dir)
-        served = set(served_versions(_model_policy(model_dir), available))
-        for v in available:
-            vdir = model_dir / str(v)
-            out.append(
-                VersionInfo(
-                    model_dir.name,
-                    v,
-                    sorted(p.name for p in vdir.iterdir() if not p.name.startswith(".")),
-                    read_json(vdir / PROVENANCE_FILENAME),
-                    v in served,
-                )
-            )
-    return out
-
-
-def describe_repository(repo: str | Path) -> dict[str, Any]:
-    """Everything `plantdx repo list --json` prints: the repository, its models and versions."""
-    repo = Path(repo)
-    entries = list_repository(repo)
-    info = RepositoryInfo.load(repo)
-    models: dict[str, list[dict[str, Any]]] = {}
-    for v in entries:
-        models.setdefault(v.model, []).append(
-            {
-                "version": v.version,
-                "served": v.served,
-                "files": v.files,
-                "provenance": v.provenance,
-            }
-        )
-    return {
-        "repository": str(repo),
-        "target": info.target if info else None,
-        "kind": info.kind if info else None,
-        "platform": info.platform if info else None,
-        "classes": len(info.class_names) if info else None,
-        "image_size": info.image_size if info else None,
-        "models": models,
-    }
-
-
-def validate_repository(repo: str | Path) -> list[str]:
-    """Every problem that would stop the ensemble from loading; an empty list means ready."""
-    from .validate import validate
-
-    return validate(Path(repo))
+__all__ = [  # the layout's names, for the modules that import them from here
+    "ENGINES_FILENAME",
+    "GATE_FILENAME",
+    "PARITY_FILENAME",
+    "PROVENANCE_FILENAME",
+    "REPOSITORY_FILENAME",
+    "RepositoryInfo",
+    "StagedVersion",
+    "VersionInfo",
+    "describe_repository",
+    "list_repository",
+    "publish_version",
+    "read_json",
+    "served_versions",
+    "validate_repository",
+    "versions",
+    "write_json",
+]

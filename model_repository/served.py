@@ -10,8 +10,9 @@ from plantdx.exceptions import RepositoryError
 
 from .config import parse_pbtxt, to_pbtxt
 from .journal import Journal, locked
+from .layout import model_policy, served_versions, versions
 from .names import CLASSIFIER, PREPROCESS
-from .repository import validate_repository, versions
+from .validate import validate_repository
 
 
 def pin_served_version(repo: str | Path, version: int) -> None:
@@ -42,7 +43,5 @@ def pin_served_version(repo: str | Path, version: int) -> None:
 
 def served_by_policy(repo: str | Path) -> list[int]:
     """The classifier versions a server started on `repo` now would load."""
-    from .repository import _model_policy, served_versions
-
     model_dir = Path(repo) / CLASSIFIER
-    return served_versions(_model_policy(model_dir), versions(model_dir))
+    return served_versions(model_policy(model_dir), versions(model_dir))

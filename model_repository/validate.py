@@ -14,7 +14,6 @@ is still valid: it serves as it always did.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -24,6 +23,11 @@ from plantdx.labels import LABELS_FILENAME, read_labels
 from plantdx.preprocessing import META_FILENAME
 
 from .config import WARMUP_DIR, check_abstain_threshold, parse_pbtxt
+from .layout import (
+    RepositoryInfo,
+    read_json,
+    versions,
+)
 from .names import (
     ABSTAIN_THRESHOLD,
     CALIBRATION,
@@ -32,17 +36,10 @@ from .names import (
     POSTPROCESS,
     PREPROCESS,
 )
-from .repository import (
-    RepositoryInfo,
-    read_json,
-    served_versions,
-    versions,
-)
 from .validate_explain import explain_problems
 from .validate_versions import version_problems
-
-Configs = dict[str, mc.ModelConfig]
-TensorSpec = tuple[int, tuple[int, ...]]  # data type, dims without the batch dimension
+from .wiring import Configs, check_wiring
+from .wiring import served as served_of
 
 
 def validate(repo: Path) -> list[str]:
@@ -58,7 +55,7 @@ def validate(repo: Path) -> list[str]:
         problems.append(str(exc))
     for check in (
         _check_labels,
-        _check_wiring,
+        check_wiring,
         _check_batching,
         _check_pairing,
         _check_classifier_versions,
@@ -93,19 +90,6 @@ def _load_configs(repo: Path, problems: list[str]) -> Configs:
             if absent:
                 problems.append(f"{name}: version_policy names versions {absent} that are absent")
     return configs
-
-
-def _served(repo: Path, cfg: mc.ModelConfig) -> list[int]:
-    policy = cfg.version_policy if cfg.HasField("version_policy") else None
-    return served_versions(policy, versions(repo / cfg.name))
-
-
-def _spec(t: Any) -> TensorSpec:
-    return int(t.data_type), tuple(int(d) for d in t.dims)
-
-
-def _type_name(data_type: int) -> str:
-    return str(mc.DataType.Name(data_type))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,61 +127,6 @@ def _check_labels(repo: Path, configs: Configs) -> list[str]:
     return problems
 
 
-def _check_wiring(repo: Path, configs: Configs, ensemble: str = ENSEMBLE) -> list[str]:
-    """Follow the ensemble's tensors from its input through every step to its output."""
-    problems: list[str] = []
-    ens = configs[ensemble]
-    if not ens.ensemble_scheduling.step:
-        return ["the ensemble has no steps"]
-    produced: dict[str, TensorSpec] = {t.name: _spec(t) for t in ens.input}
-    for step in ens.ensemble_scheduling.step:
-        model = configs.get(step.model_name)
-        if model is None:
-            problems.append(f"ensemble step names unknown model {step.model_name!r}")
-            continue
-        if step.model_version != -1 and step.model_version not in _served(repo, model):
-            problems.append(
-                f"ensemble pins {step.model_name} version {step.model_version}, which is not served"
-            )
-        inputs = {t.name: _spec(t) for t in model.input}
-        outputs = {t.name: _spec(t) for t in model.output}
-        for name, tensor in step.input_map.items():
-            if name not in inputs:
-                problems.append(
-                    f"ensemble maps {name!r} into {step.model_name}, which has inputs "
-                    f"{sorted(inputs)}"
-                )
-            elif tensor not in produced:
-                problems.append(f"ensemble tensor {tensor!r} is used before any step makes it")
-            elif produced[tensor] != inputs[name]:
-                problems.append(_mismatch(tensor, produced[tensor], step.model_name, inputs[name]))
-        optional = {t.name for t in model.input if t.optional}
-        missing = sorted(set(inputs) - set(step.input_map) - optional)
-        if missing:
-            problems.append(f"ensemble feeds nothing into {step.model_name} inputs {missing}")
-        for name, tensor in step.output_map.items():
-            if name not in outputs:
-                problems.append(
-                    f"ensemble maps {name!r} out of {step.model_name}, which has outputs "
-                    f"{sorted(outputs)}"
-                )
-            else:
-                produced[tensor] = outputs[name]
-    for out in ens.output:
-        if out.name not in produced:
-            problems.append(f"no ensemble step produces the output {out.name!r}")
-        elif produced[out.name] != _spec(out):
-            problems.append(_mismatch(out.name, produced[out.name], ensemble, _spec(out)))
-    return problems
-
-
-def _mismatch(tensor: str, have: TensorSpec, model: str, want: TensorSpec) -> str:
-    return (
-        f"ensemble tensor {tensor!r} is {_type_name(have[0])} {list(have[1])} but {model} "
-        f"expects {_type_name(want[0])} {list(want[1])}"
-    )
-
-
 def _check_batching(repo: Path, configs: Configs) -> list[str]:
     problems: list[str] = []
     ens = configs[ENSEMBLE]
@@ -223,8 +152,8 @@ def _check_pairing(repo: Path, configs: Configs) -> list[str]:
         problems.append(f"classifier/{v} has no preprocess/{v} (versions must pair)")
     for v in sorted(pre_v - clf_v):
         problems.append(f"preprocess/{v} has no classifier/{v} (versions must pair)")
-    pre_served = _served(repo, configs[PREPROCESS])
-    clf_served = _served(repo, configs[CLASSIFIER])
+    pre_served = served_of(repo, configs[PREPROCESS])
+    clf_served = served_of(repo, configs[CLASSIFIER])
     if pre_served != clf_served:
         problems.append(
             f"preprocess serves versions {pre_served} but classifier serves {clf_served}"
@@ -259,7 +188,7 @@ def _check_classifier_versions(repo: Path, configs: Configs) -> list[str]:
         problems.append(
             "classifier: TensorRT plans run on GPUs only, but an instance group is KIND_CPU"
         )
-    served = set(_served(repo, clf))
+    served = set(served_of(repo, clf))
     for v in versions(repo / CLASSIFIER):
         vdir = repo / CLASSIFIER / str(v)
         problems += [f"classifier/{v}: {p}" for p in version_problems(vdir, clf, v in served)]
@@ -299,7 +228,7 @@ def _check_decision(repo: Path, configs: Configs) -> list[str]:
     """Decision rules that load, on every served version whose config sends them on."""
     problems: list[str] = []
     sends = CALIBRATION in {t.name for t in configs[PREPROCESS].output}
-    served = set(_served(repo, configs[PREPROCESS]))
+    served = set(served_of(repo, configs[PREPROCESS]))
     for v in versions(repo / PREPROCESS):
         path = repo / PREPROCESS / str(v) / DECISION_FILENAME
         if not path.is_file():
@@ -320,3 +249,8 @@ def _check_decision(repo: Path, configs: Configs) -> list[str]:
         except RepositoryError as exc:
             problems.append(f"{POSTPROCESS}: {exc}")
     return problems
+
+
+def validate_repository(repo: str | Path) -> list[str]:
+    """Every problem that would stop the ensemble from loading; an empty list means ready."""
+    return validate(Path(repo))

@@ -16,8 +16,9 @@ from plantdx.exceptions import RepositoryError
 from plantdx.labels import LABELS_FILENAME, read_labels
 
 from .config import parse_pbtxt
+from .layout import versions
 from .names import CAMS, CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, HEATMAP_MODEL, ONNX_CAMS
-from .repository import versions
+from .wiring import check_wiring
 
 Configs = dict[str, mc.ModelConfig]
 EXPLAIN_MODELS = (HEATMAP_MODEL, EXPLAIN_ENSEMBLE)
@@ -58,9 +59,8 @@ def explain_problems(repo: Path, configs: Configs) -> list[str]:
             f"remove {EXPLAIN_ENSEMBLE}/ and {HEATMAP_MODEL}/"
         )
         return problems
-    from .validate import _check_wiring  # the same wiring check as the `plantdx` ensemble's
 
-    problems += _check_wiring(repo, {**configs, **extra}, EXPLAIN_ENSEMBLE)
+    problems += check_wiring(repo, {**configs, **extra}, EXPLAIN_ENSEMBLE)
     ens = extra[EXPLAIN_ENSEMBLE]
     for step in ens.ensemble_scheduling.step:
         cfg = {**configs, **extra}.get(step.model_name)

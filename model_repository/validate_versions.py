@@ -13,8 +13,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from plantdx.checkpoint import file_sha256
 
+from .layout import ENGINES_FILENAME, PROVENANCE_FILENAME, read_json
 from .names import CAMS, EXPLAIN_PIXELS
-from .repository import ENGINES_FILENAME, PROVENANCE_FILENAME, read_json
 
 _ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT
 
