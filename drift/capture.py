@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plantdx.data import IMAGE_SUFFIXES
 from plantdx.exceptions import DatasetError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Captured at random: the only reason whose photos stand for the served traffic as a whole.
 SAMPLED = "sampled"
 REASONS = (SAMPLED, "abstained", "low_confidence")
@@ -50,7 +50,7 @@ def _photo(sidecar: Path, named: object) -> Path | None:
             if candidate.is_file():
                 return candidate
         return None
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in sorted(IMAGE_SUFFIXES):
         for candidate in (sidecar.with_suffix(suffix), sidecar.with_suffix(suffix.upper())):
             if candidate.is_file():
                 return candidate

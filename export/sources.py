@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from plantdx.checkpoint import Checkpoint
-from plantdx.data import SPLIT_FILENAME, is_image_file, load_split
+from plantdx.data import SPLIT_FILENAME, list_images, load_split
 from plantdx.exceptions import DatasetError, ExportError, PreprocessError
 from plantdx.preprocessing import Preprocessor
 
@@ -63,7 +63,7 @@ def check_paths(
         root = Path(check_data)
         if not root.is_dir():
             raise DatasetError(f"--check-data folder {root} does not exist")
-        paths = sorted(p for p in root.rglob("*") if is_image_file(p))
+        paths = list_images(root)
         if not paths:
             raise DatasetError(f"--check-data folder {root} holds no images")
         return paths, str(root)

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plantdx.checkpoint import file_sha256
 from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import RepositoryError
+from plantdx.files import file_sha256
 from plantdx.labels import LABELS_FILENAME, write_labels
 from plantdx.preprocessing import META_FILENAME, PreprocessMeta
 

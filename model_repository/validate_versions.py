@@ -11,7 +11,7 @@ from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from plantdx.checkpoint import file_sha256
+from plantdx.files import file_sha256
 
 from .layout import ENGINES_FILENAME, PROVENANCE_FILENAME, read_json
 from .names import CAMS, EXPLAIN_PIXELS

@@ -6,7 +6,6 @@ A checkpoint is a plain dict of tensors and primitive values, so it loads with
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from plantdx.exceptions import CheckpointError
+from plantdx.files import file_sha256 as file_sha256
 from plantdx.preprocessing import PreprocessMeta
 
 FORMAT_VERSION = 1
@@ -121,11 +121,3 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         mlflow_run_id=raw.get("mlflow_run_id"),
         decision=dict(raw.get("decision") or {}),
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

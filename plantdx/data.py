@@ -71,6 +71,12 @@ def is_image_file(path: Path) -> bool:
     )
 
 
+def list_images(root: str | Path) -> list[Path]:
+    """Every image file under `root` (recursively, by extension, hidden files left out), sorted:
+    the one way plantdx lists the photos of a folder that is not an ImageFolder."""
+    return sorted(p for p in Path(root).rglob("*") if is_image_file(p))
+
+
 def _not_image_reason(path: Path, class_dir: Path) -> str | None:
     """Why a file in a class folder is left out as a non-image; None for images and for
     hidden files (or files in hidden folders), which are left out without a word."""

@@ -152,7 +152,7 @@ def slow_preprocess(queue_size: int | None = None) -> Callable[[str, Any], None]
 
     def tweak(name: str, cfg: Any) -> None:
         cfg.response_cache.enable = False
-        if name == "plantdx":
+        if name in ("plantdx", "plantdx_explain"):  # no ensemble may batch more than its steps
             cfg.max_batch_size = 1
         if name == "preprocess":
             cfg.instance_group[0].count = 1

@@ -142,3 +142,19 @@ def test_the_walk_sees_the_floors() -> None:
     assert {room(m) for m in edges} >= {"cli", "core", "model_repository", *STAGES, "promotion"}
     assert "plantdx.exceptions" in edges["plantdx.model_repository.journal"]
     assert room("plantdx.cli.predict") == "cli" and room("plantdx.decision") == "core"
+
+
+def test_repository_commands_do_not_load_torch(tiny_repo: Path) -> None:
+    """`plantdx repo list/validate` hash files and read configs: no PyTorch needed or loaded."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from plantdx.cli import app; "
+        f"r = [CliRunner().invoke(app, ['repo', c, {str(tiny_repo)!r}]) for c in ('list', 'validate')]; "
+        "assert all(x.exit_code == 0 for x in r), [x.output for x in r]; "
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

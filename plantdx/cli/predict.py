@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from plantdx.data import IMAGE_SUFFIXES
+from plantdx.data import IMAGE_SUFFIXES, list_images
 from plantdx.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -33,9 +33,7 @@ def expand_inputs(items: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
+            found = list_images(p)
             if not found:
                 problems.append(
                     (item, f"no images in folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
