@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian/Ubuntu machine with Python 3.11:
-#   ./dev.sh demo   create .venv, install plantdx, run the end-to-end demo
-#   ./dev.sh test   create .venv, install plantdx + test tools, lint, type-check, run the tests
-#   ./dev.sh setup  only create .venv and install
+#   ./dev.sh demo   create .venv, install plantdx[serve,train], run the end-to-end demo
+#   ./dev.sh test   create .venv, install plantdx[dev] (everything + test tools), lint,
+#                   type-check, run the tests
+#   ./dev.sh setup  only create .venv and install plantdx[dev]
+# Installs the pinned, hash-checked set in requirements/<demo|dev>.lock (resolved from
+# pyproject.toml's ranges by requirements/compile.sh), then plantdx itself without dependencies.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -10,7 +13,15 @@ cd "$(dirname "$0")"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3 || true)}"
 VENV=.venv
 
-setup() {
+# installed LOCK: the venv holds LOCK's set for this pyproject.toml (one line per lock in the stamp).
+installed() {
+    local want
+    want="$1 $(cat pyproject.toml "requirements/$1.lock" | sha256sum | cut -d' ' -f1)"
+    grep -qxF "$want" "$VENV/.plantdx-installed" 2>/dev/null
+}
+
+setup() {  # setup LOCK (dev: everything; demo: serve + train)
+    local lock="${1:-dev}"
     if [ -z "$PYTHON" ]; then
         echo "error: no python3 found; install Python 3.11 (apt-get install python3.11)" >&2
         exit 1
@@ -29,15 +40,21 @@ setup() {
             exit 1
         fi
     fi
-    # Reinstall only when the dependency list changed (a full install is ~4 min, ~7 GB).
-    local stamp="$VENV/.plantdx-installed" want
-    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
-    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c "import plantdx" 2>/dev/null; then
-        echo "==> installing plantdx and its dependencies into $VENV (first time: about 4 minutes)"
-        "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
-        echo "$want" > "$stamp"
+    # Reinstall only when the lock or pyproject.toml changed (dev: ~4 min, ~6.5 GB the first
+    # time). The dev set holds the demo's, so a venv set up for the tests serves the demo too.
+    if installed "$lock" || { [ "$lock" = demo ] && installed dev; }; then
+        "$VENV/bin/python" -c "import plantdx" 2>/dev/null && return 0
     fi
+    echo "==> installing requirements/$lock.lock and plantdx into $VENV (first time: about 4 minutes)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet --require-hashes -r "requirements/$lock.lock"
+    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+    "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
+    local line
+    line="$lock $(cat pyproject.toml "requirements/$lock.lock" | sha256sum | cut -d' ' -f1)"
+    { grep -v "^$lock " "$VENV/.plantdx-installed" 2>/dev/null || true; echo "$line"; } \
+        > "$VENV/.plantdx-installed.new"
+    mv "$VENV/.plantdx-installed.new" "$VENV/.plantdx-installed"
 }
 
 system_tools() {
@@ -60,16 +77,16 @@ system_tools() {
 
 case "${1:-}" in
     setup)
-        setup
+        setup dev
         ;;
     demo)
         shift
-        setup
+        setup demo
         exec "$VENV/bin/plantdx" demo "$@"
         ;;
     test)
         shift
-        setup
+        setup dev
         system_tools
         echo "==> ruff"
         "$VENV/bin/ruff" check .

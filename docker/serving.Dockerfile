@@ -32,9 +32,10 @@ RUN python3 -m pip install "numpy<2" "pillow>=10" "opencv-python-headless==4.11.
 FROM triton AS export
 # Must be the TensorRT of the base image (NGC 24.10: TensorRT 10.5.0): the TensorRT build Job
 # compares it with the base image's trtexec and refuses to build a plan if they differ.
+# pyproject.toml's `gpu` extra pins the same release. `train`: export (torch, onnx).
 ARG TENSORRT_VERSION=10.5.0
 COPY . /src
-RUN python3 -m pip install "/src" "tensorrt-cu12==${TENSORRT_VERSION}" \
+RUN python3 -m pip install "/src[train]" "tensorrt-cu12==${TENSORRT_VERSION}" \
     && rm -rf /src
 ENV PATH=/usr/src/tensorrt/bin:${PATH}
 # uid 1000: the image's `triton-server` user.

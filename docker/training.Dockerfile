@@ -24,7 +24,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 COPY . /src
-RUN python -m pip install /src \
+# train: fine-tuning, evaluation, export and MLflow; vit: --model vit.
+RUN python -m pip install "/src[train,vit]" \
     && rm -rf /src \
     && python -c "import torch, torchvision, plantdx; print(torch.__version__)"
 
