@@ -44,3 +44,7 @@ CLASS_INDEX = "CLASS"
 EXPLAIN_ENSEMBLE = "plantdx_explain"
 # Preprocess config parameter: the share of photos whose image statistics are observed.
 DRIFT_SAMPLE_RATE = "drift_sample_rate"
+
+# The restricted-API header: with an admin key, Triton's model-control API answers only the
+# requests that carry the key under this name (the key itself is never logged or printed).
+ADMIN_HEADER = "plantdx-key"

@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 from plantdx.exceptions import ClientError
 from plantdx.model_repository.config import CLASSIFIER, ENSEMBLE, PREPROCESS
-from plantdx.model_repository.names import EXPLAIN_ENSEMBLE
+from plantdx.model_repository.names import ADMIN_HEADER, EXPLAIN_ENSEMBLE
 
 Protocol = Literal["http", "grpc"]
-KEY_NAME = "plantdx-key"  # the restricted-API header the server is started with
 GRPC_KEY_PREFIX = "triton-grpc-protocol-"  # how Triton's gRPC frontend spells custom headers
 VERSIONED = (CLASSIFIER, PREPROCESS)  # published together as version N
 
@@ -78,7 +77,7 @@ class ModelControl:
     def _headers(self) -> dict[str, str] | None:
         if not self._key:
             return None
-        name = GRPC_KEY_PREFIX + KEY_NAME if self.protocol == "grpc" else KEY_NAME
+        name = GRPC_KEY_PREFIX + ADMIN_HEADER if self.protocol == "grpc" else ADMIN_HEADER
         return {name: self._key}
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from plantdx.exceptions import ServerError
+from plantdx.model_repository.names import ADMIN_HEADER
 
 PR_SET_PDEATHSIG = 1
 log = logging.getLogger(__name__)
-ADMIN_HEADER = "plantdx-key"  # the restricted-API header; the key itself is never logged
 
 
 def pytriton_root() -> Path:

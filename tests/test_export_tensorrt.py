@@ -24,7 +24,7 @@ from plantdx.exceptions import (
     RepositoryError,
     TensorRTUnavailableError,
 )
-from plantdx.export import ExportConfig, export
+from plantdx.export import ExportConfig, export, tensorrt_build, tensorrt_gpu
 from plantdx.export import tensorrt as trt_export
 from plantdx.model_repository import config as mcfg
 from plantdx.model_repository.repository import validate_repository
@@ -44,11 +44,11 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> fake_tensorrt.R
     rec = fake_tensorrt.Recorder()
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.make_module(rec))
     monkeypatch.setattr(
-        trt_export,
+        tensorrt_gpu,
         "detect_gpu",
         lambda: trt_export.GpuInfo("NVIDIA Fake GPU", rec.compute_capability),
     )
-    monkeypatch.setattr(trt_export, "device_buffer", fake_tensorrt.host_buffer(rec))
+    monkeypatch.setattr(tensorrt_build, "device_buffer", fake_tensorrt.host_buffer(rec))
     monkeypatch.setattr(trt_export, "PlanRunner", fake_tensorrt.FakeRunner)
     monkeypatch.setattr(fake_tensorrt.FakeRunner, "distort", staticmethod(lambda x: x))
     monkeypatch.setenv("PLANTDX_CACHE", str(tmp_path / "cache"))
@@ -332,7 +332,7 @@ def test_fails_at_once_without_tensorrt(
 def test_fails_at_once_with_tensorrt_but_no_gpu(
     tmp_path: Path, ckpt: Path, fake_trt: fake_tensorrt.Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(trt_export, "detect_gpu", lambda: None)
+    monkeypatch.setattr(tensorrt_gpu, "detect_gpu", lambda: None)
     repo = tmp_path / "repo"
     with pytest.raises(TensorRTUnavailableError) as err:
         export(ExportConfig(source=str(ckpt), repository=str(repo), to="tensorrt"))

@@ -68,6 +68,7 @@ def serve(
     from plantdx.capture import CaptureSettings
     from plantdx.capture.settings import ENV_DESTINATION
     from plantdx.exceptions import ServerError
+    from plantdx.model_repository.names import ADMIN_HEADER
     from plantdx.serving import TritonServer
 
     key = os.environ.get(admin_key_env) or None
@@ -127,7 +128,7 @@ def serve(
     if settings:
         typer.echo(f"  {settings.describe()}")
     if key:
-        typer.echo(f"  model control: protected; send header plantdx-key from ${admin_key_env}")
+        typer.echo(f"  model control: protected; send header {ADMIN_HEADER} from ${admin_key_env}")
     else:
         typer.echo(f"  model control: open (set ${admin_key_env} to protect it)")
     typer.echo("Ctrl-C to stop")

@@ -1,0 +1,113 @@
+"""torchvision classifiers (resnet50, efficientnet_b0, mobilenet_v3_*, vgg16): pretrained
+weights only from the local torch hub cache or --weights."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plantdx.exceptions import ModelNotFoundError
+
+from .registry import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    load_state,
+    register_model,
+    weights_file,
+)
+
+_TORCHVISION = {
+    "resnet50": ("ResNet50_Weights", "fc"),
+    "efficientnet_b0": ("EfficientNet_B0_Weights", "classifier"),
+    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights", "classifier"),
+    "mobilenet_v3_small": ("MobileNet_V3_Small_Weights", "classifier"),
+    "vgg16": ("VGG16_Weights", "classifier"),
+}
+
+
+def _last_linear(model: nn.Module, attr: str) -> tuple[nn.Module, str]:
+    """The module that owns the final nn.Linear of the head, and that Linear's name in it."""
+    head = getattr(model, attr)
+    if isinstance(head, nn.Linear):
+        return model, attr
+    assert isinstance(head, nn.Sequential)
+    last = str(len(head) - 1)
+    assert isinstance(head[-1], nn.Linear)
+    return head, last
+
+
+def _replace_head(model: nn.Module, attr: str, num_classes: int) -> None:
+    owner, name = _last_linear(model, attr)
+    old = getattr(owner, name)
+    setattr(owner, name, nn.Linear(old.in_features, num_classes))
+
+
+def torch_hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _load_torchvision_weights(model: nn.Module, name: str, path: Path, head_attr: str) -> None:
+    """ImageNet (or any same-architecture) weights; a head of another size is left out."""
+    state = load_state(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelNotFoundError(f"{path} does not hold a state dict for {name}")
+    own = model.state_dict()
+    head_prefix = f"{head_attr}."
+    misfit = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in misfit}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(head_prefix)]
+    misfit = [k for k in misfit if not k.startswith(head_prefix)]  # a head of another size is fine
+    if missing or misfit or result.unexpected_keys:
+        raise ModelNotFoundError(
+            f"{path} does not hold {name} weights (missing {missing[:3]}, other shapes "
+            f"{misfit[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
+
+
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    import torchvision
+
+    weights_enum, head_attr = _TORCHVISION[name]
+
+    def build(*, num_classes: int, pretrained: bool, image_size: int, weights: Any) -> nn.Module:
+        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        if pretrained or weights:
+            if weights:
+                path = weights_file(weights)
+            else:
+                enum = getattr(torchvision.models, weights_enum).DEFAULT
+                path = torch_hub_checkpoint_dir() / os.path.basename(enum.url)
+            if not path.is_file():
+                raise ModelNotFoundError(
+                    f"no ImageNet weights for {name}: looked for {path} (torch hub cache, "
+                    f"TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}); "
+                    "pass --weights FILE or put the file there. plantdx never downloads at "
+                    "training time and never silently trains from scratch."
+                )
+            _load_torchvision_weights(model, name, path, head_attr)
+        return model
+
+    return build
+
+
+for _name, (_, _head) in _TORCHVISION.items():
+    register_model(
+        ModelSpec(
+            _name,
+            _torchvision_builder(_name),
+            default_image_size=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            description=f"torchvision {_name}",
+            head=_head,
+        )
+    )
