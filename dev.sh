@@ -48,7 +48,9 @@ setup() {  # setup LOCK (dev: everything; demo: serve + train)
     echo "==> installing requirements/$lock.lock and plantdx into $VENV (first time: about 4 minutes)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --require-hashes -r "requirements/$lock.lock"
-    "$VENV/bin/python" -m pip install --quiet --no-deps -e .
+    # setuptools says at every editable install of a package-dir layout like this one that it
+    # uses an import hook ("Editable installation.", for information only): not a warning.
+    PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/python" -m pip install --quiet --no-deps -e .
     "$VENV/bin/python" -m pip check >/dev/null || { "$VENV/bin/python" -m pip check; exit 1; }
     local line
     line="$lock $(cat pyproject.toml "requirements/$lock.lock" | sha256sum | cut -d' ' -f1)"
