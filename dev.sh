@@ -40,7 +40,7 @@ setup() {  # setup LOCK (dev: everything; demo: serve + train)
             exit 1
         fi
     fi
-    # Reinstall only when the lock or pyproject.toml changed (dev: ~4 min, ~6.5 GB the first
+    # Reinstall only when the lock or pyproject.toml changed (dev: ~4 min, ~7 GB the first
     # time). The dev set holds the demo's, so a venv set up for the tests serves the demo too.
     if installed "$lock" || { [ "$lock" = demo ] && installed dev; }; then
         "$VENV/bin/python" -c "import plantdx" 2>/dev/null && return 0
