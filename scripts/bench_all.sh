@@ -2,7 +2,8 @@
 # Reproduces the "Client and end-to-end serving" table of BENCHMARKS.md in one run:
 #   1. a random-weight efficientnet_b0 checkpoint, exported by plantdx into a fresh repository
 #   2. plantdx bench inprocess   (the machine's limit: same preprocessing + ONNX model, no server)
-#   3. Triton on that repository (response cache off), then plantdx bench serve over HTTP and gRPC
+#   3. plantdx serve on that repository (response cache off), then plantdx bench serve over HTTP
+#      and gRPC
 #   4. perf_analyzer (tritonclient 2.50.0 wheel) against the same server, gRPC, each level
 #      followed at once by plantdx bench serve at that level (the agreement check)
 #   5. the original FastAPI + PyTorch eager server, concurrency 1 and 8
@@ -39,7 +40,7 @@ say() { printf '\n[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # the machine was quiet.
 MON_PID=""
 monitor() {
-  "$PY" "$ROOT/scripts/bench_helpers.py" cpu-monitor --tree $$ --out "$RESULTS/interference_$1.json" &
+  "$PLANTDX" bench cpu-monitor --tree $$ --out "$RESULTS/interference_$1.json" &
   MON_PID=$!
 }
 end_monitor() { [ -n "$MON_PID" ] && kill -TERM "$MON_PID" && wait "$MON_PID" || true; MON_PID=""; }
@@ -76,7 +77,7 @@ ln -sf "$(ls "$LIBS"/libcudart-*.so.12* | head -1)" "$PA_DIR/lib/libcudart.so.12
 # -- 1. the repository --------------------------------------------------------------------
 say "1/6 efficientnet_b0 (random weights) → ONNX → $OUT/work/repo"
 rm -rf "$OUT/work"
-"$PY" "$ROOT/scripts/bench_helpers.py" make-repo --data "$DATA" --out "$OUT/work" --model efficientnet_b0
+"$PLANTDX" bench make-repo --data "$DATA" --out "$OUT/work" --model efficientnet_b0
 REPO="$OUT/work/repo"
 
 # -- 2. in-process limit ------------------------------------------------------------------
@@ -88,8 +89,8 @@ end_monitor
 
 # -- 3. Triton + plantdx bench serve ------------------------------------------------------
 say "3/6 Triton on $REPO (HTTP $HTTP_PORT, gRPC $GRPC_PORT)"
-"$PY" "$ROOT/scripts/bench_helpers.py" serve --repo "$REPO" --http-port "$HTTP_PORT" \
-  --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" --log "$OUT/triton.log" &
+"$PLANTDX" serve --repository "$REPO" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
+  --metrics-port "$METRICS_PORT" --log-file "$OUT/triton.log" --no-response-cache --timeout 300 &
 SERVER_PID=$!
 stop_server() { kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true; }
 trap 'end_monitor; stop_server' EXIT
@@ -113,7 +114,7 @@ done
 # Each perf_analyzer level is followed at once by plantdx bench serve at the same level, so the
 # agreement check compares neighbours in time.
 say "4/6 perf_analyzer, gRPC, concurrency 1 and 8 (each paired with plantdx bench serve)"
-"$PY" "$ROOT/scripts/bench_helpers.py" perf-input --images "$DATA" --out "$OUT/work/pa_input.json"
+"$PLANTDX" bench perf-input --images "$DATA" --out "$OUT/work/pa_input.json"
 monitor perf_analyzer
 rows=()
 for c in 1 8; do
@@ -125,7 +126,7 @@ for c in 1 8; do
       -f "$OUT/work/pa_c$c.csv" > "$OUT/work/pa_c$c.log" 2>&1; then
       echo "perf_analyzer --concurrency-range $c:$c --stability-percentage $stability:"
       grep -E "^Concurrency: " "$OUT/work/pa_c$c.log" || true
-      "$PY" "$ROOT/scripts/bench_helpers.py" perf-json --csv "$OUT/work/pa_c$c.csv" \
+      "$PLANTDX" bench perf-json --csv "$OUT/work/pa_c$c.csv" \
         --out "$OUT/work/pa_c$c.json" --label "perf_analyzer grpc (stability $stability%)"
       rows+=("$OUT/work/pa_c$c.json")
       break
@@ -154,5 +155,5 @@ end_monitor
 # -- 6. the table -------------------------------------------------------------------------
 echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$RESULTS/meta.txt"
 say "6/6 table"
-"$PY" "$ROOT/scripts/bench_helpers.py" table --results "$RESULTS" --out "$OUT/table.md"
+"$PLANTDX" bench table --results "$RESULTS" --out "$OUT/table.md"
 say "done: $OUT/table.md, $RESULTS/*.json"

@@ -183,14 +183,6 @@ def test_warmup_sample_is_a_real_photo_in_tritons_string_format() -> None:
     assert data == warmup_sample()  # the same bytes every export
 
 
-def test_preprocess_bench_measures_both_in_one_run(mini_photos) -> None:
-    from plantdx.serving.preprocess_bench import measure
-
-    cost = measure([p.read_bytes() for p in mini_photos[:8]], image_size=64, rounds=1)
-    assert cost.images == 8 and cost.decode_ms > 0 and cost.preprocess_ms > 0
-    assert cost.ratio == pytest.approx(cost.preprocess_ms / cost.decode_ms)
-
-
 def test_bomb_between_one_and_two_times_the_limit_is_refused_by_its_reason() -> None:
     """Pillow only warns below twice its limit; that must still be too_many_pixels."""
     data = png_header_only(8000, 6000)

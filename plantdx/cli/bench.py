@@ -1,4 +1,5 @@
-"""`plantdx bench`: measured throughput and latency (training loader, serving, in-process)."""
+"""`plantdx bench`: measured throughput and latency (training loader, serving, in-process), the
+serving studies, and the steps of the benchmark scripts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ app = typer.Typer(
 
 
 def register_all() -> None:
-    from . import bench_serve, bench_train
+    from . import bench_serve, bench_serving, bench_tools, bench_train
 
     bench_train.register(app)
     bench_serve.register(app)
+    bench_serving.register(app)
+    bench_tools.register(app)

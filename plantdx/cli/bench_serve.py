@@ -15,7 +15,7 @@ from .options import overrides as _overrides
 from .predict import default_url, parse_headers
 
 if TYPE_CHECKING:
-    from plantdx.client.loadgen import LevelResult
+    from plantdx.bench.loadgen import LevelResult
 
 
 def _levels(text: str | None) -> list[int] | None:
@@ -102,7 +102,8 @@ def serve(
     from rich.console import Console
     from rich.table import Table
 
-    from plantdx.client.loadgen import ServeBenchConfig, machine, plot_levels, run_serve_bench
+    from plantdx.bench.loadgen import ServeBenchConfig, run_serve_bench
+    from plantdx.bench.report import machine, plot_levels
 
     cfg = resolve(
         ServeBenchConfig,
@@ -194,8 +195,8 @@ def inprocess(
     from rich.console import Console
     from rich.table import Table
 
-    from plantdx.client.inprocess import InprocessBenchConfig, run_inprocess_bench
-    from plantdx.client.loadgen import machine
+    from plantdx.bench.inprocess import InprocessBenchConfig, run_inprocess_bench
+    from plantdx.bench.report import machine
 
     cfg = resolve(
         InprocessBenchConfig,

@@ -1,6 +1,6 @@
 """How much preprocessing costs next to decoding the same JPEG alone with Pillow.
 
-    python scripts/preprocess_bench.py [--data DIR] [--image-size 224] [--images 200]
+    plantdx bench preprocess [--data DIR] [--image-size 224] [--images 200]
 
 Both are timed in the same run, interleaved image by image (decode, then preprocess), so a
 busy neighbour slows both alike; the figure is the ratio of the medians over rounds.
@@ -11,20 +11,19 @@ decoding, EXIF, mode, resize) and one vectorised `Normalizer.batch`.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 from plantdx.preprocessing import PreprocessMeta, Preprocessor
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+from .images import spread_images
 
 
 @dataclass
@@ -74,40 +73,25 @@ def measure(
     return PreprocessCost(len(images), image_size, rounds, decode_ms, pre_ms, pre_ms / decode_ms)
 
 
-def load_images(folder: str | Path, limit: int) -> list[bytes]:
-    paths = sorted(
-        p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
-    # Spread the pick over every class folder instead of taking the first class only.
-    step = max(1, len(paths) // limit) if paths else 1
-    return [p.read_bytes() for p in paths[::step][:limit]]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--data", default="../shared/data/plantvillage-mini")
-    parser.add_argument("--image-size", type=int, nargs="+", default=[224])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--upscale",
-        type=int,
-        default=0,
-        help="also re-encode each photo at this many pixels per side (a phone-sized JPEG)",
-    )
-    args = parser.parse_args(argv)
-    images = load_images(args.data, args.images)
-    if not images:
-        raise SystemExit(f"no JPEG/PNG images under {args.data}")
-    sets = {"photos": images}
-    if args.upscale:
-        sets[f"photos re-encoded at {args.upscale}px"] = [
-            _upscaled(d, args.upscale) for d in images[: max(10, args.images // 10)]
+def run(
+    data: str | Path,
+    *,
+    image_sizes: Sequence[int] = (224,),
+    images: int = 200,
+    rounds: int = 5,
+    upscale: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """One row per image set and size: the photos as they are and, with `upscale`, a tenth of
+    them (at least 10) re-encoded at `upscale` pixels per side (a phone-sized JPEG)."""
+    photos = spread_images(data, images)
+    sets = {"photos": photos}
+    if upscale:
+        sets[f"photos re-encoded at {upscale}px"] = [
+            _upscaled(d, upscale) for d in photos[: max(10, images // 10)]
         ]
-    for name, data in sets.items():
-        for size in args.image_size:
-            cost = measure(data, image_size=size, rounds=args.rounds)
-            print(json.dumps({"set": name, **cost.to_dict()}))
+    for name, chunk in sets.items():
+        for size in image_sizes:
+            yield {"set": name, **measure(chunk, image_size=size, rounds=rounds).to_dict()}
 
 
 def _upscaled(data: bytes, side: int) -> bytes:
@@ -115,7 +99,3 @@ def _upscaled(data: bytes, side: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
-
-
-if __name__ == "__main__":
-    main()

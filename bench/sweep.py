@@ -1,6 +1,6 @@
 """The batching/instances sweep behind the serving defaults, and the response-cache study.
 
-    flock /tmp/plantdx-cpu.lock python scripts/serving_sweep.py --repository REPO \\
+    flock /tmp/plantdx-cpu.lock plantdx bench sweep --repository REPO \\
         --data ../shared/data/plantvillage-mini --seconds 8
 
 Each variant rewrites the composing models' configs in a private copy of the repository
@@ -11,25 +11,18 @@ each concurrency. Nothing here changes the repository it is given.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from plantdx.model_repository.config import (
-    CLASSIFIER,
-    ENSEMBLE,
-    POSTPROCESS,
-    PREPROCESS,
-    parse_pbtxt,
-    to_pbtxt,
-)
+from plantdx.model_repository.config import parse_pbtxt, to_pbtxt
+from plantdx.model_repository.names import CLASSIFIER, ENSEMBLE, POSTPROCESS, PREPROCESS
+from plantdx.serving.server import TritonServer
 
-from .loadgen import LoadResult, closed_loop
-from .server import TritonServer
+from .loadgen import LevelResult, closed_loop
 
 CachePlace = Literal["none", "preprocess", "classifier", "composing", "ensemble"]
 _CACHED: dict[str, tuple[str, ...]] = {
@@ -83,7 +76,7 @@ def _server(repo: Path, base_port: int, log: Path) -> TritonServer:
 def run_variant(
     repo: Path,
     v: Variant,
-    images: Sequence[bytes],
+    images: list[bytes],
     *,
     concurrencies: Iterable[int] = (1, 8),
     seconds: float = 8.0,
@@ -100,13 +93,13 @@ def run_variant(
             for c in concurrencies:
                 closed_loop(server.grpc_url, images, concurrency=c, duration_s=warmup_s)
                 res = closed_loop(server.grpc_url, images, concurrency=c, duration_s=seconds)
-                rows.append({"variant": asdict(v), **res.summary()})
+                rows.append({"variant": asdict(v), **summary(res)})
         return rows
 
 
 def cache_study(
     repo: Path,
-    images: Sequence[bytes],
+    images: list[bytes],
     *,
     places: Sequence[CachePlace] = ("none", "preprocess", "classifier", "ensemble"),
     concurrency: int = 1,
@@ -143,36 +136,40 @@ def cache_study(
     return rows
 
 
-def _brief(r: LoadResult) -> dict[str, Any]:
-    s = r.summary()
+def summary(r: LevelResult) -> dict[str, Any]:
+    """A sweep row's figures: counts, throughput and latency (ms) rounded to 0.1."""
+    return {
+        "concurrency": r.concurrency,
+        "seconds": r.duration_s,
+        "ok": r.images,
+        "failed": r.errors,
+        "throughput": round(r.img_per_s, 1),
+        "p50_ms": round(r.percentile(50), 1),
+        "p95_ms": round(r.percentile(95), 1),
+        "p99_ms": round(r.percentile(99), 1),
+        "mean_ms": round(r.mean_ms, 1) if r.mean_ms is not None else None,
+        "first_errors": r.error_examples,
+    }
+
+
+def _brief(r: LevelResult) -> dict[str, Any]:
+    s = summary(r)
     return {k: s[k] for k in ("ok", "failed", "throughput", "p50_ms", "p95_ms")}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    from .preprocess_bench import load_images
-
-    parser = argparse.ArgumentParser(description="Serving sweep: batching, instances, cache")
-    parser.add_argument("--repository", required=True)
-    parser.add_argument("--data", default="../shared/data/plantvillage-mini")
-    parser.add_argument("--images", type=int, default=400)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--base-port", type=int, default=8410)
-    parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
-    parser.add_argument("--cache-study", action="store_true")
-    args = parser.parse_args(argv)
-    images = load_images(args.data, args.images)
-    repo = Path(args.repository)
-    if args.cache_study:
-        for row in cache_study(repo, images, base_port=args.base_port):
-            print(json.dumps(row), flush=True)
-        return
+def sweep(
+    repo: Path,
+    images: list[bytes],
+    *,
+    only: Sequence[str] = (),
+    seconds: float = 8.0,
+    base_port: int = 8410,
+) -> Iterator[dict[str, Any]]:
+    """Rows of every variant (or of those named in `only`), in VARIANTS order."""
     for v in VARIANTS:
-        if args.only and v.name not in args.only:
+        if only and v.name not in only:
             continue
-        for row in run_variant(repo, v, images, seconds=args.seconds, base_port=args.base_port):
-            print(json.dumps(row), flush=True)
+        yield from run_variant(repo, v, images, seconds=seconds, base_port=base_port)
 
 
 VARIANTS = (
@@ -185,7 +182,3 @@ VARIANTS = (
     Variant("pre2-thr2-d500", preprocess_instances=2, classifier_threads=2, queue_delay_us=500),
     Variant("pre2-thr2-d5000", preprocess_instances=2, classifier_threads=2, queue_delay_us=5000),
 )  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()

@@ -23,9 +23,12 @@ from typing import Any
 import numpy as np
 
 from plantdx.exceptions import ConfigError, PlantDxError, RepositoryError
+from plantdx.model_repository.layout import versions
+from plantdx.model_repository.names import CLASSIFIER, ONNX_OUTPUT, PREPROCESS
 from plantdx.preprocessing import META_FILENAME
 
-CLASSIFIER = "classifier"
+from .images import image_paths
+
 _LAYOUT = re.compile(r"^(\d+)x(\d+)b(\d+)$")
 
 
@@ -82,7 +85,7 @@ def parse_layout(text: str) -> tuple[int, int, int]:
 
 def version_dir(repository: str | Path, version: int = 0) -> Path:
     root = Path(repository) / CLASSIFIER
-    found = sorted(int(p.name) for p in root.glob("[0-9]*") if p.is_dir() and p.name.isdigit())
+    found = versions(root)
     if not found:
         raise RepositoryError(f"no classifier versions under {root}")
     v = version or found[-1]
@@ -112,7 +115,7 @@ def _worker(
     pre = Preprocessor(PreprocessMeta.load(Path(vdir) / META_FILENAME))
     # The rule travels in preprocess/N beside classifier/N; absent for older exports (identity).
     rule = DecisionRule.load(
-        Path(vdir).parent.parent / "preprocess" / Path(vdir).name / DECISION_FILENAME
+        Path(vdir).parent.parent / PREPROCESS / Path(vdir).name / DECISION_FILENAME
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -138,7 +141,8 @@ def _worker(
                 errors += 1
         t1 = time.perf_counter()
         if pixels:
-            (logits,) = session.run(None, {name: np.stack(pixels)})
+            # The logits only, as a served `plantdx` request asks (no class-activation maps).
+            (logits,) = session.run([ONNX_OUTPUT], {name: np.stack(pixels)})
             _ = rule.answered(rule.probabilities(logits))
         return t1 - t0, time.perf_counter() - t1, errors
 
@@ -242,8 +246,6 @@ def _run_layout(
 
 def run_inprocess_bench(cfg: InprocessBenchConfig, on_layout: Any = None) -> list[LayoutResult]:
     """One result per layout; the fastest is marked `best`."""
-    from .loadgen import image_paths
-
     if cfg.duration_s <= 0 or cfg.warmup_s < 0:
         raise ConfigError("duration must be positive and warm-up not negative")
     layouts = [layout.strip() for layout in cfg.layouts if layout.strip()]

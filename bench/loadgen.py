@@ -12,7 +12,14 @@ reported with the level, so that figures measured on cached answers cannot pass 
 
 Two drivers: `async` runs every worker as a task on one event loop with one
 AsyncPlantDxClient (aiohttp or grpc.aio); `threads` gives each worker a thread and a
-PlantDxClient of its own (tritonclient's HTTP client is gevent-based: one per thread).
+PlantDxClient of its own (tritonclient's HTTP client is gevent-based: one per thread). Both
+speak HTTP or gRPC.
+
+Two ways to count (`window`): "inside" (`plantdx bench serve`) counts the requests that
+started and finished inside the measured window, after a warm-up; "started" (the serving
+sweep and profile) counts every request sent before the window's end, waits for its answer
+and sends nothing before the window, so the server's own statistics over the run hold
+exactly the requests counted.
 """
 
 from __future__ import annotations
@@ -24,83 +31,19 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
 
-import numpy as np
+from plantdx.client import AsyncPlantDxClient, PlantDxClient
+from plantdx.client.options import error_kind
+from plantdx.client.results import cache_hit_count
+from plantdx.exceptions import ConfigError
 
-from plantdx.data import IMAGE_SUFFIXES
-from plantdx.exceptions import ConfigError, DatasetError
+from .images import load_images
+from .levels import LevelResult, ServeBenchConfig, _hits_between, _Record, _summarise
 
-from .aio import AsyncPlantDxClient
-from .client import PlantDxClient
-from .options import error_kind
-from .results import cache_hit_count
+__all__ = ["LevelResult", "ServeBenchConfig", "closed_loop", "run_level", "run_serve_bench"]
 
 # A failing server answers at once: pause so that errors are counted, not spun on.
 _ERROR_PAUSE_S = 0.01
-
-
-@dataclass
-class ServeBenchConfig:
-    url: str = "localhost:8000"
-    images: str = ""
-    protocol: Literal["http", "grpc"] = "http"
-    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32])
-    duration_s: float = 30.0
-    warmup_s: float = 3.0
-    driver: Literal["async", "threads"] = "async"
-    # Make every request's bytes unique, so that a cache keyed on the request bytes (such as an
-    # ensemble-level response cache) cannot answer a repeat. It does not defeat a cache keyed on
-    # decoded pixels (the default repository's classifier cache): the decoded image is the same.
-    # Cache hits are counted per level either way.
-    unique: bool = True
-    max_images: int = 0
-    timeout_s: float = 60.0
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class LevelResult:
-    concurrency: int
-    protocol: str
-    driver: str
-    duration_s: float
-    images: int
-    errors: int
-    img_per_s: float
-    p50_ms: float | None
-    p90_ms: float | None
-    p99_ms: float | None
-    mean_ms: float | None
-    client_cpu_pct: float
-    client_cpu_ms_per_img: float | None
-    error_examples: list[str] = field(default_factory=list)
-    # Answers Triton took from its response cache during the window (every model); None when
-    # the server's statistics could not be read (e.g. behind a gateway).
-    cache_hits: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def image_paths(folder: str | Path, limit: int = 0) -> list[Path]:
-    """Every image under `folder`, sorted (the first `limit` when limit > 0)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise DatasetError(f"image folder {root} does not exist")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if limit:
-        paths = paths[:limit]
-    if not paths:
-        raise DatasetError(f"no images under {root}")
-    return paths
-
-
-def load_images(folder: str | Path, limit: int = 0) -> list[bytes]:
-    """Encoded bytes of the images, read once before any timing."""
-    return [p.read_bytes() for p in image_paths(folder, limit)]
 
 
 class _Payloads:
@@ -121,57 +64,6 @@ class _Payloads:
         return data + self.tag + n.to_bytes(8, "little") if self.unique else data
 
 
-@dataclass
-class _Record:
-    starts: list[float] = field(default_factory=list)
-    ends: list[float] = field(default_factory=list)
-    errors: list[tuple[float, str]] = field(default_factory=list)
-
-
-def _summarise(
-    cfg: ServeBenchConfig,
-    concurrency: int,
-    rec: _Record,
-    t0: float,
-    t1: float,
-    cpu_s: float,
-    cache_hits: int | None = None,
-) -> LevelResult:
-    starts, ends = np.array(rec.starts), np.array(rec.ends)
-    inside = (starts >= t0) & (ends <= t1) if starts.size else np.zeros(0, dtype=bool)
-    lat = (ends[inside] - starts[inside]) * 1000.0
-    window = t1 - t0
-    errors = [msg for t, msg in rec.errors if t0 <= t <= t1]
-    n = int(lat.size)
-
-    def pct(q: float) -> float | None:
-        return round(float(np.percentile(lat, q)), 2) if n else None
-
-    return LevelResult(
-        concurrency=concurrency,
-        protocol=cfg.protocol,
-        driver=cfg.driver,
-        duration_s=round(window, 2),
-        images=n,
-        errors=len(errors),
-        img_per_s=round(n / window, 2),
-        p50_ms=pct(50),
-        p90_ms=pct(90),
-        p99_ms=pct(99),
-        mean_ms=round(float(lat.mean()), 2) if n else None,
-        client_cpu_pct=round(100.0 * cpu_s / window, 1),
-        client_cpu_ms_per_img=round(1000.0 * cpu_s / n, 3) if n else None,
-        error_examples=sorted(set(errors))[:3],
-        cache_hits=cache_hits,
-    )
-
-
-def _hits_between(before: int | None, after: int | None) -> int | None:
-    if before is None or after is None:
-        return None
-    return max(0, after - before)
-
-
 def _read_cache_hits(client: PlantDxClient) -> int | None:
     """Response-cache hits so far over every model; None when the statistics cannot be read."""
     try:
@@ -185,6 +77,24 @@ async def _aread_cache_hits(client: AsyncPlantDxClient) -> int | None:
         return cache_hit_count(await client.inference_statistics())
     except Exception:
         return None
+
+
+class _Budget:
+    """Whether a worker may send another request: inside the window, and under
+    `max_requests` in all when it is set (itertools.count is atomic under the GIL)."""
+
+    def __init__(self, cfg: ServeBenchConfig) -> None:
+        self.max = cfg.max_requests if cfg.window == "started" else 0
+        self.sent = itertools.count()
+
+    def more(self, t1: float) -> bool:
+        return time.perf_counter() < t1 and (not self.max or next(self.sent) < self.max)
+
+
+def _connect_first(cfg: ServeBenchConfig) -> bool:
+    """A first, uncounted request per client to connect before the window ("inside" only:
+    with "started", the server counts every request, so every request is counted)."""
+    return cfg.window == "inside"
 
 
 def _window(cfg: ServeBenchConfig) -> tuple[float, float]:
@@ -237,12 +147,14 @@ async def _async_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: 
             max_connections=1,
         ) as stats,
     ):
-        with contextlib.suppress(Exception):  # connect first; the measured loop counts failures
-            await client.infer([images[0]], class_count=1)
+        if _connect_first(cfg):
+            with contextlib.suppress(Exception):  # the measured loop counts failures
+                await client.infer([images[0]], class_count=1)
         t0, t1 = _window(cfg)
+        budget = _Budget(cfg)
 
         async def worker() -> None:
-            while time.perf_counter() < t1:
+            while budget.more(t1):
                 data = payloads.next()
                 start = time.perf_counter()
                 try:
@@ -254,18 +166,21 @@ async def _async_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: 
                 rec.starts.append(start)
                 rec.ends.append(time.perf_counter())
 
+        done = asyncio.Event()  # every worker stopped (at t1, or out of requests)
+
         async def cpu() -> tuple[float, int | None]:
-            while time.perf_counter() < t0:
+            while time.perf_counter() < t0 and not done.is_set():
                 await asyncio.sleep(0.005)
             hits0 = await _aread_cache_hits(stats)
             c0 = time.process_time()
-            while time.perf_counter() < t1:
+            while time.perf_counter() < t1 and not done.is_set():
                 await asyncio.sleep(0.005)
             cpu_s = time.process_time() - c0
             return cpu_s, _hits_between(hits0, await _aread_cache_hits(stats))
 
         cpu_task = asyncio.ensure_future(cpu())
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        done.set()
         cpu_s, hits = await cpu_task
     return _summarise(cfg, concurrency, rec, t0, t1, cpu_s, hits)
 
@@ -276,19 +191,21 @@ def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int)
     connected = threading.Barrier(concurrency + 1)
     go = threading.Barrier(concurrency + 1)
     window: list[float] = []
+    budget = _Budget(cfg)
 
     def worker(k: int) -> None:
         payloads = _Payloads(images, cfg.unique, offset=k * 7919)
         with PlantDxClient(
             cfg.url, cfg.protocol, timeout=cfg.timeout_s, retries=0, headers=cfg.headers
         ) as client:
-            with contextlib.suppress(Exception):  # the measured loop counts failures
-                client.infer([images[0]], class_count=1)
+            if _connect_first(cfg):
+                with contextlib.suppress(Exception):  # the measured loop counts failures
+                    client.infer([images[0]], class_count=1)
             connected.wait()
             go.wait()
             t1 = window[1]
             starts, ends, errors = [], [], []
-            while time.perf_counter() < t1:
+            while budget.more(t1):
                 data = payloads.next()
                 start = time.perf_counter()
                 try:
@@ -317,7 +234,7 @@ def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int)
         cpu_s = _cpu_over(
             window[0],
             window[1],
-            lambda: False,
+            lambda: not any(t.is_alive() for t in threads),
             at_start=lambda: hits.append(_read_cache_hits(stats)),
             at_end=lambda: hits.append(_read_cache_hits(stats)),
         )
@@ -325,6 +242,13 @@ def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int)
         t.join()
     cache_hits = _hits_between(*hits) if len(hits) == 2 else None
     return _summarise(cfg, concurrency, rec, window[0], window[1], cpu_s, cache_hits)
+
+
+def run_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int) -> LevelResult:
+    """One concurrency level with the configured driver."""
+    if cfg.driver == "async":
+        return asyncio.run(_async_level(cfg, images, concurrency))
+    return _threads_level(cfg, images, concurrency)
 
 
 def run_serve_bench(
@@ -343,55 +267,36 @@ def run_serve_bench(
         client.infer([images[0]], class_count=1)
     results = []
     for c in cfg.concurrency:
-        if cfg.driver == "async":
-            result = asyncio.run(_async_level(cfg, images, c))
-        else:
-            result = _threads_level(cfg, images, c)
+        result = run_level(cfg, images, c)
         results.append(result)
         if on_level is not None:
             on_level(result)
     return results
 
 
-def machine() -> str:
-    """A one-line description of this machine for reports."""
-    import platform
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPU cores ({cpu or platform.processor()}), {platform.system()}"
-
-
-def plot_levels(results: list[LevelResult], out: str | Path, title: str = "") -> Path:
-    """Throughput and p99 latency against concurrency, in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [r.concurrency for r in results]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    ax.plot(xs, [r.img_per_s for r in results], "o-", color="tab:green", label="images/s")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [str(x) for x in xs])
-    ax.set_xlabel("concurrency (requests in flight)")
-    ax.set_ylabel("throughput (images/s)", color="tab:green")
-    ax.set_ylim(bottom=0)
-    right = ax.twinx()
-    right.plot(xs, [r.p99_ms or 0 for r in results], "s--", color="tab:red", label="p99 latency")
-    right.set_ylabel("p99 latency (ms)", color="tab:red")
-    right.set_ylim(bottom=0)
-    ax.set_title(title or f"plantdx over {results[0].protocol}" if results else title)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+def closed_loop(
+    url: str,
+    images: list[bytes],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float = 0.0,
+    max_requests: int = 0,
+    timeout_s: float = 30.0,
+) -> LevelResult:
+    """The serving sweep's and profile's load: gRPC, one thread and client per worker, the
+    images as they are (a cache may answer repeats), every request sent counted."""
+    if not images:
+        raise ConfigError("closed_loop needs at least one image")
+    cfg = ServeBenchConfig(
+        url=url,
+        protocol="grpc",
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        driver="threads",
+        unique=False,
+        timeout_s=timeout_s,
+        window="started",
+        max_requests=max_requests,
+    )
+    return run_level(cfg, images, concurrency)

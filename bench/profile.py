@@ -1,6 +1,6 @@
 """Where a served image's time and CPU go, per concurrency level.
 
-    flock /tmp/plantdx-cpu.lock python scripts/serving_profile.py --repository REPO \\
+    flock /tmp/plantdx-cpu.lock plantdx bench profile --repository REPO \\
         --data ../shared/data/plantvillage-mini --concurrency 1,16 --seconds 10
 
 Starts a real Triton on the repository (response cache off), drives it with the closed-loop
@@ -18,16 +18,16 @@ costs beyond the model and the preprocessing themselves, and who pays it.
 from __future__ import annotations
 
 import json
-import os
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from plantdx.serving.server import TritonServer
 
 from .loadgen import closed_loop
-from .server import TritonServer, proc_stat
+from .monitor import cpu_seconds
 
 _STAT_FIELDS = ("success", "queue", "compute_input", "compute_infer", "compute_output")
 
@@ -44,22 +44,14 @@ class LevelProfile:
     models: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (utime and stime)."""
-    fields = proc_stat(pid)
-    if fields is None:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def process_cpu(server_pid: int, stubs: Mapping[int, tuple[str, str]]) -> dict[str, float]:
     """CPU seconds so far of the Triton process and of each model's stubs (summed by model)."""
     out: dict[str, float] = {}
-    core = _cpu_seconds(server_pid)
+    core = cpu_seconds(server_pid)
     if core is not None:
         out["triton core"] = core
     for pid, (model, _version) in stubs.items():
-        seconds = _cpu_seconds(pid)
+        seconds = cpu_seconds(pid)
         if seconds is not None:
             out[f"{model} stubs"] = out.get(f"{model} stubs", 0.0) + seconds
     return out
@@ -115,7 +107,7 @@ def cpu_per_image(
 
 
 def profile_level(
-    server: TritonServer, images: Sequence[bytes], concurrency: int, seconds: float
+    server: TritonServer, images: list[bytes], concurrency: int, seconds: float
 ) -> LevelProfile:
     closed_loop(server.grpc_url, images, concurrency=concurrency, duration_s=min(seconds, 3.0))
     pid = server.pid or -1
@@ -129,11 +121,11 @@ def profile_level(
     cpu0["load generator"], cpu1["load generator"] = 0.0, client_s
     return LevelProfile(
         concurrency=concurrency,
-        images=result.ok,
-        img_per_s=round(result.throughput, 1),
+        images=result.images,
+        img_per_s=round(result.img_per_s, 1),
         p50_ms=round(result.percentile(50), 1),
         p99_ms=round(result.percentile(99), 1),
-        failed=result.failed,
+        failed=result.errors,
         cpu_ms_per_img=cpu_per_image(cpu0, cpu1, served),
         models=models,
     )
@@ -141,7 +133,7 @@ def profile_level(
 
 def profile(
     repo: Path,
-    images: Sequence[bytes],
+    images: list[bytes],
     *,
     concurrencies: Iterable[int] = (1, 16),
     seconds: float = 10.0,
@@ -172,45 +164,3 @@ def format_level(p: LevelProfile) -> str:
         times = ", ".join(f"{k[:-3]} {row[k]}" for k in row if k.endswith("_us"))
         lines.append(f"  {name}: batch {row['mean_batch']}, µs/request: {times}")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-    from dataclasses import asdict
-
-    from .preprocess_bench import load_images
-
-    parser = argparse.ArgumentParser(description="Triton statistics and CPU per served image")
-    parser.add_argument("--repository", required=True)
-    parser.add_argument("--data", default="../shared/data/plantvillage-mini")
-    parser.add_argument("--images", type=int, default=400)
-    parser.add_argument("--concurrency", default="1,16")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--base-port", type=int, default=8430)
-    parser.add_argument("--json", help="write the levels here")
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=[],
-        help="extra tritonserver flag, e.g. --server-arg=--metrics-config=summary_latencies=false",
-    )
-    args = parser.parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",")]
-    images = load_images(args.data, args.images)
-    rows: list[dict[str, Any]] = []
-    for p in profile(
-        Path(args.repository),
-        images,
-        concurrencies=levels,
-        seconds=args.seconds,
-        base_port=args.base_port,
-        server_args=args.server_arg,
-    ):
-        print(format_level(p), flush=True)
-        rows.append(asdict(p))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
