@@ -39,8 +39,9 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
+    from plantdx.bench.report import machine
+    from plantdx.bench.train_loader import BenchTrainConfig, bench_train
     from plantdx.training import TrainConfig
-    from plantdx.training.bench import BenchTrainConfig, bench_train, machine
 
     tc = resolve(
         TrainConfig,
@@ -60,7 +61,7 @@ def train(
     err = Console(stderr=True)
     err.print(
         f"plantdx bench train: {tc.model} @ {tc.image_size} px, freeze_blocks "
-        f"{tc.freeze_blocks}, {machine()}"
+        f"{tc.freeze_blocks}, {machine(torch_details=True)}"
     )
     result = bench_train(
         BenchTrainConfig(batches=batches, repeats=repeats, train=tc),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import platform
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -25,12 +24,14 @@ from torch import nn
 from plantdx.data import scan_sources, stratified_split
 from plantdx.exceptions import ConfigError
 from plantdx.models import create_model, get_spec
+from plantdx.training.build import build_optimizer, place_model
+from plantdx.training.config import TrainConfig, as_list
+from plantdx.training.distributed import pick_device
+from plantdx.training.engine import train_one_epoch
+from plantdx.training.freezing import backbone_frozen, frozen_for_epoch
+from plantdx.training.loading import prepare_datasets, train_loader
 
-from .config import TrainConfig, as_list
-from .distributed import pick_device
-from .engine import train_one_epoch
-from .loading import prepare_datasets, train_loader
-from .train import backbone_frozen, build_optimizer, frozen_for_epoch, place_model
+from .report import machine
 
 TARGET_RATIO = 0.85
 
@@ -43,14 +44,6 @@ class BenchTrainConfig:
     # slower (allocator growth, kernel selection), which is start-up, not the loader's cost.
     warmup_batches: int | None = None  # None: as many as `batches`
     train: TrainConfig | None = None
-
-
-def machine() -> str:
-    cuda = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return (
-        f"{platform.machine()} {os.cpu_count()} CPU(s), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads){cuda}"
-    )
 
 
 def _synthetic_data(root: Path, images_needed: int, train_fraction: float) -> Path:
@@ -163,7 +156,7 @@ def _measure(
         "data": tc.data if cfg.train and cfg.train.data else "synthetic (plantdx data synth)",
         "n_train_images": len(dataset),  # type: ignore[arg-type]
         "device": str(device),
-        "machine": machine(),
+        "machine": machine(torch_details=True),
         "real_loader_img_per_s": statistics.median(real),
         "preloaded_img_per_s": statistics.median(pre),
         "ratio": ratio,
