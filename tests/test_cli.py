@@ -95,13 +95,13 @@ def test_missing_weights_file_is_a_one_line_error(tmp_path, synth_dir) -> None:
 def test_bad_weights_fail_before_the_dataset_is_decoded(
     tmp_path, synth_dir, monkeypatch, model: str, weights: str, message: str
 ) -> None:
-    train_module = importlib.import_module("plantdx.training.train")
+    run_data = importlib.import_module("plantdx.training.run_data")
     from plantdx.exceptions import ModelNotFoundError
 
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the dataset was decoded before the weights were checked")
 
-    monkeypatch.setattr(train_module, "prepare_datasets", no_decoding)
+    monkeypatch.setattr(run_data, "prepare_datasets", no_decoding)
     (tmp_path / "folder").mkdir()
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     path = tmp_path / weights

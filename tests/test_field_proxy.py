@@ -1,4 +1,4 @@
-"""The field-photo proxy (training.field): segmentation, staging, the ImageFolder it writes."""
+"""The field-photo proxy (training.field_proxy): segmentation, staging, the ImageFolder it writes."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ from PIL import Image
 
 from plantdx.data import Sample, scan_image_folder
 from plantdx.exceptions import DatasetError
-from plantdx.training.field import (
-    EFFECTS,
-    PROXY_MANIFEST,
-    cut_leaf,
-    field_background,
-    leaf_mask,
-    make_field_proxy,
-    stage,
-)
+from plantdx.training.compositing import cut_leaf, leaf_mask
+from plantdx.training.field_grounds import field_background
+from plantdx.training.field_proxy import EFFECTS, PROXY_MANIFEST, make_field_proxy, stage
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +133,31 @@ def test_make_field_proxy_reads_a_run_split(
         make_field_proxy(run, tmp_path / "x", split="holdout")
     with pytest.raises(DatasetError, match="neither"):
         make_field_proxy(tmp_path / "missing", tmp_path / "y")
+
+
+def test_plantdx_data_field_proxy_stages_a_run_split(
+    few_samples: tuple[list[Sample], list[str]], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from plantdx.cli import app
+    from plantdx.data import ImageFolder, save_split
+
+    samples, names = few_samples
+    folder = ImageFolder(root=samples[0].path.parent.parent, class_names=names, samples=samples)
+    run = tmp_path / "run"
+    run.mkdir()
+    split = {"train": samples[:2], "val": [], "test": samples[2:5]}
+    save_split(split, folder, run / "split.json", seed=0)
+    out = tmp_path / "proxy"
+    args = ["data", "field-proxy", str(run), str(out), "--per-photo", "2", "--size", "96"]
+    result = CliRunner().invoke(app, [*args, "--seed", "3", "--effects", "background,camera"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote 6 images in {len(names)} classes to {out}" in result.output
+    manifest = json.loads((out / PROXY_MANIFEST).read_text())
+    assert manifest["seed"] == 3 and manifest["effects"] == ["background", "camera"]
+    result = CliRunner().invoke(app, [*args, "--effects", "fog"])
+    assert result.exit_code != 0 and "unknown effect" in result.output
 
 
 def test_evaluate_runs_on_the_proxy_folder(

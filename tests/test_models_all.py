@@ -153,7 +153,7 @@ def test_vgg16_at_160_px_pools_exactly_with_the_same_state_dict() -> None:
 
 @pytest.mark.parametrize("name", [n for n in SIZES if n not in SLOW])
 def test_head_is_named_and_freezing_leaves_only_it_trainable(name: str) -> None:
-    from plantdx.training.train import set_backbone_frozen
+    from plantdx.training.freezing import set_backbone_frozen
 
     size, kwargs = SIZES[name]
     model = create_model(name, num_classes=7, image_size=size, **kwargs)

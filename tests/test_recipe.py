@@ -13,8 +13,8 @@ import yaml
 from PIL import Image
 
 from plantdx.config import resolve, to_dict
+from plantdx.training.augment import GroundBank, build_augment, paste_on_ground, random_ground
 from plantdx.training.config import AugmentConfig, TrainConfig
-from plantdx.training.data import GroundBank, build_augment, paste_on_ground, random_ground
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ def test_ground_bank_is_fixed_per_size() -> None:
 def test_planned_epochs_fit_the_budget(
     budget: float, per_epoch: float, overhead: float, reserve: float
 ) -> None:
-    from plantdx.training.train import plan_epochs
+    from plantdx.training.budget import plan_epochs
 
     cfg = TrainConfig(time_budget_min=budget, epochs=50)
     n = plan_epochs(cfg, per_epoch, overhead + reserve)
@@ -111,7 +111,7 @@ def _simulate(
     cfg: TrainConfig, times: list[float], estimate: float, start: float, reserve: float
 ) -> tuple[int, float]:
     """The budgeted loop of train.py on a clock: (epochs run, seconds at the end)."""
-    from plantdx.training.train import plan_epochs, replan_epochs
+    from plantdx.training.budget import plan_epochs, replan_epochs
 
     planned = plan_epochs(cfg, estimate, start + reserve)
     spent, done, seen = start, 0, []
@@ -145,7 +145,7 @@ def test_replanning_follows_the_machine() -> None:
 
 
 def test_no_budget_means_the_epochs_asked_for() -> None:
-    from plantdx.training.train import plan_epochs
+    from plantdx.training.budget import plan_epochs
 
     for off in (None, 0.0):
         assert plan_epochs(TrainConfig(time_budget_min=off, epochs=7), 1e6, 1e6) == 7
@@ -154,7 +154,7 @@ def test_no_budget_means_the_epochs_asked_for() -> None:
 def test_reschedule_continues_from_the_step_reached() -> None:
     import torch
 
-    from plantdx.training.train import build_scheduler, reschedule
+    from plantdx.training.build import build_scheduler, reschedule
 
     cfg = TrainConfig(lr=1.0, warmup_epochs=0.5, scheduler="cosine")
     weight = torch.nn.Parameter(torch.zeros(1))
@@ -181,7 +181,7 @@ def test_freeze_stem_freezes_the_early_blocks_only() -> None:
     import torch
 
     from plantdx.models import create_model
-    from plantdx.training.train import freeze_stem
+    from plantdx.training.freezing import freeze_stem
 
     model = create_model("efficientnet_lite0", num_classes=3, pretrained=False, image_size=64)
     norms = freeze_stem(model, 3)
@@ -202,7 +202,7 @@ def test_freeze_stem_freezes_the_early_blocks_only() -> None:
 
 def test_freeze_stem_leaves_other_models_alone() -> None:
     from plantdx.models import create_model
-    from plantdx.training.train import freeze_stem
+    from plantdx.training.freezing import freeze_stem
 
     tiny = create_model("test_tiny", num_classes=3)
     assert freeze_stem(tiny, 3) == []

@@ -27,13 +27,9 @@ import yaml
 from plantdx.checkpoint import load_checkpoint
 from plantdx.exceptions import ConfigError, DatasetError
 from plantdx.training import TrainConfig, resume_config, train
+from plantdx.training.build import build_optimizer, build_scheduler
+from plantdx.training.freezing import backbone_frozen, set_backbone_frozen
 from plantdx.training.progress import Reporter
-from plantdx.training.train import (
-    backbone_frozen,
-    build_optimizer,
-    build_scheduler,
-    set_backbone_frozen,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -294,6 +290,7 @@ def test_resume_after_the_time_budget_replans_continues_the_same_plan(
     """The budget re-plans 5 epochs down to 3 after epoch 1. last.pt must hold that plan, so a
     run stopped after epoch 1 and resumed ends exactly like the unbroken one."""
     train_module = importlib.import_module("plantdx.training.train")
+    budget_module = importlib.import_module("plantdx.training.budget")
 
     replanned: list[int] = []
 
@@ -313,7 +310,7 @@ def test_resume_after_the_time_budget_replans_continues_the_same_plan(
 
         return real_epoch(*args, **{**kwargs, "on_batch": step})
 
-    monkeypatch.setattr(train_module, "replan_epochs", replan)
+    monkeypatch.setattr(budget_module, "replan_epochs", replan)
     monkeypatch.setattr(train_module, "train_one_epoch", recording_epoch)
     kw: dict[str, Any] = {"epochs": 5, "time_budget_min": 30.0, "device": "cpu"}
     full = train(tiny(tmp_path, synth_dir, "full", **kw), reporter=Reporter(quiet=True))
@@ -354,7 +351,9 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path: Path, synth_dir: Path)
 
 def test_measuring_the_step_time_leaves_model_and_optimizer_as_they_were() -> None:
     from plantdx.models import create_model
-    from plantdx.training.train import _measure_step_time, freeze_stem, place_model
+    from plantdx.training.budget import measure_step_time
+    from plantdx.training.build import place_model
+    from plantdx.training.freezing import freeze_stem
 
     torch.manual_seed(0)
     cfg = TrainConfig(model="efficientnet_lite0", pretrained=False, image_size=32)
@@ -378,7 +377,7 @@ def test_measuring_the_step_time_leaves_model_and_optimizer_as_they_were() -> No
     opt_state = copy.deepcopy(optimizer.state_dict())
     rng, loader_rng = torch.get_rng_state(), loader.generator.get_state()  # type: ignore[union-attr]
 
-    seconds = _measure_step_time(
+    seconds = measure_step_time(
         model, loader, criterion, torch.device("cpu"), True, optimizer=optimizer, frozen=frozen
     )
     assert seconds > 0

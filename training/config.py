@@ -26,7 +26,7 @@ class AugmentConfig:
     zoom_max: float = 1.15
     shift: float = 0.08
     zoom_p: float = 0.3
-    # Cut the leaf off its lab board (training.field.leaf_mask) and paste it, shrunk to
+    # Cut the leaf off its lab board (training.compositing.leaf_mask) and paste it, shrunk to
     # leaf_scale_min..1 of the frame, onto a procedurally drawn ground, half the time with a
     # cast shadow: the model stops relying on the plain board (see BENCHMARKS.md).
     field_p: float = 0.3

@@ -25,8 +25,9 @@ from plantdx.data import Sample
 from plantdx.exceptions import PreprocessError
 from plantdx.preprocessing import Normalizer, PreprocessMeta, Preprocessor
 
+from .augment import build_augment
 from .config import AugmentConfig
-from .data import DecodedImages, PixelDataset, build_augment, decode_samples
+from .data import DecodedImages, PixelDataset, decode_samples
 
 Augment = Callable[..., np.ndarray]
 Item = tuple[torch.Tensor, int]

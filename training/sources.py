@@ -1,5 +1,5 @@
 """Per-source figures of a multi-source run, the best-epoch criterion, and the final decision
-rule with its test figures (what `_Run._finish` adds to metrics.json)."""
+rule with its test figures (what `report.finish_run` adds to metrics.json)."""
 
 from __future__ import annotations
 

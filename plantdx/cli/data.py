@@ -32,3 +32,40 @@ def info(root: Path = typer.Argument(..., help="ImageFolder root.")) -> None:
     for name, n in folder.counts().items():
         typer.echo(f"{n:6d}  {name}")
     typer.echo(f"{len(folder.samples):6d}  images in {len(folder.class_names)} classes")
+
+
+@app.command("field-proxy")
+def field_proxy(
+    source: str = typer.Argument(
+        ..., help="Run directory, split.json or ImageFolder of held-out photos."
+    ),
+    out: str = typer.Argument(..., help="Folder to write the proxy ImageFolder into."),
+    split: str = typer.Option("test", "--split", help="Split of a run to stage."),
+    seed: int = typer.Option(0, "--seed"),
+    size: int = typer.Option(384, "--size", help="Image side in pixels."),
+    per_photo: int = typer.Option(1, "--per-photo", help="Staged images per photo."),
+    effects: str = typer.Option(
+        None,
+        "--effects",
+        help="Comma list from background,companions,framing,shadows,lighting,camera (default all).",
+    ),
+) -> None:
+    """Stage held-out lab photos the way users photograph leaves: a field-photo proxy."""
+    from plantdx.training.field_proxy import EFFECTS, make_field_proxy
+
+    try:
+        result = make_field_proxy(
+            source,
+            out,
+            seed,
+            split=split,
+            size=size,
+            per_photo=per_photo,
+            effects=EFFECTS if effects is None else [e for e in effects.split(",") if e],
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    total = sum(result.counts.values())
+    typer.echo(f"wrote {total} images in {len(result.class_names)} classes to {result.out_dir}")
+    if result.skipped:
+        typer.echo(f"skipped {len(result.skipped)} unreadable photo(s)")
