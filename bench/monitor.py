@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plantdx.serving.server import proc_stat
+from plantdx.serving.procs import proc_stat
 
 
 def _clock_ticks(fields: list[str]) -> int:

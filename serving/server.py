@@ -1,22 +1,17 @@
-"""Start and stop the Triton server that the `nvidia-pytriton` wheel ships.
+"""`TritonServer`: start and stop the Triton server that the `nvidia-pytriton` wheel ships (or
+supervise a given tritonserver command line), wait for readiness, drain before stopping.
 
-The wheel holds the `tritonserver` binary, its Python backend and one backend stub per Python
-version. The stub runs the first `python` on PATH, so this environment's `bin/` goes first,
-and the interpreter's own `lib/` joins LD_LIBRARY_PATH so the stub loads the same libpython.
+Its rooms: `install.py` (where the wheel's binary, backend and stub live, the environment the
+stubs need), `procs.py` (ports and /proc), `repository_api.py` (Triton's repository API over
+HTTP), `watchdog.py` (reloading a model whose stub died).
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -29,124 +24,26 @@ from typing import Any
 from plantdx.exceptions import ServerError
 from plantdx.model_repository.names import ADMIN_HEADER
 
-PR_SET_PDEATHSIG = 1
+from .install import prepare_backend_dir, pytriton_root, server_env
+from .procs import children, die_with_parent, free_port, port_free, proc_stat, shm_regions
+from .repository_api import CallError, RepositoryApi
+from .watchdog import StubWatchdog, stubs_of
+
+__all__ = [  # what callers import from here
+    "TritonServer",
+    "default_models",
+    "free_port",
+    "port_free",
+    "prepare_backend_dir",
+    "proc_stat",
+    "pytriton_root",
+    "server_env",
+]
+
 log = logging.getLogger(__name__)
 
 
-def pytriton_root() -> Path:
-    try:
-        import pytriton
-    except ImportError as exc:
-        raise ServerError(
-            "nvidia-pytriton is not installed: it provides the Triton server"
-        ) from exc
-    root = Path(pytriton.__file__).parent / "tritonserver"
-    if not (root / "bin" / "tritonserver").is_file():
-        raise ServerError(f"no tritonserver binary under {root}")
-    return root
-
-
-def _libs_dir() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs"
-
-
-def prepare_backend_dir(cache_dir: Path | None = None) -> Path:
-    """A backend directory with the Python backend and the stub for this Python version."""
-    root = pytriton_root()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise ServerError(f"the Triton wheel has no Python-backend stub for Python {version}")
-    base = cache_dir or Path(tempfile.gettempdir()) / f"plantdx-backends-{os.getuid()}-{version}"
-    python_dir = base / "python"
-    marker = python_dir / ".source"
-    if not (marker.is_file() and marker.read_text() == str(root)):
-        tmp = Path(tempfile.mkdtemp(prefix=".backends-", dir=base.parent))
-        shutil.copytree(root / "backends" / "python", tmp / "python")
-        shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
-        os.chmod(tmp / "python" / "triton_python_backend_stub", 0o755)
-        (tmp / "python" / ".source").write_text(str(root))
-        shutil.rmtree(base, ignore_errors=True)
-        os.rename(tmp, base)
-    return base
-
-
-def server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-    libdirs = [str(_libs_dir()), str(sysconfig.get_config_var("LIBDIR") or "")]
-    if env.get("LD_LIBRARY_PATH"):
-        libdirs.append(env["LD_LIBRARY_PATH"])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
-    # The stub must see this environment's packages even when started from elsewhere.
-    env.setdefault("PYTHONNOUSERSITE", "1")
-    return env
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_stat(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state, ppid, ...: field 3 of
-    proc(5) is index 0), or None when the process is gone. The name may hold spaces and
-    parentheses, so the split is after the last ')'."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2 :].split() or None
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        fields = proc_stat(entry.name)
-        if fields is not None and len(fields) > 1 and fields[1] == str(pid):
-            out.append(int(entry.name))
-    return out
-
-
-def _process_state(pid: int) -> str | None:
-    """The state letter of a process (R, S, Z...), or None when it is gone."""
-    fields = proc_stat(pid)
-    return fields[0] if fields else None
-
-
-SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
-
-
-def _shm_regions(pids: Sequence[int]) -> set[Path]:
-    """The Python backend's shared-memory regions these processes have mapped."""
-    out = set()
-    for pid in pids:
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            at = line.find(SHM_PREFIX)
-            if at >= 0 and not line.endswith("(deleted)"):
-                out.add(Path(line[at:].strip()))
-    return out
-
-
-def _parse_flags(argv: Sequence[str]) -> dict[str, list[str]]:
+def parse_flags(argv: Sequence[str]) -> dict[str, list[str]]:
     """tritonserver's flags, `--name=value` or `--name value`, every value of each kept."""
     out: dict[str, list[str]] = {}
     i = 0
@@ -160,16 +57,6 @@ def _parse_flags(argv: Sequence[str]) -> dict[str, list[str]]:
             out.setdefault(name, []).append(value)
         i += 1
     return out
-
-
-def _die_with_parent() -> None:
-    # The server must not outlive the process that started it (Ctrl-C, kill, crash).
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
-    os.setpgrp()
 
 
 def default_models(repository: Path) -> list[str]:
@@ -227,10 +114,9 @@ class TritonServer:
         # A command line supervised as given (see `wrapping`): binary and flags.
         self._wrapped: list[str] | None = None
         self._own_log: Path | None = None  # a log kept for error messages when none was asked
-        self._watchdog: threading.Thread | None = None
+        self._watchdog: StubWatchdog | None = None
         self._stopping = threading.Event()  # stubs die on purpose during shutdown
         self._abort = threading.Event()  # a stop asked for while starting
-        self.stub_restarts: list[str] = []  # models reloaded because a stub died
 
     @classmethod
     def wrapping(cls, binary: str, argv: Sequence[str]) -> TritonServer:
@@ -238,7 +124,7 @@ class TritonServer:
         backends, any repository location (s3://...). The stub watchdog and the drain on stop
         take the HTTP port, startup models, control mode, exit timeout and admin key from the
         flags; Triton's log goes to this process's stdout."""
-        flags = _parse_flags(argv)
+        flags = parse_flags(argv)
 
         def last(name: str, default: str) -> str:
             return flags.get(name, [default])[-1]
@@ -361,88 +247,34 @@ class TritonServer:
             env={**server_env(), **self.env} if self._wrapped is None else None,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         try:
             self.wait_ready(timeout_s=timeout_s, model=wait_for)
         except BaseException:
             self.stop()
             raise
-        if self.restart_dead_stubs and self.model_control == "explicit":
-            # The first scan before returning: a zombie's command line is empty, so a stub
-            # must be seen alive once for its death to be attributed to its model.
-            self._watchdog = threading.Thread(
-                target=self._watch_stubs, args=(self.stubs(),), daemon=True
-            )
-            self._watchdog.start()
+        if self.restart_dead_stubs and self.model_control == "explicit" and self.pid:
+            self._watchdog = StubWatchdog(
+                self.pid, self.api, alive=self.is_alive, stopping=self._stopping
+            ).start()
         return self
 
     # -- stub watchdog -----------------------------------------------------------------------
     def stubs(self) -> dict[int, tuple[str, str]]:
         """Live Python-backend stubs of this server: pid → (model, version)."""
-        out = {}
-        for pid in _children(self.pid or -1):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if len(cmd) > 1 and cmd[0].endswith(b"triton_python_backend_stub"):
-                # argv[1] is <repository>/<model>/<version>/model.py
-                version_dir = Path(cmd[1].decode(errors="replace")).parent
-                out[pid] = (version_dir.parent.name, version_dir.name)
-        return out
+        return stubs_of(self.pid or -1)
+
+    @property
+    def stub_restarts(self) -> list[str]:
+        """Models reloaded because a stub died."""
+        return self._watchdog.restarts if self._watchdog else []
 
     def _ready_versions(self) -> set[tuple[str, str]] | None:
         try:
-            index = self._repository_call("/index")
-        except (urllib.error.URLError, OSError, ValueError):
+            return self.api.ready_versions()
+        except CallError:
             return None
-        return {
-            (str(m.get("name")), str(m.get("version")))
-            for m in (index if isinstance(index, list) else [])
-            if m.get("state") == "READY"
-        }
-
-    def _watch_stubs(self, known: dict[int, tuple[str, str]], interval_s: float = 1.0) -> None:
-        """Reload a model whose stub died: Triton 2.51 does not restart it, and answers
-        "Stub process is not healthy" for that instance until the model is reloaded."""
-        suspects: set[int] = set()
-        while self.is_alive() and not self._stopping.is_set():
-            known.update(self.stubs())
-            # Triton reaps the stubs it stops (unload, reload, failed load) with a blocking
-            # waitpid, so they vanish; a stub killed behind its back stays a zombie until the
-            # model is reloaded. Only a zombie seen on two scans in a row counts as dead.
-            zombies = {pid for pid in known if _process_state(pid) == "Z"}
-            confirmed = zombies & suspects
-            suspects = zombies - confirmed
-            if confirmed:
-                ready = self._ready_versions() or set()
-                for model in sorted({known[pid][0] for pid in confirmed if known[pid] in ready}):
-                    if not self._stopping.is_set():
-                        self._reload(model)
-            for pid in confirmed:
-                known.pop(pid, None)
-            for pid in [p for p in known if _process_state(p) is None]:
-                known.pop(pid, None)
-            time.sleep(interval_s)
-
-    def _reload(self, model: str) -> None:
-        try:
-            with urllib.request.urlopen(
-                f"http://{self.http_url}/v2/models/{model}/config", timeout=10
-            ) as resp:
-                cfg = json.loads(resp.read())
-            # Triton skips a load whose config is unchanged; a fresh parameter forces it.
-            cfg.setdefault("parameters", {})["plantdx_restarted_at"] = {
-                "string_value": str(time.time())
-            }
-            self._repository_call(
-                f"/models/{model}/load", {"parameters": {"config": json.dumps(cfg)}}
-            )
-            self.stub_restarts.append(model)
-            log.warning("a Python-backend stub of %s died; the model was reloaded", model)
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            log.error("a stub of %s died and reloading it failed: %s", model, exc)
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -514,7 +346,7 @@ class TritonServer:
                 self.drain(timeout_s=self.exit_timeout_s)
             # Triton removes these itself on a clean exit, but not those of stubs that were
             # killed, nor any after a SIGKILL: /dev/shm would fill up run after run.
-            regions = _shm_regions([proc.pid, *_children(proc.pid)])
+            regions = shm_regions([proc.pid, *children(proc.pid)])
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout_s if timeout_s is not None else self.exit_timeout_s + 5)
@@ -533,18 +365,13 @@ class TritonServer:
             self._own_log = None
         return proc.returncode
 
+    @property
+    def api(self) -> RepositoryApi:
+        """Triton's repository API on this server, with its admin key."""
+        return RepositoryApi(self.http_url, self._admin_key)
+
     def _repository_call(self, path: str, body: dict[str, object] | None = None) -> object:
-        """POST to Triton's repository API with the admin key (never logged)."""
-        headers = {"Content-Type": "application/json"}
-        if self._admin_key:
-            headers[ADMIN_HEADER] = self._admin_key
-        data = json.dumps(body or {}).encode()
-        req = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository{path}", data=data, headers=headers
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw else None
+        return self.api.call(path, body)
 
     def drain(self, *, timeout_s: float = 30.0) -> bool:
         """Unload the served models and wait until their in-flight requests are done.
@@ -554,21 +381,21 @@ class TritonServer:
         if self.model_control != "explicit" or not self.is_alive() or not self.load_models:
             return False
         try:
+            api = self.api
             for model in self.load_models:
-                self._repository_call(f"/models/{model}/unload")
+                api.unload(model)
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and self.is_alive():
-                index = self._repository_call("/index")
                 busy = [
                     m
-                    for m in (index if isinstance(index, list) else [])
+                    for m in api.index()
                     if m.get("name") in self.load_models
                     and m.get("state") in ("READY", "UNLOADING")
                 ]
                 if not busy:
                     return True
                 time.sleep(0.05)
-        except (urllib.error.URLError, OSError, ValueError):
+        except CallError:
             pass  # the server is going down anyway; SIGTERM follows
         return False
 

@@ -203,12 +203,12 @@ def test_stop_leaves_no_shared_memory_behind(tiny_repo: Path, tmp_path: Path) ->
 
     server = start_server(tiny_repo, tmp_path / "t.log")
     try:
-        from plantdx.serving.server import _children, _shm_regions
+        from plantdx.serving.procs import children, shm_regions
 
         for pid in stub_pids(server.pid, "postprocess"):
             os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: "postprocess" in server.stub_restarts, timeout=30)
-        regions = _shm_regions([server.pid, *_children(server.pid)])
+        regions = shm_regions([server.pid, *children(server.pid)])
         assert regions and all(r.exists() for r in regions)
     finally:
         server.stop()
