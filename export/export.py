@@ -12,10 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Literal
-
-import numpy as np
 
 from plantdx.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from plantdx.config import resolve, to_dict
@@ -23,8 +20,6 @@ from plantdx.decision import DecisionRule
 from plantdx.exceptions import ConfigError, DatasetError, ExportError
 from plantdx.model_repository.config import ServingOptions
 from plantdx.model_repository.repository import (
-    ENGINES_FILENAME,
-    GATE_FILENAME,
     PARITY_FILENAME,
     StagedVersion,
     publish_version,
@@ -34,11 +29,11 @@ from plantdx.reference import REFERENCE_FILENAME
 
 from . import explain as explain_export
 from . import tensorrt as trt_export
+from . import tensorrt_publish as trt_publish
 from .onnx import (
     DEFAULT_OPSET,
     check_parity,
     export_onnx,
-    onnx_logits,
     require_parity,
     simplify_onnx,
 )
@@ -47,8 +42,6 @@ from .reference import export_reference
 from .sources import SYNTHETIC_CHECK, check_images, resolve_source, spread
 
 log = logging.getLogger(__name__)
-
-CALIBRATION_CACHE_FILENAME = "calibration.cache"
 
 
 @dataclass
@@ -229,7 +222,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         onnx_sha = file_sha256(onnx_path)
         trt_build = None
         if trt is not None and gpu is not None:
-            trt_build = _build_and_gate(
+            trt_build = trt_publish.build_and_gate(
                 trt, gpu, cfg, ckpt, onnx_path, onnx_sha, images, where, calibration_paths
             )
         provenance = make_provenance(
@@ -259,7 +252,7 @@ def export(cfg: ExportConfig) -> ExportResult:
             if reference is not None:
                 reference.save(staged.dir / REFERENCE_FILENAME)
             if trt_build is not None:
-                published.update(_write_plans(staged, trt_build, cfg, trt, gpu))
+                published.update(trt_publish.write_plans(staged, trt_build, cfg, trt, gpu))
 
         version = publish_version(
             cfg.repository,
@@ -336,95 +329,3 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# TensorRT.
-
-
-@dataclass
-class _TrtBuild:
-    plan: trt_export.PlanBuild
-    gate: trt_export.GateReport
-    identity: dict[str, Any]
-    calibration_cache: Path | None
-
-
-def _build_and_gate(
-    trt: ModuleType,
-    gpu: trt_export.GpuInfo,
-    cfg: ExportConfig,
-    ckpt: Checkpoint,
-    onnx_path: Path,
-    onnx_sha: str,
-    images: np.ndarray,
-    where: str,
-    calibration_paths: list[Path] | None,
-) -> _TrtBuild:
-    profile = trt_export.Profile(1, cfg.opt_batch, cfg.max_batch, ckpt.preprocessing.image_size)
-    calibration = None
-    if calibration_paths is not None:
-        cache = (
-            Path(cfg.calibration_cache)
-            if cfg.calibration_cache
-            else trt_export.calibration_cache_path(onnx_sha, calibration_paths, ckpt.preprocessing)
-        )
-        calibration = trt_export.Calibration(
-            tuple(calibration_paths), ckpt.preprocessing, cfg.opt_batch, cache, str(cfg.calibration)
-        )
-    settings = trt_export.BuildSettings(
-        precision=cfg.precision,
-        profile=profile,
-        workspace_bytes=cfg.workspace_mb << 20,
-        timing_cache=Path(cfg.timing_cache)
-        if cfg.timing_cache
-        else trt_export.default_timing_cache(trt, gpu),
-        calibration=calibration,
-    )
-    plan = trt_export.build_plan(
-        trt, onnx_path, onnx_path.parent / trt_export.plan_filename(gpu), settings, gpu
-    )
-    runner = trt_export.PlanRunner(trt, plan.path, max_batch=cfg.max_batch)
-    gate = trt_export.precision_gate(
-        onnx_logits(onnx_path, images),
-        runner(images),
-        precision=cfg.precision,
-        gpu=gpu,
-        min_agreement=cfg.gate_threshold,
-        source=where,
-    )
-    plan.metadata["gate"] = gate.to_dict()
-    trt_export.require_gate(gate)
-    identity = {"onnx_sha256": onnx_sha, "precision": cfg.precision, "profile": profile.to_dict()}
-    return _TrtBuild(plan, gate, identity, calibration.cache_path if calibration else None)
-
-
-def _write_plans(
-    staged: StagedVersion,
-    build: _TrtBuild,
-    cfg: ExportConfig,
-    trt: ModuleType | None,
-    gpu: trt_export.GpuInfo | None,
-) -> dict[str, Any]:
-    assert trt is not None and gpu is not None
-    carried: dict[str, Any] = {}
-    left: list[dict[str, str]] = []
-    if cfg.carry_plans:
-        carried, left = trt_export.carry_plans(
-            staged.previous_dir,
-            staged.dir,
-            identity=build.identity,
-            gpu=gpu,
-            tensorrt_version=str(trt.__version__),
-        )
-    shutil.copyfile(build.plan.path, staged.dir / build.plan.path.name)
-    plans = {
-        **carried,
-        gpu.compute_capability: {**build.plan.metadata, "built_in_version": staged.version},
-    }
-    engines = {"identity": build.identity, "plans": plans, "not_carried": left}
-    write_json(staged.dir / ENGINES_FILENAME, engines)
-    write_json(staged.dir / GATE_FILENAME, build.gate.to_dict())
-    if build.calibration_cache is not None and build.calibration_cache.is_file():
-        shutil.copyfile(build.calibration_cache, staged.dir / CALIBRATION_CACHE_FILENAME)
-    return engines
