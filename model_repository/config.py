@@ -278,14 +278,12 @@ def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig
     return cfg
 
 
-def ensemble_config(
-    num_classes: int,
-    opts: ServingOptions,
-    *,
-    target: Target = "local",
-    labels_filename: str = "labels.txt",
+def ensemble_base(
+    name: str, num_classes: int, opts: ServingOptions, labels_filename: str
 ) -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=ENSEMBLE, platform="ensemble")
+    """What every plantdx ensemble starts with: one encoded image in; the calibrated
+    probabilities (with labels) and the decision out; no step yet."""
+    cfg = mc.ModelConfig(name=name, platform="ensemble")
     # Triton refuses an ensemble whose batch limit exceeds any composing model's.
     cfg.max_batch_size = min(
         opts.preprocess.max_batch_size,
@@ -302,6 +300,17 @@ def ensemble_config(
         )
     )
     cfg.output.append(mc.ModelOutput(name=DECISION, data_type=mc.TYPE_STRING, dims=[1]))
+    return cfg
+
+
+def ensemble_config(
+    num_classes: int,
+    opts: ServingOptions,
+    *,
+    target: Target = "local",
+    labels_filename: str = "labels.txt",
+) -> mc.ModelConfig:
+    cfg = ensemble_base(ENSEMBLE, num_classes, opts, labels_filename)
     steps = cfg.ensemble_scheduling.step
     pre = steps.add(model_name=PREPROCESS, model_version=-1)
     pre.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT

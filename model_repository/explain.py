@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .config import ServingOptions, _apply_batching
+from .config import ServingOptions, _apply_batching, ensemble_base
 from .names import (
     CALIBRATION,
     CAMS,
@@ -61,22 +61,7 @@ def explain_ensemble_config(
     *,
     labels_filename: str = "labels.txt",
 ) -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=EXPLAIN_ENSEMBLE, platform="ensemble")
-    cfg.max_batch_size = min(
-        opts.preprocess.max_batch_size,
-        opts.classifier.max_batch_size,
-        opts.postprocess.max_batch_size,
-    )
-    cfg.input.append(mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
-    cfg.output.append(
-        mc.ModelOutput(
-            name=ENSEMBLE_OUTPUT,
-            data_type=mc.TYPE_FP32,
-            dims=[num_classes],
-            label_filename=labels_filename,
-        )
-    )
-    cfg.output.append(mc.ModelOutput(name=DECISION, data_type=mc.TYPE_STRING, dims=[1]))
+    cfg = ensemble_base(EXPLAIN_ENSEMBLE, num_classes, opts, labels_filename)
     cfg.output.append(
         mc.ModelOutput(name=HEATMAP, data_type=mc.TYPE_FP32, dims=list(cams_dims[-2:]))
     )

@@ -1,11 +1,4 @@
-"""The Triton model repository on disk: layout, atomic versions and listing.
-
-    REPO/plantdx/config.pbtxt, labels.txt, 1/           ensemble (IMAGE → PROBABILITIES, DECISION)
-    REPO/preprocess/config.pbtxt, N/model.py, N/preprocessing.json, N/decision.json
-    REPO/classifier/config.pbtxt, N/model.onnx [N/model.py] [N/model_smXY.plan, N/engines.json]
-                                  N/provenance.json, N/parity.json [N/precision_gate.json]
-    REPO/postprocess/config.pbtxt, labels.txt, 1/model.py
-    REPO/plantdx-repository.json   what the repository serves (classes, size, target, platform)
+"""Publishing a version into the Triton model repository (layout: `layout.py`), atomically.
 
 `preprocess` and `classifier` are published together under the same version number, so the
 preprocessing and the decision rule (temperature, abstention threshold) that version N was

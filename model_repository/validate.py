@@ -22,7 +22,7 @@ from plantdx.exceptions import RepositoryError
 from plantdx.labels import LABELS_FILENAME, read_labels
 from plantdx.preprocessing import META_FILENAME
 
-from .config import WARMUP_DIR, check_abstain_threshold, parse_pbtxt
+from .config import WARMUP_DIR, check_abstain_threshold
 from .layout import (
     RepositoryInfo,
     read_json,
@@ -38,7 +38,7 @@ from .names import (
 )
 from .validate_explain import explain_problems
 from .validate_versions import version_problems
-from .wiring import Configs, check_wiring
+from .wiring import Configs, check_wiring, load_configs
 from .wiring import served as served_of
 
 
@@ -68,22 +68,8 @@ def validate(repo: Path) -> list[str]:
 
 
 def _load_configs(repo: Path, problems: list[str]) -> Configs:
-    configs: Configs = {}
-    for name in (ENSEMBLE, PREPROCESS, CLASSIFIER, POSTPROCESS):
-        path = repo / name / "config.pbtxt"
-        if not path.is_file():
-            problems.append(f"{name}: config.pbtxt is missing")
-            continue
-        try:
-            cfg = parse_pbtxt(path.read_text())
-        except RepositoryError as exc:
-            problems.append(f"{name}: {exc}")
-            continue
-        configs[name] = cfg
-        if cfg.name and cfg.name != name:
-            problems.append(f"{name}: config names the model {cfg.name!r}")
-        if not versions(repo / name):
-            problems.append(f"{name}: no numbered version directory")
+    configs = load_configs(repo, (ENSEMBLE, PREPROCESS, CLASSIFIER, POSTPROCESS), problems)
+    for name, cfg in configs.items():
         policy = cfg.version_policy
         if policy.WhichOneof("policy_choice") == "specific":
             absent = sorted(set(policy.specific.versions) - set(versions(repo / name)))

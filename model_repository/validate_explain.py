@@ -15,10 +15,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 from plantdx.exceptions import RepositoryError
 from plantdx.labels import LABELS_FILENAME, read_labels
 
-from .config import parse_pbtxt
 from .layout import versions
 from .names import CAMS, CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, HEATMAP_MODEL, ONNX_CAMS
-from .wiring import check_wiring
+from .wiring import check_wiring, load_configs
 
 Configs = dict[str, mc.ModelConfig]
 EXPLAIN_MODELS = (HEATMAP_MODEL, EXPLAIN_ENSEMBLE)
@@ -32,22 +31,7 @@ def explain_problems(repo: Path, configs: Configs) -> list[str]:
         other = next(n for n in EXPLAIN_MODELS if n not in present)
         return [f"{present[0]} is present without {other}: they are published together"]
     problems: list[str] = []
-    extra: Configs = {}
-    for name in EXPLAIN_MODELS:
-        path = repo / name / "config.pbtxt"
-        if not path.is_file():
-            problems.append(f"{name}: config.pbtxt is missing")
-            continue
-        try:
-            cfg = parse_pbtxt(path.read_text())
-        except RepositoryError as exc:
-            problems.append(f"{name}: {exc}")
-            continue
-        if cfg.name and cfg.name != name:
-            problems.append(f"{name}: config names the model {cfg.name!r}")
-        if not versions(repo / name):
-            problems.append(f"{name}: no numbered version directory")
-        extra[name] = cfg
+    extra = load_configs(repo, EXPLAIN_MODELS, problems)
     if problems:
         return problems
     clf = configs.get(CLASSIFIER)

@@ -3,11 +3,15 @@ both ensembles (`plantdx`, `plantdx_explain`) pass before a repository is called
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from plantdx.exceptions import RepositoryError
+
+from .config import parse_pbtxt
 from .layout import served_versions, versions
 from .names import ENSEMBLE
 
@@ -81,3 +85,25 @@ def mismatch(tensor: str, have: TensorSpec, model: str, want: TensorSpec) -> str
         f"ensemble tensor {tensor!r} is {type_name(have[0])} {list(have[1])} but {model} "
         f"expects {type_name(want[0])} {list(want[1])}"
     )
+
+
+def load_configs(repo: Path, names: Sequence[str], problems: list[str]) -> Configs:
+    """The parsed config.pbtxt of each model; what is missing or wrong goes into `problems`
+    (an absent or unparsable config, a config naming another model, no version directory)."""
+    configs: Configs = {}
+    for name in names:
+        path = repo / name / "config.pbtxt"
+        if not path.is_file():
+            problems.append(f"{name}: config.pbtxt is missing")
+            continue
+        try:
+            cfg = parse_pbtxt(path.read_text())
+        except RepositoryError as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        configs[name] = cfg
+        if cfg.name and cfg.name != name:
+            problems.append(f"{name}: config names the model {cfg.name!r}")
+        if not versions(repo / name):
+            problems.append(f"{name}: no numbered version directory")
+    return configs
