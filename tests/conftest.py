@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,34 +64,42 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_store: str) -> Path:
-    """A test_tiny model trained briefly on the real mini set (with MLflow in a temp store)."""
+def train_tiny(out: Path, data: Any, mlflow_store: str | None = None, **overrides: Any) -> Path:
+    """Train test_tiny at 64 px (2 epochs, lr 0.01 unless overridden) into `out`; with
+    `mlflow_store`, tracked and registered as `plantdx-test` in that store."""
     from plantdx.training import TrainConfig, train
     from plantdx.training.progress import Reporter
 
-    run = tmp_path_factory.mktemp("tiny_run")
+    settings: dict[str, Any] = {
+        "model": "test_tiny",
+        "pretrained": False,
+        "image_size": 64,
+        "epochs": 2,
+        "lr": 0.01,
+        "batch_size": 32,
+        "register_as": "plantdx-test",
+    }
+    if mlflow_store is None:
+        settings.update(mlflow=False, register=False)
+    settings.update(overrides)
     old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_store
+    if mlflow_store is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow_store
     try:
-        cfg = TrainConfig(
-            data=str(mini_dir),
-            out=str(run),
-            model="test_tiny",
-            pretrained=False,
-            image_size=64,
-            epochs=2,
-            lr=0.01,
-            batch_size=32,
-            register_as="plantdx-test",
-        )
-        train(cfg, reporter=Reporter(quiet=True))
+        data = [str(d) for d in data] if isinstance(data, list) else str(data)
+        train(TrainConfig(data=data, out=str(out), **settings), reporter=Reporter(quiet=True))
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
-    return run
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_store: str) -> Path:
+    """A test_tiny model trained briefly on the real mini set (with MLflow in a temp store)."""
+    return train_tiny(tmp_path_factory.mktemp("tiny_run"), mini_dir, mlflow_store)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from plantdx.capture.feedback import MANIFEST_JSONL, export_feedback
 from plantdx.capture.settings import CaptureSettings
 from plantdx.exceptions import DatasetError
 
-from conftest import onnx_probabilities, wait_for
+from conftest import onnx_probabilities, train_tiny, wait_for
 from serving_helpers import copy_repo, start_server, try_infer
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -25,8 +25,6 @@ def test_serve_capture_label_retrain_export(
 ) -> None:
     from plantdx.export import ExportConfig, export
     from plantdx.model_repository.validate import validate
-    from plantdx.training import TrainConfig, train
-    from plantdx.training.progress import Reporter
 
     photos = [p.read_bytes() for p in mini_photos]
     conf = onnx_probabilities(tiny_repo, photos).max(axis=1)
@@ -60,19 +58,7 @@ def test_serve_capture_label_retrain_export(
     assert not any((labelled / "uncertain").iterdir())  # emptied, left in place
 
     run = tmp_path / "run"
-    cfg = TrainConfig(
-        data=[str(mini_dir), str(labelled)],
-        out=str(run),
-        model="test_tiny",
-        pretrained=False,
-        image_size=64,
-        epochs=1,
-        lr=0.01,
-        batch_size=32,
-        mlflow=False,
-        register=False,
-    )
-    train(cfg, reporter=Reporter(quiet=True))
+    train_tiny(run, [mini_dir, labelled], epochs=1)
     split = json.loads((run / "split.json").read_text())
     assert str(labelled) in json.dumps(split)
     export(ExportConfig(source=str(run / "best.pt"), repository=str(repo)))

@@ -5,7 +5,6 @@ request, durably (a restarted server serves it) and with its evidence recorded."
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import train_tiny
 from serving_helpers import start_server
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -27,31 +27,7 @@ def weak_run(
     tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_store: str
 ) -> Iterator[Path]:
     """test_tiny trained for one epoch at a tiny learning rate: a real model, but a poor one."""
-    from plantdx.training import TrainConfig, train
-    from plantdx.training.progress import Reporter
-
-    run = tmp_path_factory.mktemp("weak_run")
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_store
-    try:
-        cfg = TrainConfig(
-            data=str(mini_dir),
-            out=str(run),
-            model="test_tiny",
-            pretrained=False,
-            image_size=64,
-            epochs=1,
-            lr=1e-5,
-            batch_size=32,
-            register_as="plantdx-test",
-        )
-        train(cfg, reporter=Reporter(quiet=True))
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
-    yield run
+    yield train_tiny(tmp_path_factory.mktemp("weak_run"), mini_dir, mlflow_store, epochs=1, lr=1e-5)
 
 
 def _repo(tmp: Path, first: Path, second: Path) -> Path:
