@@ -26,7 +26,9 @@ COMMANDS = [
     ["repo", "list"],
     ["repo", "validate"],
     ["models"],
-    ["models", "list"],
+    ["models", "status"],
+    ["architectures"],
+    ["weights", "import"],
 ]
 
 
@@ -65,8 +67,8 @@ def test_data_synth_and_info(tmp_path) -> None:
     assert r.returncode == 0 and "18  images in 6 classes" in r.stdout
 
 
-def test_models_list() -> None:
-    r = run("models", "list")
+def test_architectures() -> None:
+    r = run("architectures")
     assert r.returncode == 0 and "efficientnet_lite0" in r.stdout and "vit" in r.stdout
 
 

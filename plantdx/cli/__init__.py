@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
+from typing import Annotated
 
 import typer
 
 from plantdx.exceptions import PlantDxError
 
 from . import (
+    architectures,
     bench,
     compare_cmd,
     data,
@@ -23,7 +23,9 @@ from . import (
     repo,
     serve,
     train_cmd,
+    weights,
 )
+from .console import setup_logging
 
 app = typer.Typer(
     name="plantdx",
@@ -35,12 +37,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def root(
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, help="More log output: -v informs, -vv debugs."
+        ),
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Errors only: no log lines, no progress bars.")
+    ] = False,
+) -> None:
+    """Log records go to stderr (level: these options, else $PLANTDX_LOG, else WARNING)."""
+    setup_logging(verbose, quiet)
+
+
 app.add_typer(data.app, name="data")
 app.add_typer(repo.app, name="repo")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(feedback.app, name="feedback")
+app.add_typer(weights.app, name="weights")
 bench.register_all()
 app.add_typer(bench.app, name="bench")
+architectures.register(app)
 train_cmd.register(app)
 export_cmd.register(app)
 serve.register(app)
@@ -51,10 +73,7 @@ drift_cmd.register(app)
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("PLANTDX_LOG", "WARNING").upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging()  # also for what runs before the callback (option parsing)
     try:
         app()
     except PlantDxError as exc:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from plantdx.config import resolve
 from plantdx.exceptions import ConfigError
 
+from .choices import Driver, Protocol, value
 from .options import overrides as _overrides
 from .predict import default_url, parse_headers
 
@@ -71,32 +72,58 @@ def cache_warning(results: list[LevelResult]) -> str | None:
 
 
 def serve(
-    url: str = typer.Option(
-        None, "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
-    ),
-    images: str = typer.Option(None, "--images", help="Folder of images to send (recursively)."),
-    protocol: str = typer.Option(None, "--protocol", help="http | grpc"),
-    concurrency: str = typer.Option(None, "--concurrency", help="Levels, e.g. 1,8,32."),
-    duration: float = typer.Option(None, "--duration", help="Measured seconds per level."),
-    warmup: float = typer.Option(None, "--warmup", help="Unmeasured seconds before each level."),
-    driver: str = typer.Option(None, "--driver", help="async (one event loop) | threads"),
-    unique: bool = typer.Option(
-        None,
-        "--unique/--no-unique",
-        help="Append a counter after each image's end marker: defeats caches keyed on the "
-        "request bytes (e.g. an ensemble-level response cache), not one keyed on decoded "
-        "pixels (the classifier's). Cache hits are counted and reported per level either way.",
-    ),
-    max_images: int = typer.Option(None, "--max-images", help="Use only the first N images."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds per request."),
-    header: list[str] = typer.Option([], "--header", help="Extra header NAME=VALUE; repeatable."),
-    json_out: Path = typer.Option(None, "--json", help="Write the results (a list) here."),
-    plot: Path = typer.Option(
-        None,
-        "--plot",
-        help="PNG of throughput and p99 vs concurrency (default: next to --json, as .png).",
-    ),
-    config: Path = typer.Option(None, "--config", help="YAML file with these options."),
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
+        ),
+    ] = None,
+    images: Annotated[
+        str | None, typer.Option("--images", help="Folder of images to send (recursively).")
+    ] = None,
+    protocol: Annotated[Protocol | None, typer.Option("--protocol", help="Wire protocol.")] = None,
+    concurrency: Annotated[
+        str | None, typer.Option("--concurrency", help="Levels, e.g. 1,8,32.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Measured seconds per level.")
+    ] = None,
+    warmup: Annotated[
+        float | None, typer.Option("--warmup", help="Unmeasured seconds before each level.")
+    ] = None,
+    driver: Annotated[
+        Driver | None,
+        typer.Option("--driver", help="async: one event loop; threads: one thread per request."),
+    ] = None,
+    unique: Annotated[
+        bool | None,
+        typer.Option(
+            "--unique/--no-unique",
+            help="Append a counter after each image's end marker: defeats caches keyed on the "
+            "request bytes (e.g. an ensemble-level response cache), not one keyed on decoded "
+            "pixels (the classifier's). Cache hits are counted and reported per level either way.",
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option("--max-images", help="Use only the first N images.")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds per request.")] = None,
+    header: Annotated[
+        list[str] | None, typer.Option("--header", help="Extra header NAME=VALUE; repeatable.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the results (a list) here.")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="PNG of throughput and p99 vs concurrency (default: next to --json, as .png).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with these options.")
+    ] = None,
 ) -> None:
     """Closed-loop load on a running server: images/s, p50/p90/p99 and errors per level."""
     from rich.console import Console
@@ -109,17 +136,17 @@ def serve(
         ServeBenchConfig,
         config,
         _overrides(
-            url=url or (default_url(protocol) if protocol else None),
+            url=url or (default_url(protocol.value) if protocol else None),
             images=images,
-            protocol=protocol,
+            protocol=value(protocol),
             concurrency=_levels(concurrency),
             duration_s=duration,
             warmup_s=warmup,
-            driver=driver,
+            driver=value(driver),
             unique=unique,
             max_images=max_images,
             timeout_s=timeout,
-            headers=parse_headers(header) or None,
+            headers=parse_headers(header or []) or None,
         ),
     )
     if not cfg.images:
@@ -176,20 +203,38 @@ def serve(
 
 
 def inprocess(
-    repository: str = typer.Option(None, "--repository", help="Triton model repository."),
-    images: str = typer.Option(None, "--images", help="Folder of images (recursively)."),
-    version: int = typer.Option(None, "--version", help="Classifier version (default: newest)."),
-    duration: float = typer.Option(None, "--duration", help="Measured seconds per layout."),
-    warmup: float = typer.Option(None, "--warmup", help="Unmeasured seconds per layout."),
-    layouts: str = typer.Option(
-        None,
-        "--layouts",
-        help="Comma-separated WORKERSxTHREADSbBATCH, e.g. 1x2b1,2x1b8 (default: every core "
-        "busy as processes or threads, batch 1 and 8).",
-    ),
-    max_images: int = typer.Option(None, "--max-images", help="Use only the first N images."),
-    json_out: Path = typer.Option(None, "--json", help="Write the results (a list) here."),
-    config: Path = typer.Option(None, "--config", help="YAML file with these options."),
+    repository: Annotated[
+        str | None, typer.Option("--repository", help="Triton model repository.")
+    ] = None,
+    images: Annotated[
+        str | None, typer.Option("--images", help="Folder of images (recursively).")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", help="Classifier version (default: newest).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option("--duration", help="Measured seconds per layout.")
+    ] = None,
+    warmup: Annotated[
+        float | None, typer.Option("--warmup", help="Unmeasured seconds per layout.")
+    ] = None,
+    layouts: Annotated[
+        str | None,
+        typer.Option(
+            "--layouts",
+            help="Comma-separated WORKERSxTHREADSbBATCH, e.g. 1x2b1,2x1b8 (default: every core "
+            "busy as processes or threads, batch 1 and 8).",
+        ),
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option("--max-images", help="Use only the first N images.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the results (a list) here.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with these options.")
+    ] = None,
 ) -> None:
     """The machine's limit: the same preprocessing and ONNX model in-process, no server."""
     from rich.console import Console

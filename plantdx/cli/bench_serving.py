@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -16,17 +16,25 @@ MINI = "../shared/data/plantvillage-mini"
 
 
 def sweep(
-    repository: Path = typer.Option(..., "--repository", help="Triton model repository."),
-    data: str = typer.Option(MINI, "--data", help="Folder of images (recursively)."),
-    images: int = typer.Option(400, "--images", help="How many images, spread over the folder."),
-    seconds: float = typer.Option(8.0, "--seconds", help="Measured seconds per level."),
-    base_port: int = typer.Option(8410, "--base-port", help="HTTP port; gRPC and metrics follow."),
-    only: list[str] = typer.Option(
-        [], "--only", help="Variant names to run (repeatable or comma-separated; default: all)."
-    ),
-    cache_study: bool = typer.Option(
-        False, "--cache-study", help="Where the response cache goes, instead of the sweep."
-    ),
+    repository: Annotated[Path, typer.Option("--repository", help="Triton model repository.")],
+    data: Annotated[str, typer.Option("--data", help="Folder of images (recursively).")] = MINI,
+    images: Annotated[
+        int, typer.Option("--images", help="How many images, spread over the folder.")
+    ] = 400,
+    seconds: Annotated[float, typer.Option("--seconds", help="Measured seconds per level.")] = 8.0,
+    base_port: Annotated[
+        int, typer.Option("--base-port", help="HTTP port; gRPC and metrics follow.")
+    ] = 8410,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--only", help="Variant names to run (repeatable or comma-separated; default: all)."
+        ),
+    ] = None,
+    cache_study: Annotated[
+        bool,
+        typer.Option("--cache-study", help="Where the response cache goes, instead of the sweep."),
+    ] = False,
 ) -> None:
     """Batching/instances sweep (or the response-cache study): one JSON line per result."""
     from plantdx.bench import sweep as study
@@ -36,25 +44,33 @@ def sweep(
     if cache_study:
         rows = iter(study.cache_study(repository, photos, base_port=base_port))
     else:
-        names = [n.strip() for item in only for n in item.split(",") if n.strip()]
+        names = [n.strip() for item in only or [] for n in item.split(",") if n.strip()]
         rows = study.sweep(repository, photos, only=names, seconds=seconds, base_port=base_port)
     for row in rows:
         typer.echo(json.dumps(row))
 
 
 def profile(
-    repository: Path = typer.Option(..., "--repository", help="Triton model repository."),
-    data: str = typer.Option(MINI, "--data", help="Folder of images (recursively)."),
-    images: int = typer.Option(400, "--images", help="How many images, spread over the folder."),
-    concurrency: str = typer.Option("1,16", "--concurrency", help="Levels, e.g. 1,8,16."),
-    seconds: float = typer.Option(10.0, "--seconds", help="Measured seconds per level."),
-    base_port: int = typer.Option(8430, "--base-port", help="HTTP port; gRPC and metrics follow."),
-    json_out: Path = typer.Option(None, "--json", help="Write the levels here."),
-    server_arg: list[str] = typer.Option(
-        [],
-        "--server-arg",
-        help="Extra tritonserver flag, e.g. --server-arg=--metrics-config=summary_latencies=false",
-    ),
+    repository: Annotated[Path, typer.Option("--repository", help="Triton model repository.")],
+    data: Annotated[str, typer.Option("--data", help="Folder of images (recursively).")] = MINI,
+    images: Annotated[
+        int, typer.Option("--images", help="How many images, spread over the folder.")
+    ] = 400,
+    concurrency: Annotated[
+        str, typer.Option("--concurrency", help="Levels, e.g. 1,8,16.")
+    ] = "1,16",
+    seconds: Annotated[float, typer.Option("--seconds", help="Measured seconds per level.")] = 10.0,
+    base_port: Annotated[
+        int, typer.Option("--base-port", help="HTTP port; gRPC and metrics follow.")
+    ] = 8430,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the levels here.")] = None,
+    server_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server-arg",
+            help="Extra tritonserver flag, e.g. --server-arg=--metrics-config=summary_latencies=false",
+        ),
+    ] = None,
 ) -> None:
     """Triton's statistics and the CPU per served image of every process, per level."""
     from plantdx.bench.images import spread_images
@@ -69,7 +85,7 @@ def profile(
         concurrencies=levels,
         seconds=seconds,
         base_port=base_port,
-        server_args=server_arg,
+        server_args=server_arg or [],
     ):
         typer.echo(format_level(p))
         rows.append(asdict(p))
@@ -78,18 +94,25 @@ def profile(
 
 
 def preprocess(
-    data: str = typer.Option(MINI, "--data", help="Folder of images (recursively)."),
-    image_size: list[int] = typer.Option([224], "--image-size", help="Repeatable."),
-    images: int = typer.Option(200, "--images", help="How many images, spread over the folder."),
-    rounds: int = typer.Option(5, "--rounds", help="Rounds; medians are reported."),
-    upscale: int = typer.Option(
-        0, "--upscale", help="Also re-encode each photo at this many pixels per side."
-    ),
+    data: Annotated[str, typer.Option("--data", help="Folder of images (recursively).")] = MINI,
+    image_size: Annotated[
+        list[int] | None, typer.Option("--image-size", help="Repeatable (default 224).")
+    ] = None,
+    images: Annotated[
+        int, typer.Option("--images", help="How many images, spread over the folder.")
+    ] = 200,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds; medians are reported.")] = 5,
+    upscale: Annotated[
+        int,
+        typer.Option("--upscale", help="Also re-encode each photo at this many pixels per side."),
+    ] = 0,
 ) -> None:
     """Preprocessing cost vs. Pillow decoding alone, per image: one JSON line per set and size."""
     from plantdx.bench.preprocess import run
 
-    for row in run(data, image_sizes=image_size, images=images, rounds=rounds, upscale=upscale):
+    for row in run(
+        data, image_sizes=image_size or [224], images=images, rounds=rounds, upscale=upscale
+    ):
         typer.echo(json.dumps(row))
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def checkpoint(
-    out: Path = typer.Argument(..., help="Where to write the checkpoint (best.pt)."),
-    model: str = typer.Option("efficientnet_lite0", "--model", help="Architecture."),
-    classes: int = typer.Option(15, "--classes", help="Classes of the fresh head."),
+    out: Annotated[Path, typer.Argument(help="Where to write the checkpoint (best.pt).")],
+    model: Annotated[str, typer.Option("--model", help="Architecture.")] = "efficientnet_lite0",
+    classes: Annotated[int, typer.Option("--classes", help="Classes of the fresh head.")] = 15,
 ) -> None:
     """An untrained-head checkpoint (ImageNet backbone) for serving benchmarks only."""
     from plantdx.bench.fixtures import benchmark_checkpoint, numbered_classes
@@ -21,10 +22,12 @@ def checkpoint(
 
 
 def make_repo(
-    data: str = typer.Option(..., "--data", help="ImageFolder: the classes and parity images."),
-    out: Path = typer.Option(..., "--out", help="Work folder: OUT/run/best.pt and OUT/repo."),
-    model: str = typer.Option("efficientnet_b0", "--model", help="Architecture."),
-    image_size: int = typer.Option(224, "--image-size"),
+    data: Annotated[
+        str, typer.Option("--data", help="ImageFolder: the classes and parity images.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Work folder: OUT/run/best.pt and OUT/repo.")],
+    model: Annotated[str, typer.Option("--model", help="Architecture.")] = "efficientnet_b0",
+    image_size: Annotated[int, typer.Option("--image-size")] = 224,
 ) -> None:
     """A random-weight checkpoint exported to a fresh repository (ONNX, parity-checked)."""
     from plantdx.bench.fixtures import benchmark_repository
@@ -34,9 +37,9 @@ def make_repo(
 
 
 def cpu_monitor(
-    tree: int = typer.Option(..., "--tree", help="PID of the benchmark's root process."),
-    out: Path = typer.Option(..., "--out", help="Write the report (JSON) here."),
-    interval: float = typer.Option(1.0, "--interval", help="Seconds between samples."),
+    tree: Annotated[int, typer.Option("--tree", help="PID of the benchmark's root process.")],
+    out: Annotated[Path, typer.Option("--out", help="Write the report (JSON) here.")],
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between samples.")] = 1.0,
 ) -> None:
     """Until SIGTERM: CPU seconds used by processes outside the benchmark's process tree."""
     from plantdx.bench.monitor import cpu_monitor as monitor
@@ -45,9 +48,11 @@ def cpu_monitor(
 
 
 def perf_input(
-    images: str = typer.Option(..., "--images", help="Folder of images (recursively)."),
-    out: Path = typer.Option(..., "--out", help="perf_analyzer --input-data file."),
-    max_images: int = typer.Option(0, "--max-images", help="Use only the first N images."),
+    images: Annotated[str, typer.Option("--images", help="Folder of images (recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="perf_analyzer --input-data file.")],
+    max_images: Annotated[
+        int, typer.Option("--max-images", help="Use only the first N images.")
+    ] = 0,
 ) -> None:
     """perf_analyzer's input file: one entry per image."""
     from plantdx.bench.perf import perf_input as write_input
@@ -56,9 +61,9 @@ def perf_input(
 
 
 def perf_json(
-    csv_path: Path = typer.Option(..., "--csv", help="perf_analyzer's CSV (-f)."),
-    out: Path = typer.Option(..., "--out", help="Write the rows (JSON) here."),
-    label: str = typer.Option("perf_analyzer", "--label", help="The rows' `system`."),
+    csv_path: Annotated[Path, typer.Option("--csv", help="perf_analyzer's CSV (-f).")],
+    out: Annotated[Path, typer.Option("--out", help="Write the rows (JSON) here.")],
+    label: Annotated[str, typer.Option("--label", help="The rows' `system`.")] = "perf_analyzer",
 ) -> None:
     """perf_analyzer's CSV as the JSON fields of `plantdx bench serve`."""
     from plantdx.bench.perf import perf_json as convert
@@ -67,8 +72,10 @@ def perf_json(
 
 
 def table(
-    results: Path = typer.Option(..., "--results", help="Folder of the benchmarks' JSON files."),
-    out: Path = typer.Option(..., "--out", help="Write the table (Markdown) here."),
+    results: Annotated[
+        Path, typer.Option("--results", help="Folder of the benchmarks' JSON files.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Write the table (Markdown) here.")],
 ) -> None:
     """The comparison table of scripts/bench_all.sh and its checks against the targets."""
     from plantdx.bench.report import table as make_table
@@ -79,9 +86,9 @@ def table(
 
 
 def gpu_check(
-    work: Path = typer.Argument(..., help="Work folder (the report goes there)."),
-    root: Path = typer.Option(Path("."), "--root", help="The tree whose GPU tests run."),
-    budget: float = typer.Option(420, "--budget", help="Seconds for every step."),
+    work: Annotated[Path, typer.Argument(help="Work folder (the report goes there).")],
+    root: Annotated[Path, typer.Option("--root", help="The tree whose GPU tests run.")] = Path("."),
+    budget: Annotated[float, typer.Option("--budget", help="Seconds for every step.")] = 420,
 ) -> None:
     """The GPU check's steps (scripts/gpu_check.sh runs them with its own setup)."""
     from plantdx.bench.gpu_check import main

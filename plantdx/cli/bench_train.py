@@ -4,36 +4,50 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from plantdx.config import resolve
 
+from .choices import Device, value
 from .options import overrides as _overrides
 
 
 def train(
-    data: str = typer.Option(
-        None, "--data", help="ImageFolder (default: synthetic leaves in a temp folder)."
-    ),
-    model: str = typer.Option(None, "--model", help="Architecture (see `plantdx models list`)."),
-    batches: int = typer.Option(10, "--batches", help="Measured batches per pass."),
-    repeats: int = typer.Option(3, "--repeats", help="Passes of each kind (medians reported)."),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    image_size: int = typer.Option(None, "--image-size"),
-    num_workers: int = typer.Option(None, "--num-workers"),
-    cache_images: bool = typer.Option(
-        None, "--cache-images/--no-cache-images", help="Decode once into memory, or per access."
-    ),
-    freeze_blocks: int = typer.Option(
-        None,
-        "--freeze-blocks",
-        help="EfficientNets: keep the stem and first N blocks frozen, as training does "
-        "(default 3); -1: none.",
-    ),
-    device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    config: Path = typer.Option(None, "--config", help="Training YAML (loader settings)."),
-    json_out: Path = typer.Option(None, "--json", help="Write the result here."),
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="ImageFolder (default: synthetic leaves in a temp folder)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Architecture (see `plantdx architectures`).")
+    ] = None,
+    batches: Annotated[int, typer.Option("--batches", help="Measured batches per pass.")] = 10,
+    repeats: Annotated[
+        int, typer.Option("--repeats", help="Passes of each kind (medians reported).")
+    ] = 3,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers")] = None,
+    cache_images: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache-images/--no-cache-images", help="Decode once into memory, or per access."
+        ),
+    ] = None,
+    freeze_blocks: Annotated[
+        int | None,
+        typer.Option(
+            "--freeze-blocks",
+            help="EfficientNets: keep the stem and first N blocks frozen, as training does "
+            "(default 3); -1: none.",
+        ),
+    ] = None,
+    device: Annotated[Device | None, typer.Option("--device", help="Where to train.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Training YAML (loader settings).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
 ) -> None:
     """Training images/s with the real loader vs preloaded tensors, and their ratio."""
     from rich.console import Console
@@ -54,7 +68,7 @@ def train(
             num_workers=num_workers,
             cache_images=cache_images,
             freeze_blocks=freeze_blocks,
-            device=device,
+            device=value(device),
             mlflow=False,
         ),
     )

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 
 from plantdx.exceptions import ConfigError
 
-_DATA = typer.Option(
-    ..., "--data", help="Labelled ImageFolder; repeat for several sources (judged separately)."
-)
-_PROTOCOL = typer.Option("http", "--protocol", help="http | grpc")
-_KEY_ENV = typer.Option(
-    "PLANTDX_ADMIN_KEY",
-    "--admin-key-env",
-    help="Environment variable holding the model-control key (loading versions side by side).",
-)
-_LIMIT = typer.Option(0, "--limit", min=0, help="At most this many photos per source (0: all).")
-_CONCURRENCY = typer.Option(4, "--concurrency", min=1, help="Requests in flight (server path).")
+from .choices import GateMetric, Protocol
+
+# Options shared by compare and promote.
+Data = Annotated[
+    list[str],
+    typer.Option(
+        "--data", help="Labelled ImageFolder; repeat for several sources (judged separately)."
+    ),
+]
+ProtocolOpt = Annotated[Protocol, typer.Option("--protocol", help="Wire protocol.")]
+AdminKeyEnv = Annotated[
+    str,
+    typer.Option(
+        "--admin-key-env",
+        help="Environment variable holding the model-control key (loading versions side by side).",
+    ),
+]
+Limit = Annotated[
+    int, typer.Option("--limit", min=0, help="At most this many photos per source (0: all).")
+]
+Concurrency = Annotated[
+    int, typer.Option("--concurrency", min=1, help="Requests in flight (server path).")
+]
+ADMIN_KEY_ENV = "PLANTDX_ADMIN_KEY"
 
 
 def _versions(text: str | None) -> list[int]:
@@ -31,18 +45,27 @@ def _versions(text: str | None) -> list[int]:
 
 
 def compare(
-    sources: list[str] = typer.Argument(
-        None, help="Two checkpoints, run directories or MLflow URIs (models:/plantdx@champion)."
-    ),
-    url: str = typer.Option(None, "--url", help="Compare two versions served by this server."),
-    versions: str = typer.Option(None, "--versions", help="A,B: the server's versions to compare."),
-    data: list[str] = _DATA,
-    protocol: str = _PROTOCOL,
-    admin_key_env: str = _KEY_ENV,
-    limit: int = _LIMIT,
-    concurrency: int = _CONCURRENCY,
-    plot: str = typer.Option(None, "--plot", help="Write the comparison as a PNG here."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    data: Data,
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Two checkpoints, run directories or MLflow URIs (models:/plantdx@champion)."
+        ),
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", help="Compare two versions served by this server.")
+    ] = None,
+    versions: Annotated[
+        str | None, typer.Option("--versions", help="A,B: the server's versions to compare.")
+    ] = None,
+    protocol: ProtocolOpt = Protocol.http,
+    admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
+    limit: Limit = 0,
+    concurrency: Concurrency = 4,
+    plot: Annotated[
+        str | None, typer.Option("--plot", help="Write the comparison as a PNG here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Two model versions on the same labelled photos: accuracy, coverage and selective accuracy
     per source, per-class deltas, an exact McNemar test on the paired answers, and latency."""
@@ -53,7 +76,7 @@ def compare(
         sources=list(sources or []),
         url=url,
         versions=_versions(versions),
-        protocol=protocol,
+        protocol=protocol.value,
         admin_key_env=admin_key_env,
         data=list(data),
         limit=limit,
@@ -67,33 +90,37 @@ def compare(
 
 
 def promote(
-    url: str = typer.Option("127.0.0.1:8000", "--url", help="The server to promote on."),
-    repository: str = typer.Option(..., "--repository", help="The server's model repository."),
-    candidate: int = typer.Option(..., "--candidate", help="The version to promote."),
-    data: list[str] = _DATA,
-    dry_run: bool = typer.Option(False, "--dry-run", help="Compare and judge; change nothing."),
-    metric: str = typer.Option(
-        "mean_source_accuracy",
-        "--metric",
-        help="What must improve: mean_source_accuracy | accuracy | selective_accuracy.",
-    ),
-    min_gain: float = typer.Option(0.0, "--min-gain", help="By more than this."),
-    alpha: float = typer.Option(
-        0.05, "--alpha", help="A source drop with McNemar p below this fails the gate."
-    ),
-    max_drop: float = typer.Option(
-        0.05, "--max-drop", help="A source accuracy drop above this fails the gate (any p)."
-    ),
-    registered_model: str = typer.Option(
-        "plantdx", "--registered-model", help="MLflow registered model whose alias moves."
-    ),
-    alias: str = typer.Option("champion", "--alias", help="The MLflow alias to move."),
-    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not touch MLflow."),
-    protocol: str = _PROTOCOL,
-    admin_key_env: str = _KEY_ENV,
-    limit: int = _LIMIT,
-    concurrency: int = _CONCURRENCY,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    repository: Annotated[str, typer.Option("--repository", help="The server's model repository.")],
+    candidate: Annotated[int, typer.Option("--candidate", help="The version to promote.")],
+    data: Data,
+    url: Annotated[str, typer.Option("--url", help="The server to promote on.")] = "127.0.0.1:8000",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compare and judge; change nothing.")
+    ] = False,
+    metric: Annotated[
+        GateMetric, typer.Option("--metric", help="What must improve.")
+    ] = GateMetric.mean_source_accuracy,
+    min_gain: Annotated[float, typer.Option("--min-gain", help="By more than this.")] = 0.0,
+    alpha: Annotated[
+        float,
+        typer.Option("--alpha", help="A source drop with McNemar p below this fails the gate."),
+    ] = 0.05,
+    max_drop: Annotated[
+        float,
+        typer.Option(
+            "--max-drop", help="A source accuracy drop above this fails the gate (any p)."
+        ),
+    ] = 0.05,
+    registered_model: Annotated[
+        str, typer.Option("--registered-model", help="MLflow registered model whose alias moves.")
+    ] = "plantdx",
+    alias: Annotated[str, typer.Option("--alias", help="The MLflow alias to move.")] = "champion",
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not touch MLflow.")] = False,
+    protocol: ProtocolOpt = Protocol.http,
+    admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
+    limit: Limit = 0,
+    concurrency: Concurrency = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Serve and register the candidate as champion, only if the gate passes on --data."""
     from plantdx.promotion.compare import format_table
@@ -103,12 +130,12 @@ def promote(
 
     cfg = PromoteConfig(
         url=url,
-        protocol=protocol,
+        protocol=protocol.value,
         repository=repository,
         candidate=candidate,
         data=list(data),
         dry_run=dry_run,
-        gate=Gate(metric=metric, min_gain=min_gain, alpha=alpha, max_drop=max_drop),  # type: ignore[arg-type]
+        gate=Gate(metric=metric.value, min_gain=min_gain, alpha=alpha, max_drop=max_drop),  # type: ignore[arg-type]
         limit=limit,
         concurrency=concurrency,
         admin_key_env=admin_key_env,

@@ -11,6 +11,7 @@ import shutil
 import time
 import urllib.request
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -47,21 +48,28 @@ def scrape(url: str, names: tuple[str, ...] = SHOWN_METRICS) -> list[str]:
 
 
 def demo(
-    workdir: Path = typer.Option(
-        Path("demo-output"), "--workdir", help="Where everything is written."
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where everything is written.")] = Path(
+        "demo-output"
     ),
-    data: Path = typer.Option(
-        None, "--data", help="Use this ImageFolder instead of synthetic leaves."
-    ),
-    model: str = typer.Option("efficientnet_lite0", "--model", help="Architecture to fine-tune."),
-    image_size: int = typer.Option(128, "--image-size", help="Training and serving size (px)."),
-    epochs: int = typer.Option(6, "--epochs", help="Maximum epochs."),
-    time_budget: float = typer.Option(3.0, "--time-budget", help="Training minutes at most."),
-    per_class: int = typer.Option(60, "--per-class", help="Synthetic images per class."),
-    http_port: int = typer.Option(8000, "--http-port"),
-    grpc_port: int = typer.Option(8001, "--grpc-port"),
-    metrics_port: int = typer.Option(8002, "--metrics-port"),
-    show: int = typer.Option(8, "--show", help="Images to classify through Triton."),
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Use this ImageFolder instead of synthetic leaves."),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="Architecture to fine-tune.")
+    ] = "efficientnet_lite0",
+    image_size: Annotated[
+        int, typer.Option("--image-size", help="Training and serving size (px).")
+    ] = 128,
+    epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 6,
+    time_budget: Annotated[
+        float, typer.Option("--time-budget", help="Training minutes at most.")
+    ] = 3.0,
+    per_class: Annotated[int, typer.Option("--per-class", help="Synthetic images per class.")] = 60,
+    http_port: Annotated[int, typer.Option("--http-port")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
+    show: Annotated[int, typer.Option("--show", help="Images to classify through Triton.")] = 8,
 ) -> None:
     """Run the end-to-end job: data → fine-tune → evaluate → export → Triton → predictions."""
     from plantdx.client import PlantDxClient

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -16,30 +17,33 @@ app = typer.Typer(
     invoke_without_command=True,
 )
 
-_REPO = typer.Option(None, "--repository", help="The model repository (reference.json files).")
-
 
 @app.callback()
 def check(
     ctx: typer.Context,
-    repository: Path = _REPO,
-    capture: Path = typer.Option(
-        None, "--capture", help="A capture folder (plantdx serve --capture)."
-    ),
-    out: Path = typer.Option(
-        Path("drift-report"), "--out", help="Folder for one PNG per version and statistic."
-    ),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Write no PNG."),
-    reasons: str = typer.Option(
-        "sampled",
-        "--reasons",
-        help="Which captures count, by sidecar reason: sampled (default: the random sample), "
-        "abstained, low_confidence; comma-separated.",
-    ),
-    fail_on_drift: bool = typer.Option(
-        False, "--fail-on-drift", help="Exit with code 3 when any statistic drifted."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    repository: Annotated[
+        Path | None,
+        typer.Option("--repository", help="The model repository (reference.json files)."),
+    ] = None,
+    capture: Annotated[
+        Path | None, typer.Option("--capture", help="A capture folder (plantdx serve --capture).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for one PNG per version and statistic.")
+    ] = Path("drift-report"),
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no PNG.")] = False,
+    reasons: Annotated[
+        str,
+        typer.Option(
+            "--reasons",
+            help="Which captures count, by sidecar reason: sampled (default: the random sample), "
+            "abstained, low_confidence; comma-separated.",
+        ),
+    ] = "sampled",
+    fail_on_drift: Annotated[
+        bool, typer.Option("--fail-on-drift", help="Exit with code 3 when any statistic drifted.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """`plantdx drift --repository REPO --capture DIR`: per version found in the capture, PSI of
     each image statistic, the confidence and the classes against the version's reference, the
@@ -62,11 +66,13 @@ def check(
 
 @app.command("rules")
 def rules(
-    repository: Path = typer.Option(..., "--repository", help="The model repository."),
-    out: Path = typer.Option(None, "--out", help="Write the rules here (default: print them)."),
-    kubernetes: bool = typer.Option(
-        False, "--kubernetes", help="A PrometheusRule manifest instead of a rule file."
-    ),
+    repository: Annotated[Path, typer.Option("--repository", help="The model repository.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the rules here (default: print them).")
+    ] = None,
+    kubernetes: Annotated[
+        bool, typer.Option("--kubernetes", help="A PrometheusRule manifest instead of a rule file.")
+    ] = False,
 ) -> None:
     """Every version's reference shares as constant Prometheus series
     (plantdx:reference_share, plantdx:reference_abstention_share), read by the plantdx.drift

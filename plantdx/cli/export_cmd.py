@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from plantdx.config import resolve
 from plantdx.exceptions import ConfigError
 
+from .choices import ExportFormat, Kind, Precision, Target, VersionPolicy, value
 from .options import overrides as _overrides
 
 
@@ -24,65 +25,108 @@ def _versions(text: str | None) -> list[int] | None:
 
 
 def export(
-    source: str = typer.Argument(
-        ...,
-        help="Checkpoint, run directory, MLflow run id, or registry URI "
-        "(models:/plantdx/3, models:/plantdx@champion).",
-    ),
-    to: str = typer.Option("onnx", "--to", help="onnx | tensorrt"),
-    repository: str = typer.Option(None, "--repository", help="Triton model repository directory."),
-    precision: str = typer.Option(
-        None,
-        "--precision",
-        help="fp32 | fp16 | int8 (--to tensorrt: gated against FP32; "
-        "with --trt-accelerator, FP16 is applied by Triton at load time, not gated)",
-    ),
-    target: str = typer.Option(
-        None,
-        "--target",
-        help="local (pip Triton, onnxruntime in a Python backend; default for ONNX) | "
-        "triton (NGC Triton's native onnxruntime_onnx / tensorrt_plan; default for TensorRT)",
-    ),
-    kind: str = typer.Option(
-        None, "--kind", help="cpu | gpu instance groups (default cpu for ONNX, gpu for TensorRT)"
-    ),
-    max_batch: int = typer.Option(None, "--max-batch", help="Largest batch (profile max)."),
-    opt_batch: int = typer.Option(None, "--opt-batch", help="Batch TensorRT optimises for."),
-    check_data: str = typer.Option(
-        None, "--check-data", help="Images for parity and the precision gate (default: test split)."
-    ),
-    calibration: str = typer.Option(None, "--calibration", help="INT8 calibration images."),
-    simplify: bool = typer.Option(
-        None, "--simplify/--no-simplify", help="Simplify the ONNX graph (onnxslim or onnxsim)."
-    ),
-    gate_threshold: float = typer.Option(
-        None, "--gate-threshold", help="Min top-1 agreement of FP16/INT8 with FP32 (0.99)."
-    ),
-    calibration_cache: str = typer.Option(None, "--calibration-cache", help="INT8 cache file."),
-    timing_cache: str = typer.Option(None, "--timing-cache", help="TensorRT timing cache file."),
-    workspace_mb: int = typer.Option(None, "--workspace-mb", help="TensorRT builder workspace."),
-    carry_plans: bool = typer.Option(
-        None,
-        "--carry-plans/--no-carry-plans",
-        help="Copy the previous version's plans for other GPU architectures (same model).",
-    ),
-    trt_accelerator: bool = typer.Option(
-        None,
-        "--trt-accelerator/--no-trt-accelerator",
-        help="--to onnx --target triton --kind gpu: ONNX Runtime's TensorRT accelerator.",
-    ),
-    opset: int = typer.Option(None, "--opset", help="ONNX opset (17 or newer)."),
-    version_policy: str = typer.Option(None, "--version-policy", help="latest | all | specific"),
-    latest_n: int = typer.Option(None, "--latest-n", help="Versions served with 'latest'."),
-    specific: str = typer.Option(None, "--versions", help="Versions served with 'specific': 3,4"),
-    abstain_threshold: float = typer.Option(
-        None,
-        "--abstain-threshold",
-        help="This deployment's abstention threshold, replacing every served version's own "
-        "(postprocess parameter abstain_threshold; default: each version's decision.json).",
-    ),
-    config: Path = typer.Option(None, "--config", help="YAML file with export options."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint, run directory, MLflow run id, or registry URI "
+            "(models:/plantdx/3, models:/plantdx@champion)."
+        ),
+    ],
+    to: Annotated[ExportFormat, typer.Option("--to", help="Model format.")] = ExportFormat.onnx,
+    repository: Annotated[
+        str | None, typer.Option("--repository", help="Triton model repository directory.")
+    ] = None,
+    precision: Annotated[
+        Precision | None,
+        typer.Option(
+            "--precision",
+            help="Weights precision (--to tensorrt: gated against FP32; "
+            "with --trt-accelerator, FP16 is applied by Triton at load time, not gated).",
+        ),
+    ] = None,
+    target: Annotated[
+        Target | None,
+        typer.Option(
+            "--target",
+            help="local: pip Triton, onnxruntime in a Python backend (default for ONNX); "
+            "triton: NGC Triton's native onnxruntime_onnx / tensorrt_plan (default for TensorRT).",
+        ),
+    ] = None,
+    kind: Annotated[
+        Kind | None,
+        typer.Option("--kind", help="Instance groups (default cpu for ONNX, gpu for TensorRT)."),
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option("--max-batch", help="Largest batch (profile max).")
+    ] = None,
+    opt_batch: Annotated[
+        int | None, typer.Option("--opt-batch", help="Batch TensorRT optimises for.")
+    ] = None,
+    check_data: Annotated[
+        str | None,
+        typer.Option(
+            "--check-data", help="Images for parity and the precision gate (default: test split)."
+        ),
+    ] = None,
+    calibration: Annotated[
+        str | None, typer.Option("--calibration", help="INT8 calibration images.")
+    ] = None,
+    simplify: Annotated[
+        bool | None,
+        typer.Option(
+            "--simplify/--no-simplify", help="Simplify the ONNX graph (onnxslim or onnxsim)."
+        ),
+    ] = None,
+    gate_threshold: Annotated[
+        float | None,
+        typer.Option("--gate-threshold", help="Min top-1 agreement of FP16/INT8 with FP32 (0.99)."),
+    ] = None,
+    calibration_cache: Annotated[
+        str | None, typer.Option("--calibration-cache", help="INT8 cache file.")
+    ] = None,
+    timing_cache: Annotated[
+        str | None, typer.Option("--timing-cache", help="TensorRT timing cache file.")
+    ] = None,
+    workspace_mb: Annotated[
+        int | None, typer.Option("--workspace-mb", help="TensorRT builder workspace.")
+    ] = None,
+    carry_plans: Annotated[
+        bool | None,
+        typer.Option(
+            "--carry-plans/--no-carry-plans",
+            help="Copy the previous version's plans for other GPU architectures (same model).",
+        ),
+    ] = None,
+    trt_accelerator: Annotated[
+        bool | None,
+        typer.Option(
+            "--trt-accelerator/--no-trt-accelerator",
+            help="--to onnx --target triton --kind gpu: ONNX Runtime's TensorRT accelerator.",
+        ),
+    ] = None,
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (17 or newer).")] = None,
+    version_policy: Annotated[
+        VersionPolicy | None,
+        typer.Option("--version-policy", help="Versions the server loads."),
+    ] = None,
+    latest_n: Annotated[
+        int | None, typer.Option("--latest-n", help="Versions served with 'latest'.")
+    ] = None,
+    specific: Annotated[
+        str | None, typer.Option("--versions", help="Versions served with 'specific': 3,4")
+    ] = None,
+    abstain_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--abstain-threshold",
+            help="This deployment's abstention threshold, replacing every served version's own "
+            "(postprocess parameter abstain_threshold; default: each version's decision.json).",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with export options.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export to ONNX (or TensorRT) as the next version of a Triton model repository."""
     from plantdx.export import ExportConfig
@@ -93,11 +137,11 @@ def export(
         config,
         _overrides(
             source=source,
-            to=to,
+            to=to.value,
             repository=repository,
-            precision=precision,
-            target=target,
-            kind=kind,
+            precision=value(precision),
+            target=value(target),
+            kind=value(kind),
             max_batch=max_batch,
             opt_batch=opt_batch,
             check_data=check_data,
@@ -110,7 +154,7 @@ def export(
             carry_plans=carry_plans,
             trt_accelerator=trt_accelerator,
             opset=opset,
-            version_policy=version_policy,
+            version_policy=value(version_policy),
             latest_versions=latest_n,
             specific_versions=_versions(specific),
             abstain_threshold=abstain_threshold,

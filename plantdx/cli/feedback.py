@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,8 +15,10 @@ app = typer.Typer(
 
 @app.command("export")
 def export_cmd(
-    capture: str = typer.Argument(..., help="Capture folder or s3://BUCKET/PREFIX."),
-    out: Path = typer.Option(..., "--out", help="ImageFolder to write (created; re-runs add)."),
+    capture: Annotated[str, typer.Argument(help="Capture folder or s3://BUCKET/PREFIX.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="ImageFolder to write (created; re-runs add).")
+    ],
 ) -> None:
     """One folder per predicted class and uncertain/, duplicates removed, manifest beside.
 
@@ -33,11 +36,16 @@ def export_cmd(
 
 @app.command("purge")
 def purge_cmd(
-    capture: str = typer.Argument(..., help="Capture folder or s3://BUCKET/PREFIX."),
-    older_than: float = typer.Option(
-        ..., "--older-than", help="Delete the days (UTC) that ended more than DAYS days ago."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List what would go; delete nothing."),
+    capture: Annotated[str, typer.Argument(help="Capture folder or s3://BUCKET/PREFIX.")],
+    older_than: Annotated[
+        float,
+        typer.Option(
+            "--older-than", help="Delete the days (UTC) that ended more than DAYS days ago."
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would go; delete nothing.")
+    ] = False,
 ) -> None:
     """Delete old captured photos and their sidecars."""
     from plantdx.capture.feedback import purge

@@ -6,12 +6,14 @@ import glob
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from plantdx.data import IMAGE_SUFFIXES, list_images
 from plantdx.exceptions import ConfigError
+
+from .choices import Protocol, Resize
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,49 +69,71 @@ def parse_headers(values: list[str]) -> dict[str, str]:
 
 
 def predict(
-    images: list[str] = typer.Argument(..., help="Image files, folders or globs."),
-    url: str = typer.Option(
-        None, "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
-    ),
-    protocol: str = typer.Option("http", "--protocol", help="http | grpc"),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Classes to show per image."),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds per request."),
-    retries: int = typer.Option(
-        3, "--retries", min=0, help="Retries when the server is unreachable or overloaded."
-    ),
-    header: list[str] = typer.Option(
-        [],
-        "--header",
-        help="Extra request header NAME=VALUE (e.g. a gateway's API key); repeatable.",
-    ),
-    ssl: bool = typer.Option(False, "--ssl", help="Use TLS (implied by https:// in --url)."),
-    root_certificates: str = typer.Option(
-        None, "--root-certificates", help="CA bundle (PEM) that signed the server's certificate."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
-    explain: Path = typer.Option(
-        None,
-        "--explain",
-        help="Write one PNG per photo into this folder: the photo with its top class's heatmap "
-        "(needs the server's plantdx_explain ensemble).",
-    ),
-    explain_resize: str = typer.Option(
-        "crop",
-        "--explain-resize",
-        help="How the served model made its square input (squash | crop | pad; the model's "
-        "preprocessing.json says): where the heatmap lies on the photo.",
-    ),
+    images: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
+        ),
+    ] = None,
+    protocol: Annotated[
+        Protocol, typer.Option("--protocol", help="Wire protocol.")
+    ] = Protocol.http,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 3,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Requests in flight.")
+    ] = 4,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per request.")] = 30.0,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries", min=0, help="Retries when the server is unreachable or overloaded."
+        ),
+    ] = 3,
+    header: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header",
+            help="Extra request header NAME=VALUE (e.g. a gateway's API key); repeatable.",
+        ),
+    ] = None,
+    ssl: Annotated[
+        bool, typer.Option("--ssl", help="Use TLS (implied by https:// in --url).")
+    ] = False,
+    root_certificates: Annotated[
+        str | None,
+        typer.Option(
+            "--root-certificates", help="CA bundle (PEM) that signed the server's certificate."
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON list instead of a table.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
+    ] = True,
+    explain: Annotated[
+        Path | None,
+        typer.Option(
+            "--explain",
+            help="Write one PNG per photo into this folder: the photo with its top class's heatmap "
+            "(needs the server's plantdx_explain ensemble).",
+        ),
+    ] = None,
+    explain_resize: Annotated[
+        Resize,
+        typer.Option(
+            "--explain-resize",
+            help="How the served model made its square input (the model's "
+            "preprocessing.json says): where the heatmap lies on the photo.",
+        ),
+    ] = Resize.crop,
 ) -> None:
     """Classify leaf photos; exits non-zero when any image failed, with a reason per file."""
     from rich.console import Console
 
     from plantdx.client import PlantDxClient, PredictOutcome
-    from plantdx.preprocessing import RESIZE_MODES
 
-    if explain_resize not in RESIZE_MODES:
-        raise ConfigError(f"--explain-resize must be one of {list(RESIZE_MODES)}")
     paths, problems = expand_inputs(images)
     outcomes = [PredictOutcome(item, error=reason, kind="io") for item, reason in problems]
     if not paths and not problems:
@@ -117,11 +141,11 @@ def predict(
     err = Console(stderr=True)
     start = time.perf_counter()
     with PlantDxClient(
-        url or default_url(protocol),
-        protocol,  # type: ignore[arg-type]
+        url or default_url(protocol.value),
+        protocol.value,  # type: ignore[arg-type]
         timeout=timeout,
         retries=retries,
-        headers=parse_headers(header),
+        headers=parse_headers(header or []),
         ssl=ssl,
         root_certificates=root_certificates,
     ) as client:
@@ -134,7 +158,7 @@ def predict(
                 explain,
                 concurrency=concurrency,
                 top_k=top_k,
-                resize=explain_resize,
+                resize=explain_resize.value,
             )
         else:
             outcomes += _run(

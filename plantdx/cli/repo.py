@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -46,8 +46,10 @@ def _summary(prov: dict[str, Any]) -> str:
 
 @app.command("list")
 def list_repo(
-    repository: Path = typer.Argument(..., help="Model repository directory."),
-    as_json: bool = typer.Option(False, "--json", help="Everything, with full provenance."),
+    repository: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Everything, with full provenance.")
+    ] = False,
 ) -> None:
     """Models, versions (* = served under the version policy), precision and provenance."""
     from plantdx.model_repository.repository import describe_repository
@@ -69,8 +71,8 @@ def list_repo(
 
 @app.command()
 def validate(
-    repository: Path = typer.Argument(..., help="Model repository directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print {ok, problems} as JSON."),
+    repository: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print {ok, problems} as JSON.")] = False,
 ) -> None:
     """Check configs, files, labels, ensemble wiring, version pairs, plans and ONNX I/O.
 
@@ -94,8 +96,8 @@ def validate(
 
 @app.command()
 def pin(
-    repository: Path = typer.Argument(..., help="Model repository directory."),
-    version: int = typer.Argument(..., min=1, help="The version to serve."),
+    repository: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    version: Annotated[int, typer.Argument(min=1, help="The version to serve.")],
 ) -> None:
     """Make VERSION the one version of preprocess and classifier that REPOSITORY serves.
 

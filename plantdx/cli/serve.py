@@ -7,62 +7,83 @@ import shutil
 import signal
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 
 def serve(
-    repository: Path = typer.Option(..., "--repository", help="Triton model repository."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    http_port: int = typer.Option(8000, "--http-port"),
-    grpc_port: int = typer.Option(8001, "--grpc-port"),
-    metrics_port: int = typer.Option(8002, "--metrics-port"),
-    log_file: Path = typer.Option(None, "--log-file", help="Write Triton's log here."),
-    admin_key_env: str = typer.Option(
-        "PLANTDX_ADMIN_KEY",
-        "--admin-key-env",
-        help="Environment variable holding the key that protects the model-control API.",
-    ),
-    timeout: float = typer.Option(180, "--timeout", help="Seconds to wait for readiness."),
-    response_cache: bool = typer.Option(
-        True,
-        "--response-cache/--no-response-cache",
-        help="Triton's response cache (answers repeated images without running the model); "
-        "turn it off to benchmark real work.",
-    ),
-    served_version: str = typer.Option(
-        None,
-        "--served-version",
-        envvar="PLANTDX_SERVED_VERSION",
-        help="Serve only this version of preprocess and classifier, whatever the repository's "
-        "latest (empty: the repository's version policy).",
-    ),
-    capture: str = typer.Option(
-        None,
-        "--capture",
-        help="Keep served photos for relabelling in this folder or s3://BUCKET/PREFIX "
-        "(off by default; README: capture for relabelling).",
-    ),
-    capture_rate: float = typer.Option(
-        0.01, "--capture-rate", help="Share of ordinary answers captured (0..1)."
-    ),
-    capture_low_confidence: float = typer.Option(
-        0.5,
-        "--capture-low-confidence",
-        help="Answers whose top-1 probability is under this are always captured (as are "
-        "abstained ones).",
-    ),
-    capture_max_mb: float = typer.Option(
-        1024.0, "--capture-max-mb", help="Size cap of the capture (what is there counts)."
-    ),
-    capture_max_per_s: float = typer.Option(
-        20.0, "--capture-max-per-s", help="At most this many captures per second (0: no cap)."
-    ),
-    capture_strip_exif: bool = typer.Option(
-        True,
-        "--capture-strip-exif/--capture-keep-exif",
-        help="Remove EXIF (GPS, camera), XMP and comments from captured photos.",
-    ),
+    repository: Annotated[Path, typer.Option("--repository", help="Triton model repository.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    http_port: Annotated[int, typer.Option("--http-port")] = 8000,
+    grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
+    metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", help="Write Triton's log here.")
+    ] = None,
+    admin_key_env: Annotated[
+        str,
+        typer.Option(
+            "--admin-key-env",
+            help="Environment variable holding the key that protects the model-control API.",
+        ),
+    ] = "PLANTDX_ADMIN_KEY",
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for readiness.")
+    ] = 180,
+    response_cache: Annotated[
+        bool,
+        typer.Option(
+            "--response-cache/--no-response-cache",
+            help="Triton's response cache (answers repeated images without running the model); "
+            "turn it off to benchmark real work.",
+        ),
+    ] = True,
+    served_version: Annotated[
+        str | None,
+        typer.Option(
+            "--served-version",
+            envvar="PLANTDX_SERVED_VERSION",
+            help="Serve only this version of preprocess and classifier, whatever the repository's "
+            "latest (empty: the repository's version policy).",
+        ),
+    ] = None,
+    capture: Annotated[
+        str | None,
+        typer.Option(
+            "--capture",
+            help="Keep served photos for relabelling in this folder or s3://BUCKET/PREFIX "
+            "(off by default; README: capture for relabelling).",
+        ),
+    ] = None,
+    capture_rate: Annotated[
+        float, typer.Option("--capture-rate", help="Share of ordinary answers captured (0..1).")
+    ] = 0.01,
+    capture_low_confidence: Annotated[
+        float,
+        typer.Option(
+            "--capture-low-confidence",
+            help="Answers whose top-1 probability is under this are always captured (as are "
+            "abstained ones).",
+        ),
+    ] = 0.5,
+    capture_max_mb: Annotated[
+        float,
+        typer.Option("--capture-max-mb", help="Size cap of the capture (what is there counts)."),
+    ] = 1024.0,
+    capture_max_per_s: Annotated[
+        float,
+        typer.Option(
+            "--capture-max-per-s", help="At most this many captures per second (0: no cap)."
+        ),
+    ] = 20.0,
+    capture_strip_exif: Annotated[
+        bool,
+        typer.Option(
+            "--capture-strip-exif/--capture-keep-exif",
+            help="Remove EXIF (GPS, camera), XMP and comments from captured photos.",
+        ),
+    ] = True,
 ) -> None:
     """Run Triton on REPOSITORY until Ctrl-C or SIGTERM; the server never outlives this command."""
     from plantdx.capture import CaptureSettings

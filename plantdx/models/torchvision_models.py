@@ -52,6 +52,33 @@ def torch_hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def hub_weights_path(name: str) -> Path:
+    """Where training looks for `name`'s ImageNet weights: the torch hub cache, under the file
+    name of torchvision's weights enum."""
+    import torchvision
+
+    enum = getattr(torchvision.models, _TORCHVISION[name][0]).DEFAULT
+    return torch_hub_checkpoint_dir() / os.path.basename(enum.url)
+
+
+def import_torchvision_weights(name: str, source: str | Path) -> Path:
+    """Check that `source` holds `name`'s weights (loaded into the 1000-class network, strict
+    except the head), then copy it where training looks. Nothing is copied when it does not."""
+    import shutil
+
+    import torchvision
+
+    path = weights_file(source)
+    model = torchvision.models.get_model(name, weights=None, num_classes=1000)
+    _load_torchvision_weights(model, name, path, _TORCHVISION[name][1])
+    dest = hub_weights_path(name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.copyfile(path, partial)
+    partial.replace(dest)
+    return dest
+
+
 def _load_torchvision_weights(model: nn.Module, name: str, path: Path, head_attr: str) -> None:
     """ImageNet (or any same-architecture) weights; a head of another size is left out."""
     state = load_state(path)
@@ -76,22 +103,19 @@ def _load_torchvision_weights(model: nn.Module, name: str, path: Path, head_attr
 def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
     import torchvision
 
-    weights_enum, head_attr = _TORCHVISION[name]
+    head_attr = _TORCHVISION[name][1]
 
     def build(*, num_classes: int, pretrained: bool, image_size: int, weights: Any) -> nn.Module:
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         if pretrained or weights:
-            if weights:
-                path = weights_file(weights)
-            else:
-                enum = getattr(torchvision.models, weights_enum).DEFAULT
-                path = torch_hub_checkpoint_dir() / os.path.basename(enum.url)
+            path = weights_file(weights) if weights else hub_weights_path(name)
             if not path.is_file():
                 raise ModelNotFoundError(
                     f"no ImageNet weights for {name}: looked for {path} (torch hub cache, "
                     f"TORCH_HOME={os.environ.get('TORCH_HOME', '~/.cache/torch')}); "
-                    "pass --weights FILE or put the file there. plantdx never downloads at "
-                    "training time and never silently trains from scratch."
+                    f"put them there with `plantdx weights import FILE --model {name}`, or pass "
+                    "--weights FILE. plantdx never downloads at training time and never "
+                    "silently trains from scratch."
                 )
             _load_torchvision_weights(model, name, path, head_attr)
         return model

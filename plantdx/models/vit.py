@@ -59,11 +59,63 @@ def _vit_weights_dir(weights: str | Path) -> str | Path:
     return text
 
 
-def _vit_from_pretrained(weights: Any, num_classes: int) -> Any:
-    """A local HuggingFace directory (--weights DIR), else the offline HuggingFace cache."""
+def vit_import_dir() -> Path:
+    """Where `plantdx weights import DIR --model vit` puts ViT weights and training looks first
+    when no --weights is given: plantdx/vit in the torch hub directory ($TORCH_HOME/hub)."""
+    return Path(torch.hub.get_dir()) / "plantdx" / "vit"
+
+
+def import_vit_weights(source: str | Path) -> Path:
+    """Check that `source` is a HuggingFace ViT directory whose weights load into
+    ViTForImageClassification (strict except the classifier head), then copy it to
+    `vit_import_dir()`. Nothing is copied when it does not."""
+    import shutil
+
     from transformers import ViTForImageClassification
 
-    source = str(_vit_weights_dir(weights)) if weights else VIT_HUB_ID
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"{path} is not a directory: ViT weights are a HuggingFace model directory "
+            "(save_pretrained of e.g. google/vit-base-patch16-224), not a single file"
+        )
+    _vit_weights_dir(path)  # has a config.json
+    try:
+        loaded: Any = ViTForImageClassification.from_pretrained(
+            str(path), local_files_only=True, output_loading_info=True
+        )
+        info: dict[str, list[str]] = loaded[1]
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelNotFoundError(f"{path} does not hold ViT weights: {exc}") from exc
+    missing = [k for k in info["missing_keys"] if not k.startswith("classifier.")]
+    unexpected = [
+        k for k in info["unexpected_keys"] if not k.startswith(("pooler.", "vit.pooler."))
+    ]
+    if missing or unexpected:
+        raise ModelNotFoundError(
+            f"{path} does not hold ViT weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    dest = vit_import_dir()
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(path, partial)
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.replace(dest)
+    return dest
+
+
+def _vit_from_pretrained(weights: Any, num_classes: int) -> Any:
+    """A local HuggingFace directory (--weights DIR), else the imported weights
+    (`vit_import_dir()`), else the offline HuggingFace cache."""
+    from transformers import ViTForImageClassification
+
+    imported = vit_import_dir()
+    if weights:
+        source = str(_vit_weights_dir(weights))
+    elif (imported / "config.json").is_file():
+        source = str(imported)
+    else:
+        source = VIT_HUB_ID
     try:
         return ViTForImageClassification.from_pretrained(
             source, num_labels=num_classes, ignore_mismatched_sizes=True, local_files_only=True
@@ -72,9 +124,10 @@ def _vit_from_pretrained(weights: Any, num_classes: int) -> Any:
         hf_home = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise ModelNotFoundError(
             f"no pretrained ViT weights: looked for {source!r} as a local directory and in the "
-            f"HuggingFace cache (HF_HOME={hf_home}); pass --weights DIR (a model saved with "
-            "save_pretrained, e.g. google/vit-base-patch16-224). plantdx never downloads at "
-            "training time and never silently trains from scratch."
+            f"HuggingFace cache (HF_HOME={hf_home}); put a model saved with save_pretrained "
+            "(e.g. google/vit-base-patch16-224) in place with `plantdx weights import DIR "
+            "--model vit`, or pass --weights DIR. plantdx never downloads at training time and "
+            "never silently trains from scratch."
         ) from exc
 
 

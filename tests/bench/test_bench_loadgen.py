@@ -181,11 +181,12 @@ def test_plot_goes_next_to_the_json_unless_given() -> None:
 
 
 def test_unique_help_no_longer_claims_to_defeat_the_cache() -> None:
-    import inspect
+    import typing
 
     from plantdx.cli.bench_serve import serve
 
-    text = inspect.signature(serve).parameters["unique"].default.help
+    hint = typing.get_type_hints(serve, include_extras=True)["unique"]
+    text = typing.get_args(hint)[1].help
     assert "defeats the response cache" not in text
     assert "request bytes" in text and "not one keyed on decoded pixels" in text
 
