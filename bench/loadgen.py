@@ -252,9 +252,12 @@ def run_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int) -> L
 
 
 def run_serve_bench(
-    cfg: ServeBenchConfig, on_level: Callable[[LevelResult], None] | None = None
+    cfg: ServeBenchConfig,
+    on_level: Callable[[LevelResult], None] | None = None,
+    on_level_start: Callable[[int], None] | None = None,
 ) -> list[LevelResult]:
-    """One LevelResult per concurrency level, in the order given."""
+    """One LevelResult per concurrency level, in the order given; `on_level_start(c)` as level
+    c begins (it takes about warmup_s + duration_s), `on_level(result)` when it is done."""
     if not cfg.concurrency or any(c < 1 for c in cfg.concurrency):
         raise ConfigError(f"concurrency levels must be positive integers, got {cfg.concurrency}")
     if cfg.duration_s <= 0 or cfg.warmup_s < 0:
@@ -267,6 +270,8 @@ def run_serve_bench(
         client.infer([images[0]], class_count=1)
     results = []
     for c in cfg.concurrency:
+        if on_level_start is not None:
+            on_level_start(c)
         result = run_level(cfg, images, c)
         results.append(result)
         if on_level is not None:

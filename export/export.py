@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -156,7 +157,10 @@ def settle(cfg: ExportConfig) -> ExportConfig:
     return dataclasses.replace(cfg, target=target, kind=kind)
 
 
-def export(cfg: ExportConfig) -> ExportResult:
+def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> ExportResult:
+    """`on_step(name)` is called as each step begins (ONNX export, parity, heatmap parity,
+    TensorRT build, publishing), e.g. to show progress."""
+    step = on_step or (lambda _name: None)
     cfg = settle(cfg)
     trt = gpu = None
     if cfg.to == "tensorrt":
@@ -170,6 +174,7 @@ def export(cfg: ExportConfig) -> ExportResult:
                 f"at least one batch of --opt-batch {cfg.opt_batch}"
             )
     opts = serving_options(cfg)
+    step("loading the checkpoint and check images")
     source_path = resolve_source(cfg.source)
     ckpt = load_checkpoint(source_path)
     decision = _decision_rule(ckpt)
@@ -191,6 +196,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         )
     with tempfile.TemporaryDirectory(prefix="plantdx-export-") as tmp:
         tmpdir = Path(tmp)
+        step("exporting ONNX")
         onnx_path = export_onnx(
             explained.module,
             tmpdir / "model.onnx",
@@ -203,6 +209,7 @@ def export(cfg: ExportConfig) -> ExportResult:
             log.warning(simplification.note)
             notes.append(simplification.note)
         checked = spread(images, cfg.check_images)
+        step(f"parity with PyTorch on {len(checked)} images")
         report = check_parity(
             model,
             onnx_path,
@@ -214,6 +221,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         require_parity(report)
         heatmap = None
         if isinstance(explained.module, explain_export.CamModel):
+            step("heatmap parity")
             heatmap = explain_export.check_heatmap_parity(
                 explained.module, onnx_path, checked, source=where
             )
@@ -222,6 +230,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         onnx_sha = file_sha256(onnx_path)
         trt_build = None
         if trt is not None and gpu is not None:
+            step(f"TensorRT build ({cfg.precision})")
             trt_build = trt_publish.build_and_gate(
                 trt, gpu, cfg, ckpt, onnx_path, onnx_sha, images, where, calibration_paths
             )
@@ -239,12 +248,14 @@ def export(cfg: ExportConfig) -> ExportResult:
         provenance["decision"] = decision.to_dict()
         parity_doc = provenance["parity"] = {**report.to_dict(), "heatmap": heatmap_doc}
         provenance["explain"] = {"heatmap_parity": heatmap_doc, "note": explained.note}
+        step("drift reference")
         reference, provenance["reference"] = export_reference(
             ckpt, decision, onnx_path, cfg.check_data, source_path, cfg.reference_photos
         )
         if reference is None:
             notes.append(str(provenance["reference"]["note"]))
         published: dict[str, Any] = {}
+        step("publishing the version")
 
         def write_files(staged: StagedVersion) -> None:
             shutil.copyfile(onnx_path, staged.dir / "model.onnx")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -187,9 +188,14 @@ def _checkpoint_path(source: str) -> Path:
 
 
 def _logits(
-    model: torch.nn.Module, samples: list[Sample], ckpt: Checkpoint, device: torch.device, bs: int
+    model: torch.nn.Module,
+    samples: list[Sample],
+    ckpt: Checkpoint,
+    device: torch.device,
+    bs: int,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, DecodedImages]:
-    decoded = decode_samples(samples, Preprocessor(ckpt.preprocessing))
+    decoded = decode_samples(samples, Preprocessor(ckpt.preprocessing), progress=progress)
     loader = DataLoader(PixelDataset(decoded, Normalizer(ckpt.preprocessing)), batch_size=bs)
     out = []
     with torch.no_grad():
@@ -199,9 +205,13 @@ def _logits(
     return z, decoded
 
 
-def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate_checkpoint(
+    cfg: EvaluateConfig, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Plain top-1 (`accuracy`) and, under the checkpoint's decision rule, `coverage` and
-    `selective_accuracy`; per source when there are several; the unknown photos' abstention."""
+    `selective_accuracy`; per source when there are several; the unknown photos' abstention.
+
+    `progress(done, total)` is called as photos are decoded (labelled and unknown together)."""
     from .distributed import pick_device
 
     path = _checkpoint_path(cfg.checkpoint)
@@ -223,8 +233,16 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out) if cfg.out else path.parent / f"eval-{cfg.split}"
     out.mkdir(parents=True, exist_ok=True)
     skipped: list[tuple[Path, str]] = list(not_images)
+    total, done = len(samples) + len(unknown), 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
     if samples:
-        z, decoded = _logits(model, samples, ckpt, device, cfg.batch_size)
+        z, decoded = _logits(model, samples, ckpt, device, cfg.batch_size, advance)
         skipped += decoded.skipped
         p = rule.probabilities(z)
         pred = p.argmax(1)
@@ -267,7 +285,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
                 model, ckpt, report["misclassified"], out, device, cfg.explain
             )
     if unknown:
-        zu, decoded_u = _logits(model, unknown, ckpt, device, cfg.batch_size)
+        zu, decoded_u = _logits(model, unknown, ckpt, device, cfg.batch_size, advance)
         skipped += decoded_u.skipped
         top = rule.probabilities(zu).max(1) if len(zu) else np.zeros(0)
         report["unknown_n"] = len(top)

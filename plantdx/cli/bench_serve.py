@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -12,11 +14,14 @@ from plantdx.config import resolve
 from plantdx.exceptions import ConfigError
 
 from .choices import Driver, Protocol, value
+from .console import clock_bar, err, show_progress
 from .options import overrides as _overrides
 from .predict import default_url, parse_headers
 
 if TYPE_CHECKING:
-    from plantdx.bench.loadgen import LevelResult
+    from rich.progress import Progress, TaskID
+
+    from plantdx.bench.loadgen import LevelResult, ServeBenchConfig
 
 
 def _levels(text: str | None) -> list[int] | None:
@@ -69,6 +74,42 @@ def cache_warning(results: list[LevelResult]) -> str | None:
         "cache off (plantdx serve --no-response-cache, or response_cache enable: false in "
         "the model configs)."
     )
+
+
+def _level_line(r: LevelResult) -> str:
+    return (
+        f"  concurrency {r.concurrency:>3}: {r.img_per_s:7.1f} img/s, p50 {_ms(r.p50_ms)} ms, "
+        f"p99 {_ms(r.p99_ms)} ms, errors {r.errors}, cache hits {_hits(r.cache_hits)}, "
+        f"client CPU {r.client_cpu_pct:.0f}%"
+    )
+
+
+class _LevelClock:
+    """One bar per concurrency level: seconds elapsed of its warm-up plus measured window."""
+
+    def __init__(self, seconds: float, progress: Progress | None) -> None:
+        self.seconds = seconds
+        self.progress = progress
+        self.task: TaskID | None = None
+
+    def start(self, concurrency: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task(f"concurrency {concurrency:>3}", total=self.seconds)
+
+    def done(self, result: LevelResult) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.remove_task(self.task)
+            self.task = None
+        err.print(_level_line(result))
+
+
+@contextmanager
+def _level_clock(cfg: ServeBenchConfig, enabled: bool) -> Iterator[_LevelClock]:
+    if not enabled:
+        yield _LevelClock(0.0, None)
+        return
+    with clock_bar() as progress:
+        yield _LevelClock(cfg.warmup_s + cfg.duration_s, progress)
 
 
 def serve(
@@ -151,16 +192,13 @@ def serve(
     )
     if not cfg.images:
         raise ConfigError("--images is required")
-    err = Console(stderr=True)
     err.print(f"plantdx bench serve: {cfg.protocol}://{cfg.url}, {machine()}")
-    results = run_serve_bench(
-        cfg,
-        on_level=lambda r: err.print(
-            f"  concurrency {r.concurrency:>3}: {r.img_per_s:7.1f} img/s, p50 {_ms(r.p50_ms)} ms, "
-            f"p99 {_ms(r.p99_ms)} ms, errors {r.errors}, cache hits {_hits(r.cache_hits)}, "
-            f"client CPU {r.client_cpu_pct:.0f}%"
-        ),
-    )
+    with _level_clock(cfg, enabled=show_progress()) as clock:
+        results = run_serve_bench(
+            cfg,
+            on_level_start=clock.start,
+            on_level=clock.done,
+        )
     table = Table(title=f"plantdx over {cfg.protocol} ({cfg.driver} driver)")
     cols = (
         "concurrency",
@@ -258,7 +296,6 @@ def inprocess(
     )
     if not cfg.repository or not cfg.images:
         raise ConfigError("--repository and --images are required")
-    err = Console(stderr=True)
     err.print(f"plantdx bench inprocess: {cfg.repository}, {machine()}")
     results = run_inprocess_bench(
         cfg,

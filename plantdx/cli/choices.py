@@ -92,6 +92,14 @@ class SelectOn(str, Enum):
     pooled_acc = "pooled_acc"
 
 
+class RunSplit(str, Enum):
+    """A run's split (split.json)."""
+
+    train = "train"
+    val = "val"
+    test = "test"
+
+
 def value(choice: Enum | None) -> str | None:
     """The choice's string, or None when the option was not given."""
     return None if choice is None else str(choice.value)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from .choices import RunSplit
 
 app = typer.Typer(help="Generate and inspect ImageFolder datasets.", no_args_is_help=True)
 
 
 @app.command()
 def synth(
-    out: Path = typer.Argument(..., help="Folder to write <class>/<image>.jpg into."),
-    per_class: int = typer.Option(60, "--per-class", help="Images per class."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels."),
-    seed: int = typer.Option(0, "--seed"),
+    out: Annotated[Path, typer.Argument(help="Folder to write <class>/<image>.jpg into.")],
+    per_class: Annotated[int, typer.Option("--per-class", help="Images per class.")] = 60,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 256,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Generate a synthetic leaf dataset: procedurally drawn leaves, one lesion pattern per class."""
     from plantdx.synth import generate_dataset
@@ -24,7 +27,7 @@ def synth(
 
 
 @app.command()
-def info(root: Path = typer.Argument(..., help="ImageFolder root.")) -> None:
+def info(root: Annotated[Path, typer.Argument(help="ImageFolder root.")]) -> None:
     """Classes and image counts of an ImageFolder."""
     from plantdx.data import scan_image_folder
 
@@ -36,19 +39,23 @@ def info(root: Path = typer.Argument(..., help="ImageFolder root.")) -> None:
 
 @app.command("field-proxy")
 def field_proxy(
-    source: str = typer.Argument(
-        ..., help="Run directory, split.json or ImageFolder of held-out photos."
-    ),
-    out: str = typer.Argument(..., help="Folder to write the proxy ImageFolder into."),
-    split: str = typer.Option("test", "--split", help="Split of a run to stage."),
-    seed: int = typer.Option(0, "--seed"),
-    size: int = typer.Option(384, "--size", help="Image side in pixels."),
-    per_photo: int = typer.Option(1, "--per-photo", help="Staged images per photo."),
-    effects: str = typer.Option(
-        None,
-        "--effects",
-        help="Comma list from background,companions,framing,shadows,lighting,camera (default all).",
-    ),
+    source: Annotated[
+        str, typer.Argument(help="Run directory, split.json or ImageFolder of held-out photos.")
+    ],
+    out: Annotated[str, typer.Argument(help="Folder to write the proxy ImageFolder into.")],
+    split: Annotated[
+        RunSplit, typer.Option("--split", help="Split of a run to stage.")
+    ] = RunSplit.test,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 384,
+    per_photo: Annotated[int, typer.Option("--per-photo", help="Staged images per photo.")] = 1,
+    effects: Annotated[
+        str | None,
+        typer.Option(
+            "--effects",
+            help="Comma list from background,companions,framing,shadows,lighting,camera (default all).",
+        ),
+    ] = None,
 ) -> None:
     """Stage held-out lab photos the way users photograph leaves: a field-photo proxy."""
     from plantdx.training.field_proxy import EFFECTS, make_field_proxy
@@ -58,7 +65,7 @@ def field_proxy(
             source,
             out,
             seed,
-            split=split,
+            split=split.value,
             size=size,
             per_photo=per_photo,
             effects=EFFECTS if effects is None else [e for e in effects.split(",") if e],

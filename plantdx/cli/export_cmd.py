@@ -12,6 +12,7 @@ from plantdx.config import resolve
 from plantdx.exceptions import ConfigError
 
 from .choices import ExportFormat, Kind, Precision, Target, VersionPolicy, value
+from .console import show_progress, steps
 from .options import overrides as _overrides
 
 
@@ -160,7 +161,8 @@ def export(
             abstain_threshold=abstain_threshold,
         ),
     )
-    result = run_export(cfg)
+    with steps(show_progress(as_json)) as step:
+        result = run_export(cfg, on_step=step)
     if as_json:
         doc = {
             "repository": str(result.repository),

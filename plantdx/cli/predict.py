@@ -14,6 +14,7 @@ from plantdx.data import IMAGE_SUFFIXES, list_images
 from plantdx.exceptions import ConfigError
 
 from .choices import Protocol, Resize
+from .console import err, state
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -138,7 +139,6 @@ def predict(
     outcomes = [PredictOutcome(item, error=reason, kind="io") for item, reason in problems]
     if not paths and not problems:
         raise typer.BadParameter("no image files matched")
-    err = Console(stderr=True)
     start = time.perf_counter()
     with PlantDxClient(
         url or default_url(protocol.value),
@@ -162,7 +162,12 @@ def predict(
             )
         else:
             outcomes += _run(
-                client, paths, concurrency, top_k, progress and len(paths) > PROGRESS_MIN, err
+                client,
+                paths,
+                concurrency,
+                top_k,
+                progress and not state.quiet and len(paths) > PROGRESS_MIN,
+                err,
             )
     elapsed = time.perf_counter() - start
     if as_json:

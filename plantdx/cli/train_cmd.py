@@ -4,88 +4,153 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from plantdx.config import resolve
 
+from .choices import (
+    Device,
+    EvalSplit,
+    Optimizer,
+    Resize,
+    Sampling,
+    Scheduler,
+    SelectOn,
+    value,
+)
+from .console import err, progress_bar, show_progress, state
 from .options import overrides as _overrides
 
 
 def train(
-    data: list[str] = typer.Option(
-        None,
-        "--data",
-        help="ImageFolder: one sub-folder of images per class. Repeat for several sources "
-        "(lab and field photos): each is split and reported on its own.",
-    ),
-    unknown_data: list[str] = typer.Option(
-        None,
-        "--unknown-data",
-        help="Photos of no class (other crops, any layout): they teach and calibrate the "
-        "'uncertain' answer. Repeatable.",
-    ),
-    out: str = typer.Option(None, "--out", help="Run directory for checkpoints and reports."),
-    config: Path = typer.Option(None, "--config", help="YAML file with any training option."),
-    model: str = typer.Option(None, "--model", help="Architecture (see `plantdx models list`)."),
-    epochs: int = typer.Option(None, "--epochs", help="Maximum number of epochs."),
-    batch_size: int = typer.Option(None, "--batch-size"),
-    lr: float = typer.Option(None, "--lr", help="Peak learning rate."),
-    image_size: int = typer.Option(None, "--image-size", help="Square input size in pixels."),
-    resize: str = typer.Option(
-        None, "--resize", help="Non-square photo → square input: squash | crop | pad."
-    ),
-    sampling: str = typer.Option(
-        None,
-        "--sampling",
-        help="balanced (every source and class its share of each epoch) | concat.",
-    ),
-    select_on: str = typer.Option(
-        None,
-        "--select-on",
-        help="Best epoch by mean_source_acc | min_source_acc | pooled_acc (validation).",
-    ),
-    pretrained: bool = typer.Option(
-        None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (offline)."
-    ),
-    weights: str = typer.Option(None, "--weights", help="Pretrained weights file or HF directory."),
-    time_budget: float = typer.Option(None, "--time-budget", help="Minutes; plans epochs to fit."),
-    optimizer: str = typer.Option(None, "--optimizer", help="adam | adamw | sgd"),
-    scheduler: str = typer.Option(None, "--scheduler", help="cosine | step | none"),
-    freeze_backbone: bool = typer.Option(None, "--freeze-backbone/--no-freeze-backbone"),
-    unfreeze_after: int = typer.Option(None, "--unfreeze-after", help="Unfreeze after N epochs."),
-    freeze_blocks: int = typer.Option(
-        None,
-        "--freeze-blocks",
-        help="EfficientNets: keep the stem and first N blocks frozen (default 3); -1: none.",
-    ),
-    device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    seed: int = typer.Option(None, "--seed"),
-    num_workers: int = typer.Option(None, "--num-workers"),
-    weight_decay: float = typer.Option(None, "--weight-decay"),
-    label_smoothing: float = typer.Option(None, "--label-smoothing"),
-    warmup_epochs: float = typer.Option(None, "--warmup-epochs", help="Linear LR warm-up."),
-    early_stopping_patience: int = typer.Option(
-        None, "--early-stopping-patience", help="Stop after N epochs without a lower val_loss."
-    ),
-    cache_images: bool = typer.Option(
-        None, "--cache-images/--no-cache-images", help="Decode once into memory, or per access."
-    ),
-    amp: bool = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA."),
-    channels_last: bool = typer.Option(None, "--channels-last/--no-channels-last"),
-    resume: str = typer.Option(
-        None, "--resume", help="Continue RUN_DIR from its last.pt (other flags override)."
-    ),
-    register_as: str = typer.Option(
-        None, "--register-as", help="MLflow registered model name (default plantdx)."
-    ),
-    register: bool = typer.Option(
-        None, "--register/--no-register", help="Register the best model in MLflow."
-    ),
-    alias: str = typer.Option(None, "--alias", help="Point this registry alias at the version."),
-    experiment: str = typer.Option(None, "--experiment", help="MLflow experiment name."),
-    mlflow: bool = typer.Option(None, "--mlflow/--no-mlflow", help="Log to MLflow."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data",
+            help="ImageFolder: one sub-folder of images per class. Repeat for several sources "
+            "(lab and field photos): each is split and reported on its own.",
+        ),
+    ] = None,
+    unknown_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--unknown-data",
+            help="Photos of no class (other crops, any layout): they teach and calibrate the "
+            "'uncertain' answer. Repeatable.",
+        ),
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Run directory for checkpoints and reports.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML file with any training option.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Architecture (see `plantdx architectures`).")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", help="Maximum number of epochs.")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.")] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Square input size in pixels.")
+    ] = None,
+    resize: Annotated[
+        Resize | None,
+        typer.Option("--resize", help="Non-square photo → square input."),
+    ] = None,
+    sampling: Annotated[
+        Sampling | None,
+        typer.Option(
+            "--sampling",
+            help="balanced: every source and class its share of each epoch; concat: as found.",
+        ),
+    ] = None,
+    select_on: Annotated[
+        SelectOn | None,
+        typer.Option(
+            "--select-on",
+            help="Best epoch by this validation accuracy.",
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights (offline)."),
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="Pretrained weights file or HF directory.")
+    ] = None,
+    time_budget: Annotated[
+        float | None, typer.Option("--time-budget", help="Minutes; plans epochs to fit.")
+    ] = None,
+    optimizer: Annotated[Optimizer | None, typer.Option("--optimizer")] = None,
+    scheduler: Annotated[
+        Scheduler | None, typer.Option("--scheduler", help="Learning-rate schedule.")
+    ] = None,
+    freeze_backbone: Annotated[
+        bool | None, typer.Option("--freeze-backbone/--no-freeze-backbone")
+    ] = None,
+    unfreeze_after: Annotated[
+        int | None, typer.Option("--unfreeze-after", help="Unfreeze after N epochs.")
+    ] = None,
+    freeze_blocks: Annotated[
+        int | None,
+        typer.Option(
+            "--freeze-blocks",
+            help="EfficientNets: keep the stem and first N blocks frozen (default 3); -1: none.",
+        ),
+    ] = None,
+    device: Annotated[Device | None, typer.Option("--device", help="Where to run.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    num_workers: Annotated[int | None, typer.Option("--num-workers")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay")] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing")] = None,
+    warmup_epochs: Annotated[
+        float | None, typer.Option("--warmup-epochs", help="Linear LR warm-up.")
+    ] = None,
+    early_stopping_patience: Annotated[
+        int | None,
+        typer.Option(
+            "--early-stopping-patience", help="Stop after N epochs without a lower val_loss."
+        ),
+    ] = None,
+    cache_images: Annotated[
+        bool | None,
+        typer.Option(
+            "--cache-images/--no-cache-images", help="Decode once into memory, or per access."
+        ),
+    ] = None,
+    amp: Annotated[
+        bool | None, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")
+    ] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option("--channels-last/--no-channels-last")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Continue RUN_DIR from its last.pt (other flags override)."),
+    ] = None,
+    register_as: Annotated[
+        str | None,
+        typer.Option("--register-as", help="MLflow registered model name (default plantdx)."),
+    ] = None,
+    register: Annotated[
+        bool | None,
+        typer.Option("--register/--no-register", help="Register the best model in MLflow."),
+    ] = None,
+    alias: Annotated[
+        str | None, typer.Option("--alias", help="Point this registry alias at the version.")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment name.")
+    ] = None,
+    mlflow: Annotated[
+        bool | None, typer.Option("--mlflow/--no-mlflow", help="Log to MLflow.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune a model on an ImageFolder; writes best.pt, last.pt and metrics.json.
 
@@ -98,8 +163,8 @@ def train(
     overrides = _overrides(
         data=_one_or_many(data),
         unknown_data=_one_or_many(unknown_data),
-        resize=resize,
-        select_on=select_on,
+        resize=value(resize),
+        select_on=value(select_on),
         out=out,
         model=model,
         epochs=epochs,
@@ -109,12 +174,12 @@ def train(
         pretrained=pretrained,
         weights=weights,
         time_budget_min=time_budget,
-        optimizer=optimizer,
-        scheduler=scheduler,
+        optimizer=value(optimizer),
+        scheduler=value(scheduler),
         freeze_backbone=freeze_backbone,
         unfreeze_after=unfreeze_after,
         freeze_blocks=freeze_blocks,
-        device=device,
+        device=value(device),
         seed=seed,
         num_workers=num_workers,
         weight_decay=weight_decay,
@@ -131,14 +196,14 @@ def train(
         mlflow=mlflow,
     )
     if sampling is not None:
-        overrides["sampling"] = {"mode": sampling}
+        overrides["sampling"] = {"mode": sampling.value}
     if resume:
         if config is not None:
             raise typer.BadParameter("--resume uses the run's config.yaml; drop --config")
         cfg = resume_config(resume, overrides)
     else:
         cfg = resolve(TrainConfig, config, overrides)
-    result = run_train(cfg, reporter=Reporter(quiet=quiet))
+    result = run_train(cfg, reporter=Reporter(console=err, quiet=quiet or state.quiet))
     if result.rank == 0:
         typer.echo(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, default=str))
 
@@ -151,33 +216,46 @@ def _one_or_many(values: list[str] | None) -> str | list[str] | None:
 
 
 def evaluate(
-    checkpoint: str = typer.Argument(
-        ..., help="A checkpoint file, run directory or MLflow models:/ URI."
-    ),
-    data: list[str] = typer.Option(
-        None, "--data", help="ImageFolder to evaluate on; repeat for several (reported apart)."
-    ),
-    unknown_data: list[str] = typer.Option(
-        None,
-        "--unknown-data",
-        help="Photos of no class: reports unknown_n and unknown_abstain_rate.",
-    ),
-    threshold: float = typer.Option(
-        None, "--threshold", help="Abstention threshold instead of the checkpoint's."
-    ),
-    split: str = typer.Option("all", "--split", help="all (every image in --data) | test | val"),
-    out: str = typer.Option(
-        None, "--out", help="Folder for report.json and confusion_matrix.png (default eval-SPLIT)."
-    ),
-    device: str = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
-    explain: int = typer.Option(
-        0,
-        "--explain",
-        min=0,
-        help="Write heatmap overlays of up to N misclassified photos (explanations/ beside "
-        "the confusion matrix).",
-    ),
+    checkpoint: Annotated[
+        str, typer.Argument(help="A checkpoint file, run directory or MLflow models:/ URI.")
+    ],
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data", help="ImageFolder to evaluate on; repeat for several (reported apart)."
+        ),
+    ] = None,
+    unknown_data: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--unknown-data", help="Photos of no class: reports unknown_n and unknown_abstain_rate."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Abstention threshold instead of the checkpoint's."),
+    ] = None,
+    split: Annotated[
+        EvalSplit,
+        typer.Option("--split", help="all: every image in --data; test, val: the run's split."),
+    ] = EvalSplit.all,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Folder for report.json and confusion_matrix.png (default eval-SPLIT)."
+        ),
+    ] = None,
+    device: Annotated[Device | None, typer.Option("--device", help="Where to run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    explain: Annotated[
+        int,
+        typer.Option(
+            "--explain",
+            min=0,
+            help="Write heatmap overlays of up to N misclassified photos (explanations/ beside "
+            "the confusion matrix).",
+        ),
+    ] = 0,
 ) -> None:
     """Accuracy, macro-F1, per-class report, confusion matrix and misclassified files."""
     from plantdx.training import EvaluateConfig, evaluate_checkpoint
@@ -190,15 +268,22 @@ def evaluate(
             data=_one_or_many(data),
             unknown_data=_one_or_many(unknown_data),
             threshold=threshold,
-            split=split,
+            split=split.value,
             out=out,
-            device=device,
+            device=value(device),
             explain=explain or None,
         ),
     )
     if cfg.split == "all" and not cfg.data and not cfg.unknown_data:
         raise typer.BadParameter("--data is required with --split all (or give --unknown-data)")
-    report = evaluate_checkpoint(cfg)
+    if show_progress(as_json):
+        with progress_bar() as bar:
+            task = bar.add_task("evaluating photos", total=None)
+            report = evaluate_checkpoint(
+                cfg, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            )
+    else:
+        report = evaluate_checkpoint(cfg)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
