@@ -43,7 +43,7 @@ def test_mlflow_run_and_registry(
     assert "test_acc" in run.data.metrics
     history = client.get_metric_history(run.info.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]
-    versions = client.search_model_versions("name='plantdx-test'")
+    versions = client.search_model_versions(f"name='plantdx-test' and run_id='{run.info.run_id}'")
     assert versions and versions[0].run_id == run.info.run_id
     assert len(versions[0].tags["data_sha256"]) == 64
     # The registry URI is an export source.
