@@ -39,7 +39,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Path
         from plantdx.synth import generate_dataset
 
         out = tmp_path_factory.mktemp("leaves")
-        generate_dataset(out, per_class=40, size=128, seed=3)
+        generate_dataset(out, per_class=100, size=128, seed=3)
         photos = _photos(out)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(photos))
