@@ -13,7 +13,9 @@ not), the `plantdx_prediction_confidence{version}` histogram (its calibrated top
 and `plantdx_abstentions_total{version}` (images answered "uncertain") through Triton's
 custom-metrics API, so they appear on Triton's own metrics port. `version` is the classifier
 version that produced the prediction: the third value of CALIBRATION, sent by the preprocess of
-the same version. A version exported before that sends [temperature, threshold] only; it is
+the same version, used as a label only when the repository has that version
+(`model_repository/version_labels.py`: a forged CALIBRATION sent to the postprocess directly
+makes no new series). A version exported before that sends [temperature, threshold] only; it is
 recognised by its decision rule among such versions in the repository (`preprocess/N/`), and
 labelled "unknown" when the rule does not single it out. Counters are incremented once per
 (version, class) per execute(); the histogram observes each image.
@@ -36,10 +38,12 @@ import triton_python_backend_utils as pb_utils
 
 from plantdx.capture.hook import METRIC_HELP, METRIC_NAME, CaptureHook
 from plantdx.decision import DECISION_FILENAME, UNCERTAIN, DecisionRule, parse_threshold
+from plantdx.model_repository.version_labels import VersionLabels
 
 CONFIDENCE_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 IDENTITY = (1.0, 0.0)
 UNKNOWN_VERSION = "unknown"
+MAX_RULES = 64  # decision rules cached (one per version normally)
 SENDS_VERSION_MARKER = b"CALIBRATION_FIELDS"  # in preprocess model.py files that send it
 IMAGE = "IMAGE"  # the photo's bytes, for capture (optional: configs before capture lack it)
 
@@ -92,6 +96,7 @@ class TritonPythonModel:
         self.rules: dict[tuple[float, float], DecisionRule] = {}
         # A repository's versions that send no version of their own, by their rule.
         self.legacy = legacy_versions(Path(args["model_repository"]).parent / "preprocess")
+        self.versions = VersionLabels(Path(args["model_repository"]).parent / "preprocess")
         # Families must outlive their metrics, so they stay on the instance; the metrics are
         # made on first use, per (version, class) and per version.
         self.prediction_family = pb_utils.MetricFamily(
@@ -156,12 +161,14 @@ class TritonPythonModel:
     def _rule(self, key: tuple[float, float]) -> DecisionRule:
         rule = self.rules.get(key)
         if rule is None:
+            if len(self.rules) >= MAX_RULES:  # forged CALIBRATION values: keep memory bounded
+                self.rules.clear()
             rule = self.rules[key] = DecisionRule(temperature=key[0], threshold=key[1])
         return rule
 
     def _version(self, key: tuple[float, ...]) -> str:
         if len(key) > 2:
-            return str(int(key[2]))
+            return self.versions.label(key[2])
         return self.legacy.get((key[0], key[1]), UNKNOWN_VERSION)
 
     def _decide(
