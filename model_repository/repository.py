@@ -7,17 +7,17 @@ exported with always travel with version N.
 A version is written in a hidden staging directory inside its model directory (Triton ignores
 non-numeric version directories, but treats every directory at the repository root as a model)
 and renamed into place; configs and shared files are replaced by rename. Every change is
-journalled (`journal.py`), and any failure undoes all of them: a failed export leaves the
-repository as it was.
+recorded in the on-disk journal before it is made and fsynced after (`journal.py`): any
+failure undoes all of them, so a failed export leaves the repository as it was, and an export
+that was killed is rolled back (or completed) by the next export or `plantdx repo validate
+--repair`. SIGTERM and SIGINT wait for the step in progress, then roll back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
-import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from .config import (
     warmup_files,
 )
 from .explain import explain_configs
-from .journal import Journal, locked
+from .journal import Journal, locked, recover
 from .layout import (
     ENGINES_FILENAME,
     GATE_FILENAME,
@@ -47,7 +47,6 @@ from .layout import (
     PLATFORMS,
     PROVENANCE_FILENAME,
     REPOSITORY_FILENAME,
-    STAGING_PREFIX,
     RepositoryInfo,
     VersionInfo,
     backend_source,
@@ -73,14 +72,6 @@ def _options_dict(opts: ServingOptions) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # Publishing a version.
-
-
-def _remove_stale_staging(repo: Path) -> None:
-    """Leftovers of an export that was killed; safe to remove while holding the lock."""
-    for model_dir in (repo / PREPROCESS, repo / CLASSIFIER):
-        if model_dir.is_dir():
-            for p in model_dir.glob(f"{STAGING_PREFIX}*"):
-                shutil.rmtree(p, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -206,8 +197,8 @@ def _publish_locked(
     decision: DecisionRule,
     cams_dims: tuple[int, ...] | None = None,
 ) -> int:
+    recover(repo)  # an export or pin that was killed: rolled back or completed first
     _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform)
-    _remove_stale_staging(repo)
     existing = set(versions(repo / CLASSIFIER)) | set(versions(repo / PREPROCESS))
     number = max(existing, default=0) + 1
     if opts.version_policy == "specific":
@@ -221,13 +212,11 @@ def _publish_locked(
     # The configs are shared by every served version: what this export writes must still fit
     # the older versions it leaves served (a plan's batch profile, its architectures).
     known_problems = set(validate_repository(repo)) if previous is not None else set()
-    journal = Journal()
-    staged: dict[str, Path] = {}
-    try:
+    with Journal(repo, f"export of version {number}") as journal:
+        staged: dict[str, Path] = {}
         for name in (PREPROCESS, CLASSIFIER):
             journal.mkdir(repo / name)
-            staged[name] = repo / name / f"{STAGING_PREFIX}{secrets.token_hex(6)}"
-            staged[name].mkdir()
+            staged[name] = journal.stage(repo / name)
         (staged[PREPROCESS] / "model.py").write_text(backend_source("preprocess"))
         meta.save(staged[PREPROCESS] / META_FILENAME)
         decision.save(staged[PREPROCESS] / DECISION_FILENAME)
@@ -308,17 +297,8 @@ def _publish_locked(
                 + "\n(versions still served share the new config: serve fewer with "
                 "--latest-n, or export with settings that fit them)"
             )
-    except BaseException:
-        _remove(staged.values())  # before the undo, which removes model dirs it created
-        journal.rollback()
-        raise
-    _remove(staged.values())
+        journal.commit()
     return number
-
-
-def _remove(paths: Iterable[Path]) -> None:
-    for path in paths:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def _staged_plans(clf_dir: Path, platform: str) -> dict[str, str]:

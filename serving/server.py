@@ -59,6 +59,19 @@ def parse_flags(argv: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def refuse_half_published(repository: Path, wait_s: float = 60.0) -> None:
+    """A repository that an export or pin was killed in may hold preprocess N beside
+    classifier N-1: refuse it until it is repaired. One being published now is waited for."""
+    from plantdx.model_repository.journal import publish_problems, publish_state
+
+    deadline = time.monotonic() + wait_s
+    while publish_state(repository) == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    problems = publish_problems(repository)
+    if problems:
+        raise ServerError(f"not serving {repository}: {problems[0]}")
+
+
 def default_models(repository: Path) -> list[str]:
     """The models a server loads at start: the ensembles the repository has (plantdx first)."""
     explain = (repository / "plantdx_explain" / "config.pbtxt").is_file()
@@ -220,6 +233,8 @@ class TritonServer:
         self._stopping.clear()
         if self._wrapped is None and not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
+        if self.repository.is_dir():
+            refuse_half_published(self.repository)
         for name, port in (
             ("HTTP", self.http_port),
             ("gRPC", self.grpc_port),

@@ -141,13 +141,14 @@ def test_staging_stays_inside_model_directories(
 ) -> None:
     """Triton loads every directory at the repository root as a model, so staging may not live
     there; inside a model directory it is an ignored non-numeric version directory."""
-    root_before = sorted(p.name for p in repo.iterdir())
+    root_before = sorted(p.name for p in repo.iterdir() if p.is_dir())
     seen: list[Path] = []
     real = EXPORT.write_json
 
     def spy(path: Path, doc: object) -> None:
         seen.append(path)
-        assert sorted(p.name for p in repo.iterdir()) == root_before
+        assert sorted(p.name for p in repo.iterdir() if p.is_dir()) == root_before
+        assert (repo / ".plantdx-journal").is_file()  # the intent log, before any change
         real(path, doc)
 
     monkeypatch.setattr(EXPORT, "write_json", spy)
@@ -170,10 +171,13 @@ def test_a_version_is_never_overwritten(tmp_path: Path) -> None:
     src, dest = tmp_path / "src", tmp_path / "7"
     src.mkdir()
     dest.mkdir()  # rename(2) would silently replace an empty directory
-    journal = Journal()
-    with pytest.raises(RepositoryError, match="never overwritten"):
+    with (
+        pytest.raises(RepositoryError, match="never overwritten"),
+        Journal(tmp_path, "a test") as journal,
+    ):
         journal.move_dir(src, dest)
-    assert src.is_dir()
+    assert src.is_dir() and dest.is_dir()
+    assert not (tmp_path / ".plantdx-journal").exists()
 
 
 def test_concurrent_exports_get_distinct_versions(repo: Path, ckpt: Path) -> None:

@@ -73,16 +73,33 @@ def list_repo(
 def validate(
     repository: Annotated[Path, typer.Argument(help="Model repository directory.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print {ok, problems} as JSON.")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="First roll back (or complete) an export or pin that was killed half way.",
+        ),
+    ] = False,
 ) -> None:
     """Check configs, files, labels, ensemble wiring, version pairs, plans and ONNX I/O.
 
-    Exits non-zero with the reasons when anything would stop the ensemble from serving.
+    Exits non-zero with the reasons when anything would stop the ensemble from serving,
+    including an export or pin that was interrupted (killed, power lost) half way: `--repair`
+    rolls it back from the repository's journal (or completes it, when only its cleanup was
+    left), then checks.
     """
+    from plantdx.model_repository import journal
     from plantdx.model_repository.repository import validate_repository
 
-    problems = validate_repository(repository)
+    repaired = journal.repair(repository) if repair else None
+    if repaired and not as_json:
+        typer.echo(f"{repository}: {repaired}")
+    problems = journal.publish_problems(repository) + validate_repository(repository)
     if as_json:
-        typer.echo(json.dumps({"ok": not problems, "problems": problems}, indent=2))
+        doc: dict[str, Any] = {"ok": not problems, "problems": problems}
+        if repair:
+            doc["repaired"] = repaired
+        typer.echo(json.dumps(doc, indent=2))
         if problems:
             raise typer.Exit(1)
         return
