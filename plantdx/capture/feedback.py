@@ -7,6 +7,12 @@ row per photo: the sidecar's facts, the folder it was put in and how often it wa
 A re-run adds only photos it has not exported before: those in the manifest, or found anywhere
 in the folder (a labeller may have moved or renamed them), are left where they are, and a
 photo the labeller deleted stays deleted.
+
+A capture is data from the network, so every sidecar is checked before it is used
+(`Sidecar.validate`: a sha256 of 64 hex digits, a photo file named like its sidecar and beside
+it, labels without path separators, ...): a sidecar that fails is refused and counted, and a
+photo that is a link out of the capture is refused too. Nothing is written outside the output
+folder: a folder in it that leads elsewhere (a link) stops the export.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TextIO
 
 from plantdx.decision import UNCERTAIN
 from plantdx.exceptions import CaptureError
@@ -54,6 +63,7 @@ class ExportResult:
     duplicates: int  # captures of a photo seen before in this run or an earlier one
     skipped: int  # unreadable sidecars or missing photos
     by_folder: dict[str, int]
+    refused: int = 0  # sidecars that fail validation, photos outside the capture
 
 
 def _sidecars(store: Store) -> Iterator[str]:
@@ -86,17 +96,41 @@ def _read_manifest(out: Path) -> dict[str, ManifestRow]:
     return rows
 
 
+def _replace(out: Path, name: str, write: Callable[[TextIO], None]) -> None:
+    """Write a file of `out` through a fresh temporary file (never one that already exists, so
+    never through a link) renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, out / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _write_manifest(out: Path, rows: dict[str, ManifestRow]) -> None:
     ordered = sorted(rows.values(), key=lambda r: (r.time, r.sha256))
-    tmp = out / f".{MANIFEST_JSONL}.tmp"
-    tmp.write_text("".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in ordered))
-    tmp.replace(out / MANIFEST_JSONL)
-    tmp = out / f".{MANIFEST_CSV}.tmp"
-    with tmp.open("w", newline="") as f:
+
+    def jsonl(f: TextIO) -> None:
+        f.write("".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in ordered))
+
+    def table(f: TextIO) -> None:
         writer = csv.DictWriter(f, fieldnames=list(ManifestRow.__dataclass_fields__))
         writer.writeheader()
         writer.writerows(asdict(r) for r in ordered)
-    tmp.replace(out / MANIFEST_CSV)
+
+    _replace(out, MANIFEST_JSONL, jsonl)
+    _replace(out, MANIFEST_CSV, table)
+
+
+def _inside(out: Path, rel: str) -> Path:
+    """out/rel, refused (CaptureError) when it, or a folder on the way, leads outside `out`."""
+    path = out / rel
+    root = out.resolve()
+    if path.is_symlink() or not path.resolve().is_relative_to(root):
+        raise CaptureError(f"{path} leads outside {out}: remove the link and export again")
+    return path
 
 
 def _present(out: Path) -> set[str]:
@@ -117,15 +151,21 @@ def export_feedback(capture: str | Store, out: str | Path) -> ExportResult:
     out.mkdir(parents=True, exist_ok=True)
     rows = _read_manifest(out)
     present = _present(out)
-    added = duplicates = skipped = 0
+    added = duplicates = skipped = refused = 0
     by_folder: dict[str, int] = {}
     sidecars = []
     for key in _sidecars(store):
         try:
-            sidecars.append((key, Sidecar.from_json(store.get(key))))
+            sidecar = Sidecar.from_json(store.get(key))
         except (OSError, CaptureError) as exc:
             log.warning("skipping %s: %s", key, exc)
             skipped += 1
+            continue
+        try:
+            sidecars.append((key, sidecar.validate(key)))
+        except CaptureError as exc:
+            log.warning("refusing %s", exc)
+            refused += 1
     groups: dict[str, list[tuple[str, Sidecar]]] = {}
     for key, sidecar in sorted(sidecars, key=lambda ks: (ks[1].time, ks[0])):
         groups.setdefault(sidecar.sha256, []).append((key, sidecar))
@@ -144,12 +184,16 @@ def export_feedback(capture: str | Store, out: str | Path) -> ExportResult:
         if sidecar.sha256 not in present:
             try:
                 data = store.get(photo_key)
+            except CaptureError as exc:  # a link out of the capture
+                log.warning("refusing %s: %s", key, exc)
+                refused += 1
+                continue
             except Exception as exc:
                 log.warning("skipping %s: photo %s unreadable (%s)", key, photo_key, exc)
                 skipped += 1
                 continue
-            (out / folder).mkdir(exist_ok=True)
-            (out / rel).write_bytes(data)
+            _inside(out, folder).mkdir(exist_ok=True)
+            _write_new(_inside(out, rel), data)
             present.add(sidecar.sha256)
             added += 1
             by_folder[folder] = by_folder.get(folder, 0) + 1
@@ -167,7 +211,16 @@ def export_feedback(capture: str | Store, out: str | Path) -> ExportResult:
             source=key,
         )
     _write_manifest(out, rows)
-    return ExportResult(added=added, duplicates=duplicates, skipped=skipped, by_folder=by_folder)
+    return ExportResult(
+        added=added, duplicates=duplicates, skipped=skipped, by_folder=by_folder, refused=refused
+    )
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Create `path` (never following a link planted there) and write `data`."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(path, flags, 0o644), "wb") as f:
+        f.write(data)
 
 
 def purge(capture: str | Store, older_than_days: float, *, dry_run: bool = False) -> list[str]:

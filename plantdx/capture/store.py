@@ -26,6 +26,14 @@ class Store(Protocol):
     def describe(self) -> str: ...
 
 
+def check_key(key: str) -> str:
+    """A capture key: a relative '/'-separated path with no empty, '.' or '..' part."""
+    parts = key.split("/")
+    if not key or "\\" in key or "\0" in key or any(part in ("", ".", "..") for part in parts):
+        raise CaptureError(f"capture key {key!r} is not a plain relative path")
+    return key
+
+
 class LocalStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -33,8 +41,15 @@ class LocalStore:
     def describe(self) -> str:
         return str(self.root)
 
+    def _path(self, key: str) -> Path:
+        """Where `key` lives; refused when it (or a link on the way) leads out of the folder."""
+        path = self.root / check_key(key)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise CaptureError(f"capture key {key!r} leads outside {self.root}")
+        return path
+
     def put(self, key: str, data: bytes) -> None:
-        path = self.root / key
+        path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -46,7 +61,7 @@ class LocalStore:
             raise
 
     def get(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+        return self._path(key).read_bytes()
 
     def entries(self) -> Iterator[tuple[str, int]]:
         if not self.root.is_dir():
@@ -106,6 +121,7 @@ class S3Store:
         return f"s3://{self.bucket}/{self.prefix}"
 
     def _key(self, key: str) -> str:
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes) -> None:

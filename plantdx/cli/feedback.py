@@ -31,6 +31,11 @@ def export_cmd(
     typer.echo(
         f"{out}: {result.added} new photo(s) ({folders}); {result.duplicates} duplicate "
         f"capture(s) left out; {result.skipped} unreadable"
+        + (
+            f"; {result.refused} refused (invalid sidecar or path, see the log)"
+            if result.refused
+            else ""
+        )
     )
 
 
