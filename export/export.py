@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from plantdx.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from plantdx.checkpoint import Checkpoint, checkpoint_crops, file_sha256, load_checkpoint
 from plantdx.config import resolve, to_dict
 from plantdx.decision import DecisionRule
 from plantdx.exceptions import ConfigError, DatasetError, ExportError
@@ -178,6 +178,7 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
     source_path = resolve_source(cfg.source)
     ckpt = load_checkpoint(source_path)
     decision = _decision_rule(ckpt)
+    crops = checkpoint_crops(ckpt, source_path)
     model = ckpt.build_model()
     explained = explain_export.plan(model, ckpt.model_name, to=cfg.to, target=cfg.target or "local")
     limit = max(cfg.check_images, cfg.gate_images if trt else 0)
@@ -246,6 +247,7 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
             trt_build.gate if trt_build else None,
         )
         provenance["decision"] = decision.to_dict()
+        provenance["crops"] = crops.to_dict()
         parity_doc = provenance["parity"] = {**report.to_dict(), "heatmap": heatmap_doc}
         provenance["explain"] = {"heatmap_parity": heatmap_doc, "note": explained.note}
         step("drift reference")
@@ -278,6 +280,7 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
             trt_fp16=cfg.precision == "fp16",
             decision=decision,
             cams_dims=tuple(heatmap.cam_shape) if heatmap else None,
+            crops=crops,
         )
     return ExportResult(
         Path(cfg.repository),

@@ -21,6 +21,7 @@ from .names import (
     CALIBRATION,
     CAMS,
     CLASSIFIER,
+    CROP,
     DECISION,
     DRIFT_SAMPLE_RATE,
     ENSEMBLE,
@@ -255,9 +256,17 @@ def check_abstain_threshold(text: str) -> float | None:
         raise RepositoryError(f"postprocess parameter {ABSTAIN_THRESHOLD} {exc}") from exc
 
 
+def crop_input() -> mc.ModelInput:
+    """CROP: optional in both ensembles and the postprocess (names.CROP). Triton 2.51 ensembles
+    accept an optional input and route it to a step; a request without it reaches the
+    postprocess without the tensor."""
+    return mc.ModelInput(name=CROP, data_type=mc.TYPE_STRING, dims=[1], optional=True)
+
+
 def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig:
-    """Calibrated probabilities and the decision, by the rule each item's CALIBRATION carries;
-    the parameter `abstain_threshold` (empty: the version's) overrides its threshold."""
+    """Calibrated probabilities and the decision, by the rule each item's CALIBRATION carries
+    (restricted to the crop's classes when the optional CROP is given); the parameter
+    `abstain_threshold` (empty: the version's) overrides its threshold."""
     cfg = mc.ModelConfig(name=POSTPROCESS, backend="python")
     cfg.input.append(mc.ModelInput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[num_classes]))
     cfg.input.append(mc.ModelInput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[-1]))
@@ -266,6 +275,7 @@ def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig
     cfg.input.append(
         mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1], optional=True)
     )
+    cfg.input.append(crop_input())
     cfg.output.append(
         mc.ModelOutput(name=ENSEMBLE_OUTPUT, data_type=mc.TYPE_FP32, dims=[num_classes])
     )
@@ -281,8 +291,8 @@ def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig
 def ensemble_base(
     name: str, num_classes: int, opts: ServingOptions, labels_filename: str
 ) -> mc.ModelConfig:
-    """What every plantdx ensemble starts with: one encoded image in; the calibrated
-    probabilities (with labels) and the decision out; no step yet."""
+    """What every plantdx ensemble starts with: one encoded image and the optional crop in; the
+    calibrated probabilities (with labels) and the decision out; no step yet."""
     cfg = mc.ModelConfig(name=name, platform="ensemble")
     # Triton refuses an ensemble whose batch limit exceeds any composing model's.
     cfg.max_batch_size = min(
@@ -291,6 +301,7 @@ def ensemble_base(
         opts.postprocess.max_batch_size,
     )
     cfg.input.append(mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
+    cfg.input.append(crop_input())
     cfg.output.append(
         mc.ModelOutput(
             name=ENSEMBLE_OUTPUT,
@@ -324,6 +335,7 @@ def ensemble_config(
     post.input_map[LOGITS] = "logits"
     post.input_map[CALIBRATION] = "calibration"
     post.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT  # for capture
+    post.input_map[CROP] = CROP
     post.output_map[ENSEMBLE_OUTPUT] = ENSEMBLE_OUTPUT
     post.output_map[DECISION] = DECISION
     return cfg

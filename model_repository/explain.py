@@ -1,9 +1,10 @@
 """Configs of the explanation path, built like the others from Triton's `ModelConfig`:
 
     heatmap          Python backend: CAMS [C, h, w] + LOGITS [C] (+ optional CLASS) → HEATMAP [h, w]
-    plantdx_explain  ensemble: IMAGE → preprocess → classifier (LOGITS and CAMS)
+    plantdx_explain  ensemble: IMAGE [+ CROP] → preprocess → classifier (LOGITS and CAMS)
                                      → postprocess (PROBABILITIES, DECISION, as in `plantdx`)
-                                     → heatmap (HEATMAP of the top class)
+                                     → heatmap (HEATMAP of the top class of PROBABILITIES,
+                                       fed into its LOGITS: the crop's top class with a CROP)
 
 Both ensembles run the latest loaded preprocess and classifier (model_version -1), so an
 explanation always comes from the version that answers `plantdx`. Explanations are served by
@@ -22,6 +23,7 @@ from .names import (
     CAMS,
     CLASS_INDEX,
     CLASSIFIER,
+    CROP,
     DECISION,
     ENSEMBLE_INPUT,
     ENSEMBLE_OUTPUT,
@@ -77,10 +79,13 @@ def explain_ensemble_config(
     post = steps.add(model_name=POSTPROCESS, model_version=-1)
     post.input_map[LOGITS] = "logits"
     post.input_map[CALIBRATION] = "calibration"
+    post.input_map[CROP] = CROP
     post.output_map[ENSEMBLE_OUTPUT] = ENSEMBLE_OUTPUT
     post.output_map[DECISION] = DECISION
     heat = steps.add(model_name=HEATMAP_MODEL, model_version=-1)
-    heat.input_map[LOGITS] = "logits"
+    # The heatmap's class is the top of the answered probabilities, so that with a CROP it is
+    # the top class of that crop (without one, the same class as the top logit).
+    heat.input_map[LOGITS] = ENSEMBLE_OUTPUT
     heat.input_map[CAMS] = "cams"
     heat.output_map[HEATMAP] = HEATMAP
     return cfg

@@ -2,8 +2,8 @@
 description, and listing what it holds. Read-only: publishing is `repository.py`, checking is
 `validate.py`.
 
-    REPO/plantdx/config.pbtxt, labels.txt, 1/           ensemble (IMAGE → PROBABILITIES, DECISION)
-    REPO/preprocess/config.pbtxt, N/model.py, N/preprocessing.json, N/decision.json
+    REPO/plantdx/config.pbtxt, labels.txt, 1/   ensemble (IMAGE [+ CROP] → PROBABILITIES, DECISION)
+    REPO/preprocess/config.pbtxt, N/model.py, N/preprocessing.json, N/decision.json, N/crops.json
     REPO/classifier/config.pbtxt, N/model.onnx [N/model.py] [N/model_smXY.plan, N/engines.json]
                                   N/provenance.json, N/parity.json [N/precision_gate.json]
     REPO/postprocess/config.pbtxt, labels.txt, 1/model.py

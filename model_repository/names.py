@@ -23,6 +23,10 @@ LOGITS = "LOGITS"
 CALIBRATION = "CALIBRATION"
 # Ensemble output beside PROBABILITIES: TYPE_STRING [1], the class label or "uncertain".
 DECISION = "DECISION"
+# Optional ensemble input, routed to the postprocess: TYPE_STRING [1], the crop the photo shows
+# (plantdx.crops matches the name); the answer is restricted to that crop's classes, by the
+# crops exported with the version (preprocess/N/crops.json). Absent: every class.
+CROP = "CROP"
 # Postprocess config parameter: a per-deployment threshold replacing the version's ("" = none).
 ABSTAIN_THRESHOLD = "abstain_threshold"
 

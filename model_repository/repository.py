@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from plantdx.crops import CROPS_FILENAME, CropMap
 from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import RepositoryError
 from plantdx.files import file_sha256
@@ -137,11 +138,14 @@ def publish_version(
     trt_fp16: bool = False,
     decision: DecisionRule | None = None,
     cams_dims: tuple[int, ...] | None = None,
+    crops: CropMap | None = None,
 ) -> int:
     """Add the next version of preprocess + classifier; returns its number.
 
     `decision` is the version's rule (`preprocess/N/decision.json`); None writes the identity
-    rule (temperature 1, everything answered). `cams_dims` ([C, h, w]): the classifier has
+    rule (temperature 1, everything answered). `crops` is the crop of each class
+    (`preprocess/N/crops.json`, what the served `CROP` input chooses among); None: read from
+    the class names. `cams_dims` ([C, h, w]): the classifier has
     class-activation maps, so its config declares CAMS and the `heatmap` model and the
     `plantdx_explain` ensemble are written too.
 
@@ -174,6 +178,7 @@ def publish_version(
                 trt_fp16=trt_fp16,
                 decision=decision or DecisionRule(),
                 cams_dims=cams_dims,
+                crops=crops or CropMap.derive(class_names),
             )
     except BaseException:
         for d in created:  # innermost first; only if the rollback left them empty
@@ -196,7 +201,10 @@ def _publish_locked(
     trt_fp16: bool,
     decision: DecisionRule,
     cams_dims: tuple[int, ...] | None = None,
+    crops: CropMap,
 ) -> int:
+    if list(crops.classes) != class_names:
+        raise RepositoryError("the crops mapping was made for other classes")
     recover(repo)  # an export or pin that was killed: rolled back or completed first
     _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform)
     existing = set(versions(repo / CLASSIFIER)) | set(versions(repo / PREPROCESS))
@@ -220,6 +228,7 @@ def _publish_locked(
         (staged[PREPROCESS] / "model.py").write_text(backend_source("preprocess"))
         meta.save(staged[PREPROCESS] / META_FILENAME)
         decision.save(staged[PREPROCESS] / DECISION_FILENAME)
+        crops.save(staged[PREPROCESS] / CROPS_FILENAME)
 
         clf_dir = staged[CLASSIFIER]
         write_classifier_files(

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from plantdx.crops import CropMap, read_crops_override
 from plantdx.exceptions import CheckpointError
 from plantdx.files import file_sha256 as file_sha256
 from plantdx.preprocessing import PreprocessMeta
@@ -36,6 +37,9 @@ class Checkpoint:
     # The fitted decision rule (temperature, abstention threshold): plantdx.decision.DecisionRule
     # as a dict; empty for checkpoints made before it existed (T=1, answer everything).
     decision: dict[str, Any] = field(default_factory=dict)
+    # The crop of each class (class → crop, plantdx.crops); empty for checkpoints made before
+    # crops were stored: then read from the class names.
+    crops: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +58,7 @@ class Checkpoint:
             "train_state": dict(self.train_state),
             "mlflow_run_id": self.mlflow_run_id,
             "decision": dict(self.decision),
+            "crops": dict(self.crops),
         }
 
     def build_model(self) -> torch.nn.Module:
@@ -120,4 +125,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         train_state=dict(raw.get("train_state") or {}),
         mlflow_run_id=raw.get("mlflow_run_id"),
         decision=dict(raw.get("decision") or {}),
+        crops={str(k): str(v) for k, v in (raw.get("crops") or {}).items()},
     )
+
+
+def checkpoint_crops(ckpt: Checkpoint, path: str | Path | None = None) -> CropMap:
+    """The crop of each class: the checkpoint's own (from its class names when it has none),
+    with a `crops.yaml` beside the checkpoint file (its run directory) overriding."""
+    override = read_crops_override(Path(path).parent) if path is not None else {}
+    try:
+        return CropMap.from_dict(ckpt.class_names, {**ckpt.crops, **override})
+    except ValueError as exc:
+        raise CheckpointError(f"the crops of {path or 'the checkpoint'}: {exc}") from exc

@@ -10,6 +10,10 @@ figures agree.
   the validation negative log-likelihood): the probabilities mean what they say.
 - `threshold`: the photo is answered when its top calibrated probability is at least this,
   otherwise the answer is `UNCERTAIN`. 0 answers everything.
+- When the crop is known (the served `CROP` input, `plantdx evaluate --crop-from-labels`), the
+  probabilities are first restricted to that crop's classes and renormalised
+  (`probabilities(logits, allowed)`; `plantdx.crops` says which classes), and the threshold is
+  applied after.
 
 numpy only: the Triton Python backends import it.
 """
@@ -43,9 +47,18 @@ def parse_threshold(text: str) -> float | None:
     return value
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of logits / temperature, float32, numerically stable."""
+def softmax(
+    logits: np.ndarray, temperature: float = 1.0, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Row-wise softmax of logits / temperature, float32, numerically stable.
+
+    `allowed` (bool [C] or [N, C], at least one True per row) restricts each row to those
+    classes: the others get probability 0 and the allowed ones share 1. That is the
+    unrestricted probabilities renormalised over the allowed classes, computed from the
+    logits so that nothing underflows."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if allowed is not None:
+        z = np.where(np.broadcast_to(np.asarray(allowed, dtype=bool), z.shape), z, -np.inf)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
@@ -66,8 +79,11 @@ class DecisionRule:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return softmax(logits, self.temperature)
+    def probabilities(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated probabilities; with `allowed` (a crop's classes, bool [C] or [N, C]),
+        restricted to those classes and renormalised (`softmax`). The threshold applies to
+        the result either way: restricted first, then answered or "uncertain"."""
+        return softmax(logits, self.temperature, allowed)
 
     def answered(self, probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """True where the top probability reaches the threshold (`threshold` overrides)."""

@@ -66,8 +66,9 @@ def test_configs_wire_calibration_and_decision(tmp_path: Path, ckpt: Path) -> No
         assert ens.output[0].name == "PROBABILITIES"  # first, as older clients read it
         assert [(t.name, list(t.dims)) for t in pre.output][1] == ("CALIBRATION", [-1])
         assert [t.name for t in post.input][:2] == ["LOGITS", "CALIBRATION"]
-        # The photo's bytes reach the postprocess too (optional: capture), nothing else.
-        assert [(t.name, t.optional) for t in post.input][2:] == [("IMAGE", True)]
+        # The photo's bytes (capture) and the crop reach the postprocess too, both optional.
+        assert [(t.name, t.optional) for t in post.input][2:] == [("IMAGE", True), ("CROP", True)]
+        assert [(t.name, t.optional) for t in ens.input] == [("IMAGE", False), ("CROP", True)]
         assert post.parameters["abstain_threshold"].string_value == ""
         steps = {s.model_name: s for s in ens.ensemble_scheduling.step}
         assert steps["preprocess"].output_map["CALIBRATION"] == "calibration"

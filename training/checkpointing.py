@@ -9,6 +9,7 @@ import torch
 
 from plantdx.checkpoint import Checkpoint
 from plantdx.config import to_dict
+from plantdx.crops import run_crops
 from plantdx.models import model_kwargs_for_checkpoint
 from plantdx.preprocessing import PreprocessMeta
 
@@ -39,4 +40,5 @@ def epoch_checkpoint(
         config=to_dict(cfg),
         metrics=dict(row),
         mlflow_run_id=mlflow_run_id,
+        crops=run_crops(cfg.out, class_names),
     )

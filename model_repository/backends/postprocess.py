@@ -20,6 +20,13 @@ recognised by its decision rule among such versions in the repository (`preproce
 labelled "unknown" when the rule does not single it out. Counters are incremented once per
 (version, class) per execute(); the histogram observes each image.
 
+The crop (optional input CROP, TYPE_STRING [1] per item, `plantdx.crops`): when a request
+carries it, each item's probabilities are restricted to that crop's classes and renormalised
+before the threshold applies (`DecisionRule.probabilities(logits, allowed)`), by the crops
+exported with the item's version (`preprocess/N/crops.json`, read at the version's first crop;
+from the labels when absent). A crop name that is empty, too long, unknown or ambiguous fails
+its own request with "invalid crop: ..."; the metrics never carry the crop text.
+
 Capture for relabelling (`plantdx.capture`, off unless the server's environment sets
 PLANTDX_CAPTURE): the ensemble also feeds the photo's bytes (optional input IMAGE), and the
 answers chosen for capture are queued for a background writer; `plantdx_captures_total`
@@ -37,6 +44,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from plantdx.capture.hook import METRIC_HELP, METRIC_NAME, CaptureHook
+from plantdx.crops import CropError, VersionCrops
 from plantdx.decision import DECISION_FILENAME, UNCERTAIN, DecisionRule, parse_threshold
 from plantdx.model_repository.version_labels import VersionLabels
 
@@ -46,6 +54,7 @@ UNKNOWN_VERSION = "unknown"
 MAX_RULES = 64  # decision rules cached (one per version normally)
 SENDS_VERSION_MARKER = b"CALIBRATION_FIELDS"  # in preprocess model.py files that send it
 IMAGE = "IMAGE"  # the photo's bytes, for capture (optional: configs before capture lack it)
+CROP = "CROP"  # the crop named by the request (optional: configs before crops lack it)
 
 
 def abstain_threshold(params: dict) -> float | None:
@@ -55,6 +64,13 @@ def abstain_threshold(params: dict) -> float | None:
         return parse_threshold(text)
     except ValueError as exc:
         raise ValueError(f"parameter abstain_threshold {exc}") from exc
+
+
+def invalid_argument(message: str) -> Any:
+    """An error that is the request's fault: HTTP 400 / gRPC INVALID_ARGUMENT (not INTERNAL)
+    where the stub has error codes (read at the call: the stub sets them up after import)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 def legacy_versions(preprocess_dir: Path) -> dict[tuple[float, float], str]:
@@ -97,6 +113,8 @@ class TritonPythonModel:
         # A repository's versions that send no version of their own, by their rule.
         self.legacy = legacy_versions(Path(args["model_repository"]).parent / "preprocess")
         self.versions = VersionLabels(Path(args["model_repository"]).parent / "preprocess")
+        self.crop_name = CROP if CROP in inputs else None
+        self.crops = VersionCrops(Path(args["model_repository"]).parent / "preprocess", self.labels)
         # Families must outlive their metrics, so they stay on the instance; the metrics are
         # made on first use, per (version, class) and per version.
         self.prediction_family = pb_utils.MetricFamily(
@@ -172,10 +190,13 @@ class TritonPythonModel:
         return self.legacy.get((key[0], key[1]), UNKNOWN_VERSION)
 
     def _decide(
-        self, logits: np.ndarray, calibration: np.ndarray | None
+        self, logits: np.ndarray, calibration: np.ndarray | None, crops: np.ndarray | None = None
     ) -> tuple[np.ndarray, list[str], list[str]]:
-        """Probabilities, decisions and versions of one request's items, each by its own rule."""
+        """Probabilities, decisions and versions of one request's items, each by its own rule
+        (and restricted to its crop's classes when `crops` names one per item)."""
         n = len(logits)
+        if crops is not None and len(crops) != n:
+            raise CropError(f"{len(crops)} crop names for {n} images")
         if calibration is None:
             calibration = np.tile(np.array(IDENTITY, dtype=np.float32), (n, 1))
         calibration = calibration.reshape(n, -1)
@@ -189,7 +210,8 @@ class TritonPythonModel:
             where = [i for i, k in enumerate(rows) if k == key]
             rule = self._rule((key[0], key[1]))
             version = self._version(key)
-            p = rule.probabilities(logits[where])
+            allowed = None if crops is None else self.crops.get(version).masks(crops[where])
+            p = rule.probabilities(logits[where], allowed)
             probs[where] = p
             for i, d in zip(where, rule.decisions(p, self.labels, self.override), strict=True):
                 decisions[i] = d
@@ -245,7 +267,17 @@ class TritonPythonModel:
                 if self.calibration_name:
                     tensor = pb_utils.get_input_tensor_by_name(request, self.calibration_name)
                     calibration = tensor.as_numpy() if tensor is not None else None
-                probs, decisions, versions = self._decide(logits.astype(np.float32), calibration)
+                crops = None
+                if self.crop_name:
+                    tensor = pb_utils.get_input_tensor_by_name(request, self.crop_name)
+                    crops = tensor.as_numpy().reshape(-1) if tensor is not None else None
+                probs, decisions, versions = self._decide(
+                    logits.astype(np.float32), calibration, crops
+                )
+            except CropError as exc:  # a bad crop name fails its own request, not the batch
+                error = invalid_argument(f"invalid crop: {exc}")
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
+                continue
             except Exception as exc:  # a bad rule fails its own request, not the batch
                 error = pb_utils.TritonError(f"postprocessing failed: {exc}")
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=error))
