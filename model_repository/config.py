@@ -65,6 +65,12 @@ class ServingOptions:
     # divides them): on 2 cores ~12% more throughput than one instance on both (BENCHMARKS.md).
     classifier: Batching = field(default_factory=lambda: Batching(max_batch_size=32, instances=2))
     postprocess: Batching = field(default_factory=lambda: Batching(max_batch_size=64, instances=1))
+    # Images one request may hold (the ensembles' max_batch_size, under the composing models'):
+    # with the 16 MP / 20 MiB input caps the costliest image measured takes about 0.5 s of
+    # preprocess CPU, so one request costs at most ~4 s (32 such images took 15-30 s). Clients
+    # send one image per request; dynamic batching still groups requests up to the composing
+    # models' own limits.
+    max_images_per_request: int = 8
     response_cache: bool = True
     # "latest" keeps the newest N versions loaded; "specific" pins them (rollback).
     version_policy: Literal["latest", "all", "specific"] = "latest"
@@ -78,6 +84,12 @@ class ServingOptions:
     # `plantdx_image_*`): each observed photo costs about 1.5 ms of preprocess CPU; a quarter
     # is plenty for shares over hours of traffic. 1.0: every photo, 0: none.
     drift_sample_rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.max_images_per_request < 1:
+            raise RepositoryError(
+                f"max_images_per_request must be at least 1, got {self.max_images_per_request}"
+            )
 
 
 def _dims(shape: tuple[int, ...]) -> list[int]:
@@ -296,6 +308,7 @@ def ensemble_base(
     cfg = mc.ModelConfig(name=name, platform="ensemble")
     # Triton refuses an ensemble whose batch limit exceeds any composing model's.
     cfg.max_batch_size = min(
+        opts.max_images_per_request,
         opts.preprocess.max_batch_size,
         opts.classifier.max_batch_size,
         opts.postprocess.max_batch_size,

@@ -111,7 +111,7 @@ def test_fp16_build_profile_config_and_metadata(
     assert [g.kind for g in clf.instance_group] == [mcfg.mc.ModelInstanceGroup.KIND_GPU]
     assert clf.model_warmup[0].inputs["input"].zero_data
     ens = mcfg.parse_pbtxt((repo / "plantdx" / "config.pbtxt").read_text())
-    assert ens.max_batch_size == 16
+    assert ens.max_batch_size == 8  # the images-per-request cap, under the profile's 16
     assert dict(ens.ensemble_scheduling.step[1].input_map) == {"input": "pixels"}
     for name in ("preprocess", "postprocess"):
         cfg = mcfg.parse_pbtxt((repo / name / "config.pbtxt").read_text())

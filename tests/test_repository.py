@@ -346,9 +346,20 @@ def test_serving_overrides_and_batch_limits(tmp_path: Path, ckpt: Path) -> None:
     )
     pre = parse(repo, "preprocess")
     assert pre.instance_group[0].count == 3 and pre.max_batch_size == 32
-    # Triton refuses an ensemble allowing larger batches than a composing model.
-    assert parse(repo, "plantdx").max_batch_size == 16
+    # At most 8 images per request by default (the input caps' CPU bound, README "Security").
+    assert parse(repo, "plantdx").max_batch_size == 8
     assert validate_repository(repo) == []
+    # Raised, the ensemble still stays under every composing model: Triton refuses it otherwise.
+    more = tmp_path / "more"
+    export(
+        ExportConfig(
+            source=str(ckpt),
+            repository=str(more),
+            max_batch=16,
+            serving={"max_images_per_request": 64},
+        )
+    )
+    assert parse(more, "plantdx").max_batch_size == 16
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +374,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 
 def test_validate_finds_wiring_batching_and_warmup_problems(repo: Path) -> None:
     _edit(repo / "preprocess" / "config.pbtxt", "dims: 64\n  dims: 64", "dims: 32\n  dims: 32")
-    _edit(repo / "plantdx" / "config.pbtxt", "max_batch_size: 32", "max_batch_size: 64")
+    _edit(repo / "plantdx" / "config.pbtxt", "max_batch_size: 8", "max_batch_size: 64")
     _edit(repo / "classifier" / "config.pbtxt", "batch_size: 1", "batch_size: 99")
     for sample in (repo / "preprocess" / "warmup").iterdir():
         sample.unlink()
