@@ -140,30 +140,42 @@ class AsyncPlantDxClient(ClientBase):
         return list(self._labels)
 
     async def infer(
-        self, images: Sequence[bytes], *, class_count: int = 0, decision: bool = False
+        self,
+        images: Sequence[bytes],
+        *,
+        class_count: int = 0,
+        decision: bool = False,
+        crop: str | None = None,
     ) -> Any:
-        return await self._call("infer", **self._infer_request(images, class_count, decision))
+        request = self._infer_request(images, class_count, decision, crop)
+        return await self._call("infer", **request)
 
-    async def _infer_with_decision(self, images: Sequence[bytes], class_count: int) -> Any:
+    async def _infer_with_decision(
+        self, images: Sequence[bytes], class_count: int, crop: str | None = None
+    ) -> Any:
         ask = self._ask_decision()
         try:
-            result = await self.infer(images, class_count=class_count, decision=ask)
+            result = await self.infer(images, class_count=class_count, decision=ask, crop=crop)
         except ClientError as exc:
             if not (ask and lacks_decision(exc)):
                 raise
             self._versions.decision = False
-            return await self.infer(images, class_count=class_count)
+            return await self.infer(images, class_count=class_count, crop=crop)
         self._versions.decision = ask
         return result
 
-    async def predict(self, image: ImageLike, *, top_k: int = 3) -> Prediction:
+    async def predict(
+        self, image: ImageLike, *, top_k: int = 3, crop: str | None = None
+    ) -> Prediction:
+        """PlantDxClient.predict: `crop` restricts the answer to that crop's classes."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         data = to_bytes(image)
         start = time.perf_counter()
-        result = await self._infer_with_decision([data], top_k)
+        result = await self._infer_with_decision([data], top_k, crop)
         latency = (time.perf_counter() - start) * 1000
-        return to_prediction(result, latency, source_name(image), await self.classifier_version())
+        version = await self.classifier_version()
+        return to_prediction(result, latency, source_name(image), version, crop)
 
     async def predict_many(
         self,
@@ -172,6 +184,7 @@ class AsyncPlantDxClient(ClientBase):
         concurrency: int = 8,
         top_k: int = 3,
         on_result: OnResult | None = None,
+        crop: str | None = None,
     ) -> list[PredictOutcome]:
         """Like PlantDxClient.predict_many, with `concurrency` tasks on this one client."""
         n = len(images)
@@ -187,7 +200,8 @@ class AsyncPlantDxClient(ClientBase):
                     outcome = skipped
                 else:
                     try:
-                        outcome = PredictOutcome(source, await self.predict(images[i], top_k=top_k))
+                        prediction = await self.predict(images[i], top_k=top_k, crop=crop)
+                        outcome = PredictOutcome(source, prediction)
                     except (ClientError, OSError, TypeError) as exc:
                         outcome = PredictOutcome(source, error=str(exc), kind=error_kind(exc))
                         if outcome.kind == "unavailable" and not down:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .options import ClientOptions, Protocol
 from .results import (
+    CROP,
     DECISION,
     INPUT,
     OUTPUT,
@@ -108,18 +109,26 @@ class ClientBase:
         return kwargs
 
     def _infer_request(
-        self, images: Sequence[bytes], class_count: int, decision: bool = False
+        self,
+        images: Sequence[bytes],
+        class_count: int,
+        decision: bool = False,
+        crop: str | None = None,
     ) -> dict[str, Any]:
-        """The arguments of tritonclient's `infer` for one batch of encoded images."""
+        """The arguments of tritonclient's `infer` for one batch of encoded images (all of
+        `crop` when given: one CROP element per image)."""
         m = self._module()
         inp = m.InferInput(INPUT, [len(images), 1], "BYTES")
         inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
+        inputs = [inp]
+        if crop is not None:
+            inputs.append(crop_input(m, crop, len(images)))
         outputs = [m.InferRequestedOutput(OUTPUT, class_count=class_count)]
         if decision:
             outputs.append(m.InferRequestedOutput(DECISION))
         return {
             "model_name": self.options.model,
-            "inputs": [inp],
+            "inputs": inputs,
             "model_version": self.options.model_version,
             "outputs": outputs,
         }
@@ -132,6 +141,16 @@ class ClientBase:
         scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
         self._labels = [s.label for s in sorted(scores, key=lambda s: s.index)]
         return list(self._labels)
+
+
+def crop_input(module: Any, crop: str, n: int) -> Any:
+    """The CROP input: the same crop name for each of `n` images (sent as given: the server
+    matches the name and refuses one it does not know)."""
+    if not isinstance(crop, str):
+        raise TypeError(f"crop must be a str, got {type(crop).__name__}")
+    tensor = module.InferInput(CROP, [n, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[crop.encode()]] * n, dtype=np.object_))
+    return tensor
 
 
 class VersionCache:

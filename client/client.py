@@ -156,52 +156,69 @@ class PlantDxClient(ClientBase):
 
     # -- inference ------------------------------------------------------------------------
     def infer(
-        self, images: Sequence[bytes], *, class_count: int = 0, decision: bool = False
+        self,
+        images: Sequence[bytes],
+        *,
+        class_count: int = 0,
+        decision: bool = False,
+        crop: str | None = None,
     ) -> Any:
         """One request holding `images` as a batch; tritonclient's InferResult.
 
         class_count > 0 asks for the classification extension's top classes with labels;
-        0 returns the raw probabilities. decision=True asks for DECISION too.
+        0 returns the raw probabilities. decision=True asks for DECISION too. crop names the
+        crop of every image (the answer restricted to its classes); None sends none.
         """
-        return self._call("infer", **self._infer_request(images, class_count, decision))
+        request = self._infer_request(images, class_count, decision, crop)
+        return self._call("infer", **request)
 
-    def _infer_with_decision(self, images: Sequence[bytes], class_count: int) -> Any:
+    def _infer_with_decision(
+        self, images: Sequence[bytes], class_count: int, crop: str | None = None
+    ) -> Any:
         """PROBABILITIES and, when the server has it, DECISION (once refused, no longer asked)."""
         ask = self._ask_decision()
         try:
-            result = self.infer(images, class_count=class_count, decision=ask)
+            result = self.infer(images, class_count=class_count, decision=ask, crop=crop)
         except ClientError as exc:
             if not (ask and lacks_decision(exc)):
                 raise
             self._versions.decision = False
-            return self.infer(images, class_count=class_count)
+            return self.infer(images, class_count=class_count, crop=crop)
         self._versions.decision = ask
         return result
 
-    def predict(self, image: ImageLike, *, top_k: int = 3) -> Prediction:
-        """Classify one image (a path, encoded bytes or a PIL image)."""
+    def predict(self, image: ImageLike, *, top_k: int = 3, crop: str | None = None) -> Prediction:
+        """Classify one image (a path, encoded bytes or a PIL image). `crop` ("tomato",
+        "bell pepper"): the answer is chosen among that crop's classes only; a name the
+        model does not know raises ClientError (kind "invalid_crop") naming the crops it knows.
+        """
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         data = to_bytes(image)
         start = time.perf_counter()
-        result = self._infer_with_decision([data], top_k)
+        result = self._infer_with_decision([data], top_k, crop)
         latency = (time.perf_counter() - start) * 1000
-        return to_prediction(result, latency, source_name(image), self.classifier_version())
+        return to_prediction(result, latency, source_name(image), self.classifier_version(), crop)
 
-    def explain(self, image: ImageLike, *, top_k: int = 3) -> Explanation:
+    def explain(self, image: ImageLike, *, top_k: int = 3, crop: str | None = None) -> Explanation:
         """Classify one image through `plantdx_explain`: the prediction and the top class's
         heatmap (ClientError naming the problem when the server has no explanations)."""
         from .explain import explain
 
-        return explain(self, image, top_k=top_k)
+        return explain(self, image, top_k=top_k, crop=crop)
 
     def explain_many(
-        self, images: Sequence[ImageLike], *, concurrency: int = 4, top_k: int = 3
+        self,
+        images: Sequence[ImageLike],
+        *,
+        concurrency: int = 4,
+        top_k: int = 3,
+        crop: str | None = None,
     ) -> list[ExplainOutcome]:
         """Explain many images in input order; a failed image never hides the others."""
         from .explain import explain_many
 
-        return explain_many(self, images, concurrency=concurrency, top_k=top_k)
+        return explain_many(self, images, concurrency=concurrency, top_k=top_k, crop=crop)
 
     def predict_many(
         self,
@@ -210,8 +227,10 @@ class PlantDxClient(ClientBase):
         concurrency: int = 8,
         top_k: int = 3,
         on_result: OnResult | None = None,
+        crop: str | None = None,
     ) -> list[PredictOutcome]:
-        """Classify many images with `concurrency` requests in flight, in input order.
+        """Classify many images with `concurrency` requests in flight, in input order (all of
+        `crop` when given).
 
         A failed image never hides the others; once the server is found unreachable (after
         retries) the images not yet sent fail with that reason instead of each retrying.
@@ -230,7 +249,7 @@ class PlantDxClient(ClientBase):
                         i = todo.get_nowait()
                     except queue.Empty:
                         return
-                    outcome = _outcome(client, images[i], i, top_k, down)
+                    outcome = _outcome(client, images[i], i, top_k, down, crop)
                     if outcome.kind == "unavailable" and not down:
                         down.append(outcome.error or "server unavailable")
                     results[i] = outcome
@@ -248,13 +267,18 @@ class PlantDxClient(ClientBase):
 
 
 def _outcome(
-    client: PlantDxClient, image: ImageLike, index: int, top_k: int, down: list[str]
+    client: PlantDxClient,
+    image: ImageLike,
+    index: int,
+    top_k: int,
+    down: list[str],
+    crop: str | None = None,
 ) -> PredictOutcome:
     skipped = not_sent(image, index, down)
     if skipped is not None:
         return skipped
     source = describe(image, index)
     try:
-        return PredictOutcome(source, client.predict(image, top_k=top_k))
+        return PredictOutcome(source, client.predict(image, top_k=top_k, crop=crop))
     except (ClientError, OSError, TypeError) as exc:
         return PredictOutcome(source, error=str(exc), kind=error_kind(exc))

@@ -13,7 +13,7 @@ import numpy as np
 
 from plantdx.exceptions import ClientError
 
-from .base import source_name
+from .base import crop_input, source_name
 from .options import error_kind
 from .results import (
     DECISION,
@@ -63,15 +63,18 @@ def lacks_explain(error: BaseException) -> bool:
     return EXPLAIN_MODEL in text and ("unknown model" in text or "not found" in text)
 
 
-def explain_request(module: Any, image: bytes, class_count: int) -> dict[str, Any]:
+def explain_request(
+    module: Any, image: bytes, class_count: int, crop: str | None = None
+) -> dict[str, Any]:
     inp = module.InferInput(INPUT, [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[image]], dtype=np.object_))
+    inputs = [inp] if crop is None else [inp, crop_input(module, crop, 1)]
     outputs = [
         module.InferRequestedOutput(OUTPUT, class_count=class_count),
         module.InferRequestedOutput(DECISION),
         module.InferRequestedOutput(HEATMAP),
     ]
-    return {"model_name": EXPLAIN_MODEL, "inputs": [inp], "outputs": outputs}
+    return {"model_name": EXPLAIN_MODEL, "inputs": inputs, "outputs": outputs}
 
 
 def no_explain(url: str) -> ClientError:
@@ -83,27 +86,37 @@ def no_explain(url: str) -> ClientError:
 
 
 def explain(
-    client: PlantDxClient, image: ImageLike, *, top_k: int = 3, file: str | None = None
+    client: PlantDxClient,
+    image: ImageLike,
+    *,
+    top_k: int = 3,
+    file: str | None = None,
+    crop: str | None = None,
 ) -> Explanation:
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     data = to_bytes(image)
     start = time.perf_counter()
     try:
-        result = client._call("infer", **explain_request(client._module(), data, top_k))
+        result = client._call("infer", **explain_request(client._module(), data, top_k, crop))
     except ClientError as exc:
         if lacks_explain(exc):
             raise no_explain(client.url) from exc
         raise
     latency = (time.perf_counter() - start) * 1000
     name = file or source_name(image)
-    prediction = to_prediction(result, latency, name, client.classifier_version())
+    prediction = to_prediction(result, latency, name, client.classifier_version(), crop)
     heat = np.asarray(result.as_numpy(HEATMAP), dtype=np.float32)
     return Explanation(prediction, heat.reshape(heat.shape[-2:]))
 
 
 def explain_many(
-    client: PlantDxClient, images: Sequence[ImageLike], *, concurrency: int = 4, top_k: int = 3
+    client: PlantDxClient,
+    images: Sequence[ImageLike],
+    *,
+    concurrency: int = 4,
+    top_k: int = 3,
+    crop: str | None = None,
 ) -> list[ExplainOutcome]:
     """Explain many images, `concurrency` requests in flight, in input order; a failed image
     never hides the others. A server without `plantdx_explain` raises at once."""
@@ -119,7 +132,7 @@ def explain_many(
             return ExplainOutcome(source, error=str(exc), kind=error_kind(exc))
         with client.clone() as c:
             try:
-                found = explain(c, data, top_k=top_k, file=source_name(images[i]))
+                found = explain(c, data, top_k=top_k, file=source_name(images[i]), crop=crop)
                 return ExplainOutcome(source, data, found)
             except (ClientError, OSError) as exc:
                 return ExplainOutcome(source, data, error=str(exc), kind=error_kind(exc))

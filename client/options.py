@@ -31,7 +31,14 @@ from .results import MODEL
 
 Protocol = Literal["http", "grpc"]
 ErrorKind = Literal[
-    "unavailable", "overloaded", "timeout", "invalid_image", "denied", "tls", "failed"
+    "unavailable",
+    "overloaded",
+    "timeout",
+    "invalid_image",
+    "invalid_crop",
+    "denied",
+    "tls",
+    "failed",
 ]
 # Transient: retried with backoff.
 RETRIED: tuple[ErrorKind, ...] = ("unavailable", "overloaded")
@@ -40,6 +47,9 @@ _UNAVAILABLE_STATUS = {"502", "503", "StatusCode.UNAVAILABLE"}
 _TIMEOUT_STATUS = {"504", "StatusCode.DEADLINE_EXCEEDED"}
 _DENIED_STATUS = {"401", "403", "StatusCode.PERMISSION_DENIED", "StatusCode.UNAUTHENTICATED"}
 _INVALID_IMAGE = re.compile(r"invalid image \((\w+)\)")
+# The postprocess's refusal of a crop name, and Triton's of an ensemble without CROP.
+_INVALID_CROP = "invalid crop: "
+_NO_CROP_INPUT = "unexpected inference input 'CROP'"
 # Triton's refusals of a request its scheduler could not queue (both answered as UNAVAILABLE),
 # and a gateway's 429.
 _QUEUE_FULL = "exceeds maximum queue size"
@@ -168,6 +178,8 @@ def classify(exc: BaseException) -> ErrorKind:
         msg = _message(exc)
         if _INVALID_IMAGE.search(msg):
             return "invalid_image"
+        if _INVALID_CROP in msg or _NO_CROP_INPUT in msg:
+            return "invalid_crop"
         # Triton answers a missing restricted-API header over gRPC with UNAVAILABLE.
         if status in _DENIED_STATUS or "is restricted, expecting header" in msg:
             return "denied"
@@ -233,6 +245,13 @@ def to_error(
         match = _INVALID_IMAGE.search(msg)
         reason = match.group(1) if match else "not_an_image"
         err = InvalidImageError(reason, msg.removeprefix(f"in ensemble '{opts.model}', "))
+    elif kind == "invalid_crop" and _NO_CROP_INPUT in msg:
+        err = ClientError(
+            f"{where} does not take a crop: its {opts.model} ensemble was exported before "
+            "crops; export a version with this plantdx and restart the server (or send no crop)"
+        )
+    elif kind == "invalid_crop":
+        err = ClientError(_clean(msg, opts))
     elif kind == "timeout":
         err = InferenceTimeoutError(f"no answer from {where} within {opts.timeout:g} s")
     elif kind == "unavailable":

@@ -15,6 +15,9 @@ MODEL = "plantdx"
 CLASSIFIER = "classifier"
 INPUT = "IMAGE"
 OUTPUT = "PROBABILITIES"
+# Optional input beside IMAGE: the crop the photo shows (TYPE_STRING [1]); the answer is then
+# restricted to that crop's classes. Servers exported before crops do not have it.
+CROP = "CROP"
 # The served decision: the class label, or UNCERTAIN when the calibrated top-1 probability is
 # under the threshold. Servers exported before decision rules do not have it.
 DECISION = "DECISION"
@@ -49,13 +52,15 @@ class Prediction:
     file: str | None = None
     ensemble_version: str = ""
     decision: str = ""
+    # The crop the answer was restricted to, as the request named it ("" when none was sent).
+    crop: str = ""
 
     @property
     def uncertain(self) -> bool:
         return self.decision == UNCERTAIN
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "file": self.file,
             "decision": self.decision,
             "label": self.label,
@@ -65,13 +70,16 @@ class Prediction:
             "ensemble_version": self.ensemble_version,
             "latency_ms": round(self.latency_ms, 3),
         }
+        if self.crop:
+            out["crop"] = self.crop
+        return out
 
 
 @dataclass
 class PredictOutcome:
     """One input of predict_many: a prediction, or the reason it failed.
 
-    `kind` names the failure: invalid_image, unavailable, overloaded, timeout, denied, tls, io,
+    `kind` names the failure: invalid_image, invalid_crop, unavailable, overloaded, timeout, denied, tls, io,
     failed.
     """
 
@@ -154,9 +162,15 @@ def response_version(response: Any) -> str:
 
 
 def to_prediction(
-    result: Any, latency_ms: float, file: str | None, classifier_version: str | None
+    result: Any,
+    latency_ms: float,
+    file: str | None,
+    classifier_version: str | None,
+    crop: str | None = None,
 ) -> Prediction:
     scores = parse_classification(result.as_numpy(OUTPUT).reshape(-1))
+    if crop is not None:  # classes of other crops have probability 0: not guesses
+        scores = scores[:1] + [s for s in scores[1:] if s.probability > 0]
     best = scores[0]
     decision = result.as_numpy(DECISION)
     return Prediction(
@@ -168,6 +182,7 @@ def to_prediction(
         file=file,
         ensemble_version=response_version(result.get_response()),
         decision=_text(decision.reshape(-1)[0]) if decision is not None else best.label,
+        crop=crop or "",
     )
 
 

@@ -192,6 +192,11 @@ class CropMap:
             m = self._masks[crop] = np.array([c == crop for c in self.crops], dtype=bool)
         return m
 
+    def class_masks(self) -> np.ndarray:
+        """Bool [C, C]: row i holds the classes of class i's crop (the crop known from a
+        photo's label)."""
+        return np.stack([self.mask(crop) for crop in self.crops])
+
     def masks(self, texts: Sequence[str | bytes] | np.ndarray) -> np.ndarray:
         """Bool [N, C]: the classes each requested name allows (CropError on the first bad one)."""
         return np.stack([self.mask(self.resolve(t)) for t in texts]).reshape(len(texts), -1)

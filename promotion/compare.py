@@ -1,4 +1,5 @@
-"""`plantdx compare`: two versions on the same labelled photos, per source, paired."""
+"""`plantdx compare`: two versions on the same labelled photos, per source, paired; without the
+crop, and under `with_crop` with each photo's crop known from its label folder."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from plantdx.exceptions import ConfigError
 
 from .photos import LabelledPhotos, labelled_photos
-from .predictions import Predictions, from_checkpoints, from_server, load_source
+from .predictions import Predictions, from_checkpoints, from_server, load_source, source_crops
 from .stats import latency_summary, paired, per_class_delta, selective_metrics
 
 METRICS = ("accuracy", "coverage", "selective_accuracy")
@@ -57,14 +58,21 @@ class Comparison:
         """Photos both versions answered (a photo that fails to decode fails for both)."""
         return self.a.ok & self.b.ok
 
-    def _side(self, p: Predictions, mask: np.ndarray) -> dict[str, Any]:
-        return selective_metrics(p.probs[mask], self.photos.labels[mask], p.thresholds[mask])
+    def _probs(self, p: Predictions, crop: bool) -> np.ndarray:
+        if not crop:
+            return p.probs
+        assert p.crop_probs is not None
+        return p.crop_probs
 
-    def _block(self, mask: np.ndarray) -> dict[str, Any]:
-        a, b = self._side(self.a, mask), self._side(self.b, mask)
+    def _side(self, p: Predictions, mask: np.ndarray, crop: bool = False) -> dict[str, Any]:
+        probs = self._probs(p, crop)[mask]
+        return selective_metrics(probs, self.photos.labels[mask], p.thresholds[mask])
+
+    def _block(self, mask: np.ndarray, crop: bool = False) -> dict[str, Any]:
+        a, b = self._side(self.a, mask, crop), self._side(self.b, mask, crop)
         labels = self.photos.labels[mask]
-        right_a = self.a.probs[mask].argmax(1) == labels
-        right_b = self.b.probs[mask].argmax(1) == labels
+        right_a = self._probs(self.a, crop)[mask].argmax(1) == labels
+        right_b = self._probs(self.b, crop)[mask].argmax(1) == labels
         return {
             "a": a,
             "b": b,
@@ -72,13 +80,28 @@ class Comparison:
             **paired(right_a, right_b),
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        ok = self.judged()
+    def _blocks(self, ok: np.ndarray, crop: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         sources = {
-            name: self._block(ok & (self.photos.sources == i))
+            name: self._block(ok & (self.photos.sources == i), crop)
             for i, name in enumerate(self.photos.source_names)
         }
-        overall = self._block(ok)
+        return sources, self._block(ok, crop)
+
+    def with_crop(self, ok: np.ndarray) -> dict[str, Any] | None:
+        """The same comparison with each photo's crop known (from its label folder)."""
+        if self.a.crop_probs is None or self.b.crop_probs is None:
+            return None
+        sources, overall = self._blocks(ok, crop=True)
+        return {
+            "sources": sources,
+            "overall": overall,
+            "mean_source_accuracy": _mean_accuracy(sources),
+            "mcnemar_p": overall["mcnemar_p"],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        ok = self.judged()
+        sources, overall = self._blocks(ok, crop=False)
         labels = self.photos.labels[ok]
         return {
             "a": {"name": self.a.name, "where": self.a.where, **self.a.info},
@@ -87,11 +110,9 @@ class Comparison:
             "failed": {"a": self.a.errors, "b": self.b.errors},
             "sources": sources,
             "overall": overall,
-            "mean_source_accuracy": {
-                side: float(np.mean([s[side]["accuracy"] for s in sources.values()]))
-                for side in ("a", "b")
-            },
+            "mean_source_accuracy": _mean_accuracy(sources),
             "mcnemar_p": overall["mcnemar_p"],
+            "with_crop": self.with_crop(ok),
             "per_class_delta": per_class_delta(
                 self.a.probs[ok].argmax(1),
                 self.b.probs[ok].argmax(1),
@@ -106,6 +127,12 @@ class Comparison:
         }
 
 
+def _mean_accuracy(sources: dict[str, Any]) -> dict[str, float]:
+    return {
+        side: float(np.mean([s[side]["accuracy"] for s in sources.values()])) for side in ("a", "b")
+    }
+
+
 def compare(cfg: CompareConfig) -> Comparison:
     cfg.check()
     if cfg.sources:
@@ -116,7 +143,8 @@ def compare(cfg: CompareConfig) -> Comparison:
                 "the same classes can be compared"
             )
         photos = labelled_photos(cfg.data, ckpt_a.class_names, limit=cfg.limit)
-        a, b = from_checkpoints([ckpt_a, ckpt_b], photos, names=list(cfg.sources))
+        crops = [source_crops(s, c) for s, c in zip(cfg.sources, (ckpt_a, ckpt_b), strict=True)]
+        a, b = from_checkpoints([ckpt_a, ckpt_b], photos, names=list(cfg.sources), crops=crops)
         result = Comparison(a, b, photos)
     else:
         result = compare_on_server(cfg)
@@ -153,12 +181,10 @@ def format_table(d: dict[str, Any]) -> str:
         f"{m[:12]:>12s} A/B (Δ)" for m in ("accuracy", "coverage", "selective_acc")
     )
     lines.append(head + "   McNemar p")
-    rows = [*d["sources"].items(), ("all", d["overall"])]
-    for name, s in rows:
-        cells = " ".join(
-            f"{s['a'][m]:6.1%}/{s['b'][m]:6.1%} ({s['delta'][m]:+.1%})" for m in METRICS
-        )
-        lines.append(f"{name[:28]:28s} {s['a']['n']:5d} {cells}   {s['mcnemar_p']:.3g}")
+    lines += _rows(d)
+    if d.get("with_crop"):
+        lines.append("with each photo's crop known (from its label folder):")
+        lines += _rows(d["with_crop"])
     worst = sorted(d["per_class_delta"].items(), key=lambda kv: kv[1]["delta"])
     changed = [(k, v) for k, v in worst if v["delta"] != 0]
     if changed:
@@ -176,6 +202,16 @@ def format_table(d: dict[str, Any]) -> str:
     if failed:
         lines.append(f"photos that failed (left out): {failed}")
     return "\n".join(lines)
+
+
+def _rows(d: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, s in [*d["sources"].items(), ("all", d["overall"])]:
+        cells = " ".join(
+            f"{s['a'][m]:6.1%}/{s['b'][m]:6.1%} ({s['delta'][m]:+.1%})" for m in METRICS
+        )
+        lines.append(f"{name[:28]:28s} {s['a']['n']:5d} {cells}   {s['mcnemar_p']:.3g}")
+    return lines
 
 
 def plot_comparison(d: dict[str, Any], path: str | Path) -> None:

@@ -1,5 +1,9 @@
 """One version's answers on the labelled photos, from a checkpoint (PyTorch on this machine)
-or from a running server (that version's preprocess and classifier, addressed by version)."""
+or from a running server (that version's preprocess and classifier, addressed by version):
+without the crop, and with each photo's crop known from its label (the answer restricted to
+that crop's classes, as the served CROP input does). A checkpoint's crops are its own (with
+`crops.yaml` beside it); a server version's are read from the class names, since the server's
+API does not expose the `crops.json` exported with it."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from plantdx.checkpoint import Checkpoint, load_checkpoint
+from plantdx.checkpoint import Checkpoint, checkpoint_crops, load_checkpoint
+from plantdx.crops import CropMap
 from plantdx.decision import DecisionRule
 from plantdx.exceptions import ClientError, PreprocessError, ServerUnavailableError
 
@@ -34,6 +39,8 @@ class Predictions:
     errors: dict[str, str] = field(default_factory=dict)  # photo → why it failed
     where: str = ""  # "checkpoint" or "server"
     info: dict[str, Any] = field(default_factory=dict)
+    # [n, C]: the same answers with each photo's crop known from its label.
+    crop_probs: np.ndarray | None = None
 
 
 def checkpoint_path(source: str) -> Path:
@@ -53,8 +60,18 @@ def load_source(source: str) -> Checkpoint:
     return load_checkpoint(checkpoint_path(source))
 
 
+def source_crops(source: str, ckpt: Checkpoint) -> CropMap:
+    """The crops of a compared checkpoint, with `crops.yaml` beside it (as export reads them)."""
+    return checkpoint_crops(ckpt, checkpoint_path(source))
+
+
 def from_checkpoints(
-    ckpts: list[Checkpoint], photos: LabelledPhotos, *, names: list[str], batch_size: int = 16
+    ckpts: list[Checkpoint],
+    photos: LabelledPhotos,
+    *,
+    names: list[str],
+    batch_size: int = 16,
+    crops: list[CropMap] | None = None,
 ) -> list[Predictions]:
     """PyTorch on this machine's CPU, the models taking turns batch by batch so that both see
     the same machine load; a photo's latency is its preprocessing plus its share of its batch's
@@ -68,6 +85,8 @@ def from_checkpoints(
     models = [c.build_model().eval() for c in ckpts]
     pres = [Preprocessor(c.preprocessing) for c in ckpts]
     probs = [np.zeros((n, c.num_classes), dtype=np.float32) for c in ckpts]
+    crop_probs = [np.zeros_like(p) for p in probs]
+    masks = [m.class_masks() for m in crops or [checkpoint_crops(c) for c in ckpts]]
     ok = [np.zeros(n, dtype=bool) for _ in ckpts]
     latency = [np.zeros(n, dtype=np.float64) for _ in ckpts]
     errors: list[dict[str, str]] = [{} for _ in ckpts]
@@ -102,6 +121,7 @@ def from_checkpoints(
                 logits = model(torch.from_numpy(np.stack(arrays))).float().numpy()
             share = (time.perf_counter() - t0) / len(idx)
             probs[k][idx] = rules[k].probabilities(logits)
+            crop_probs[k][idx] = rules[k].probabilities(logits, masks[k][photos.labels[idx]])
             ok[k][idx] = True
             latency[k][idx] = (np.asarray(spent) + share) * 1000
     out = []
@@ -114,7 +134,15 @@ def from_checkpoints(
         }
         out.append(
             Predictions(
-                names[k], probs[k], thresholds, ok[k], latency[k], errors[k], "checkpoint", info
+                names[k],
+                probs[k],
+                thresholds,
+                ok[k],
+                latency[k],
+                errors[k],
+                "checkpoint",
+                info,
+                crop_probs[k],
             )
         )
     return out
@@ -136,6 +164,8 @@ def from_server(
     n, c = len(photos), len(photos.class_names)
     m = len(versions)
     probs = np.zeros((m, n, c), dtype=np.float32)
+    crop_probs = np.zeros_like(probs)
+    masks = CropMap.derive(photos.class_names).class_masks()
     thresholds = np.zeros((m, n), dtype=np.float32)
     ok = np.zeros((m, n), dtype=bool)
     latency = np.zeros((m, n), dtype=np.float64)
@@ -160,6 +190,7 @@ def from_server(
             return
         rule = DecisionRule(temperature=answer.temperature, threshold=answer.threshold)
         probs[k, i] = rule.probabilities(answer.logits[None])[0]
+        crop_probs[k, i] = rule.probabilities(answer.logits[None], masks[photos.labels[i]])[0]
         thresholds[k, i] = answer.threshold
         ok[k, i] = True
         latency[k, i] = answer.latency_ms
@@ -199,6 +230,7 @@ def from_server(
             errors[k],
             "server",
             {"version": v},
+            crop_probs[k],
         )
         for k, v in enumerate(versions)
     ]

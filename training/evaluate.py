@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from plantdx.checkpoint import Checkpoint, load_checkpoint
+from plantdx.checkpoint import Checkpoint, checkpoint_crops, load_checkpoint
 from plantdx.data import SPLIT_FILENAME, Sample, read_split, scan_image_folder, scan_unknown
 from plantdx.decision import DecisionRule
 from plantdx.exceptions import DatasetError
@@ -39,6 +39,9 @@ class EvaluateConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Overlays (class-activation heatmaps) of up to this many misclassified photos.
     explain: int = 0
+    # Each photo's crop taken from its label folder: its answer is chosen among that crop's
+    # classes (as the served CROP input does), and every figure is with the crop known.
+    crop_from_labels: bool = False
 
 
 def classification_report(
@@ -210,6 +213,9 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Plain top-1 (`accuracy`) and, under the checkpoint's decision rule, `coverage` and
     `selective_accuracy`; per source when there are several; the unknown photos' abstention.
+    With `crop_from_labels` every labelled photo's answer is restricted to the crop of its label
+    (`crop_from_labels: true` and the plain figures under `without_crop` join the report); the
+    unknown photos, which have no crop, are judged as without it.
 
     `progress(done, total)` is called as photos are decoded (labelled and unknown together)."""
     from .distributed import pick_device
@@ -245,6 +251,11 @@ def evaluate_checkpoint(
         z, decoded = _logits(model, samples, ckpt, device, cfg.batch_size, advance)
         skipped += decoded.skipped
         p = rule.probabilities(z)
+        if cfg.crop_from_labels:
+            plain = {k: v for k, v in selective(p, decoded.labels, threshold).items() if k != "n"}
+            report.update(crop_from_labels=True, without_crop=plain)
+            allowed = checkpoint_crops(ckpt, path).class_masks()[decoded.labels]
+            p = rule.probabilities(z, allowed)
         pred = p.argmax(1)
         report.update(classification_report(decoded.labels, pred, ckpt.class_names))
         report.update(

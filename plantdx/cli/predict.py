@@ -81,6 +81,15 @@ def predict(
         Protocol, typer.Option("--protocol", help="Wire protocol.")
     ] = Protocol.http,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 3,
+    crop: Annotated[
+        str | None,
+        typer.Option(
+            "--crop",
+            help="The crop the photos show (tomato, potato, bell pepper...): the answer is "
+            "chosen among that crop's classes only. A name the model does not know fails each "
+            "photo with the crops it knows.",
+        ),
+    ] = None,
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, help="Requests in flight.")
     ] = 4,
@@ -159,6 +168,7 @@ def predict(
                 concurrency=concurrency,
                 top_k=top_k,
                 resize=explain_resize.value,
+                crop=crop,
             )
         else:
             outcomes += _run(
@@ -168,6 +178,7 @@ def predict(
                 top_k,
                 progress and not state.quiet and len(paths) > PROGRESS_MIN,
                 err,
+                crop,
             )
     elapsed = time.perf_counter() - start
     if as_json:
@@ -184,11 +195,12 @@ def _run(
     top_k: int,
     show_progress: bool,
     console: Console,
+    crop: str | None = None,
 ) -> list[PredictOutcome]:
     if not paths:
         return []
     if not show_progress:
-        return client.predict_many(paths, concurrency=concurrency, top_k=top_k)
+        return client.predict_many(paths, concurrency=concurrency, top_k=top_k, crop=crop)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress(
@@ -205,6 +217,7 @@ def _run(
             concurrency=concurrency,
             top_k=top_k,
             on_result=lambda _o: bar.advance(task),
+            crop=crop,
         )
 
 
@@ -245,6 +258,9 @@ def _summary(outcomes: list[PredictOutcome], elapsed: float, console: Console) -
     unreachable = next((o.error for o in failed if o.kind == "unavailable"), None)
     if unreachable:
         console.print(f"[red]{unreachable}[/red]")
+    bad_crop = next((o.error for o in failed if o.kind == "invalid_crop"), None)
+    if bad_crop:
+        console.print(f"[red]{bad_crop}[/red]", highlight=False, soft_wrap=True)
     overloaded = [o for o in failed if o.kind == "overloaded"]
     if overloaded:
         console.print(

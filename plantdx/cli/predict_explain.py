@@ -18,6 +18,7 @@ def explain_to(
     concurrency: int,
     top_k: int,
     resize: str,
+    crop: str | None = None,
 ) -> list[PredictOutcome]:
     """Explain `paths` and write their overlays into `outdir`; the outcomes of every photo."""
     from plantdx.client import PredictOutcome
@@ -26,7 +27,9 @@ def explain_to(
     if not paths:
         return []
     outcomes = []
-    for i, o in enumerate(client.explain_many(paths, concurrency=concurrency, top_k=top_k)):
+    for i, o in enumerate(
+        client.explain_many(paths, concurrency=concurrency, top_k=top_k, crop=crop)
+    ):
         if o.explanation is None or o.image is None:
             outcomes.append(PredictOutcome(o.source, error=o.error, kind=o.kind))
             continue

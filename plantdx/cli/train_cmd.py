@@ -247,6 +247,14 @@ def evaluate(
     ] = None,
     device: Annotated[Device | None, typer.Option("--device", help="Where to run.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+    crop_from_labels: Annotated[
+        bool,
+        typer.Option(
+            "--crop-from-labels",
+            help="Each photo's crop is known, from its label folder: its answer is chosen among "
+            "that crop's classes, as the server does with a CROP (figures with the crop known).",
+        ),
+    ] = False,
     explain: Annotated[
         int,
         typer.Option(
@@ -272,6 +280,7 @@ def evaluate(
             out=out,
             device=value(device),
             explain=explain or None,
+            crop_from_labels=crop_from_labels or None,
         ),
     )
     if cfg.split == "all" and not cfg.data and not cfg.unknown_data:
@@ -298,6 +307,13 @@ def evaluate(
     if "accuracy" not in report:
         typer.echo(f"report: {report['report_json']}")
         return
+    if report.get("crop_from_labels"):
+        plain = report["without_crop"]
+        typer.echo(
+            f"with each photo's crop known (from its label); without it: accuracy "
+            f"{plain['accuracy']:.4f}  coverage {plain['coverage']:.3f}  selective accuracy "
+            f"{plain['selective_accuracy']:.4f}"
+        )
     for name, row in (report.get("sources") or {}).items():
         typer.echo(
             f"{name}: accuracy {row['accuracy']:.4f}  coverage {row['coverage']:.3f}  "
