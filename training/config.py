@@ -45,6 +45,12 @@ class TrainConfig:
     # Folders of photos that belong to no class (other crops): they teach and calibrate the
     # "uncertain" answer (outlier exposure, the abstention threshold). Any folder layout.
     unknown_data: list[str] | str | None = None
+    # A data audit's exclude.txt (`plantdx data audit`): the photos it lists are dropped
+    # before the split (listed in the run's excluded.tsv).
+    exclude: str | None = None
+    # A data audit's domains.tsv (default: the one beside `exclude`): a source with both
+    # lab-style and field-style photos is sampled and reported as two, NAME and NAME:lab.
+    domains: str | None = None
     out: str = "runs/latest"
     model: str = "efficientnet_lite0"
     pretrained: bool = True

@@ -29,6 +29,7 @@ from plantdx.labels import write_labels
 from plantdx.models import get_spec
 from plantdx.preprocessing import PreprocessMeta
 
+from .audit import AuditApplied, apply_audit, domains_beside
 from .config import TrainConfig, as_list
 from .distributed import Distributed
 from .loading import PreparedData, eval_loader, prepare_datasets, train_loader
@@ -45,6 +46,8 @@ class ScannedData:
     unknown_split: dict[str, list[Sample]]  # photos of no class; empty without --unknown-data
     not_images: list[tuple[Path, str]]  # files that are not images by name
     meta: PreprocessMeta
+    # What --exclude and --domains changed (None without them).
+    audit: AuditApplied | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -65,8 +68,17 @@ class LoadedData:
     loaders: dict[str, DataLoader[Any]]
 
 
+def with_audit_files(cfg: TrainConfig) -> TrainConfig:
+    """The domains.tsv beside --exclude's file made explicit, so the run's config records it."""
+    beside = domains_beside(cfg.exclude) if not cfg.domains else None
+    return dataclasses.replace(cfg, domains=str(beside)) if beside else cfg
+
+
 def scan_data(cfg: TrainConfig) -> ScannedData:
     folder = scan_sources(as_list(cfg.data))
+    audit = None
+    if cfg.exclude or cfg.domains:
+        folder, audit = apply_audit(folder, exclude=cfg.exclude, domains=cfg.domains)
     split = split_dataset(
         folder, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
     )
@@ -83,7 +95,7 @@ def scan_data(cfg: TrainConfig) -> ScannedData:
         )
     meta = get_spec(cfg.model).preprocessing(cfg.image_size)
     meta = dataclasses.replace(meta, resize=cfg.resize)
-    return ScannedData(folder, split, unknown_split, not_images, meta)
+    return ScannedData(folder, split, unknown_split, not_images, meta, audit)
 
 
 def write_run_files(run_dir: Path, cfg: TrainConfig, scan: ScannedData) -> None:
@@ -101,6 +113,9 @@ def write_run_files(run_dir: Path, cfg: TrainConfig, scan: ScannedData) -> None:
         unknown_roots=as_list(cfg.unknown_data),
     )
     write_labels(scan.folder.class_names, run_dir / "labels.txt")
+    if scan.audit is not None and scan.audit.exclude_file:
+        rows = [f"{p}\t{why}" for p, why in scan.audit.excluded]
+        (run_dir / "excluded.tsv").write_text("".join(f"{r}\n" for r in ["path\treason", *rows]))
     save_yaml(cfg, run_dir / "config.yaml")
 
 

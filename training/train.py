@@ -35,7 +35,7 @@ from .loop_state import LoopState
 from .progress import Reporter
 from .report import finish_run
 from .resume import load_resume, restore_train_state, resume_config, train_state
-from .run_data import load_data, scan_data, write_run_files
+from .run_data import load_data, scan_data, with_audit_files, write_run_files
 from .sampling import BalancedSampler
 from .sources import epoch_row_extras, per_source, selection_score
 from .tracking import RunTracker
@@ -57,6 +57,7 @@ def train(cfg: TrainConfig, *, reporter: Reporter | None = None) -> TrainResult:
     resume = load_resume(cfg)
     if resume is not None:
         cfg = dataclasses.replace(cfg, out=str(cfg.resume))
+    cfg = with_audit_files(cfg)
     dist = setup(cfg.device)
     try:
         return _Run(cfg, reporter, dist, resume).run()
@@ -89,6 +90,8 @@ class _Run:
         if self.resume is None:
             check_weights(cfg.model, cfg.weights)  # a bad --weights fails before any decoding
         self.scan = scan_data(cfg)  # file names only
+        for line in self.scan.audit.summary() if self.scan.audit else []:
+            self.rep.info(line)
         # Loads --weights: before the (slow) decoding, so errors come at once.
         self.trainee = build_trainee(
             cfg, len(self.scan.class_names), self.scan.meta, dist.device, self.resume

@@ -41,6 +41,21 @@ def train(
             "'uncertain' answer. Repeatable.",
         ),
     ] = None,
+    exclude: Annotated[
+        str | None,
+        typer.Option(
+            "--exclude",
+            help="A data audit's exclude.txt (plantdx data audit): its photos are dropped before "
+            "the split; a domains.tsv beside it splits mixed sources into NAME and NAME:lab.",
+        ),
+    ] = None,
+    domains: Annotated[
+        str | None,
+        typer.Option(
+            "--domains",
+            help="A data audit's domains.tsv (default: the one beside --exclude's file).",
+        ),
+    ] = None,
     out: Annotated[
         str | None, typer.Option("--out", help="Run directory for checkpoints and reports.")
     ] = None,
@@ -163,6 +178,8 @@ def train(
     overrides = _overrides(
         data=_one_or_many(data),
         unknown_data=_one_or_many(unknown_data),
+        exclude=exclude,
+        domains=domains,
         resize=value(resize),
         select_on=value(select_on),
         out=out,
