@@ -18,6 +18,7 @@ import ssl as ssl_lib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from plantdx.addresses import host_of, is_loopback
 from plantdx.exceptions import (
     ClientError,
     ConfigError,
@@ -26,6 +27,7 @@ from plantdx.exceptions import (
     ServerOverloadedError,
     ServerUnavailableError,
 )
+from plantdx.model_repository.names import ADMIN_HEADER
 
 from .results import MODEL
 
@@ -98,6 +100,14 @@ class ClientOptions:
         for path in (self.root_certificates, self.private_key, self.certificate_chain):
             if path and not os.path.isfile(path):
                 raise ConfigError(f"TLS file {path} does not exist")
+        # The admin key unlocks model loading: it never crosses a network in clear text.
+        admin = [k for k in self.headers if k.lower().endswith(ADMIN_HEADER)]
+        if admin and not self.ssl and not is_loopback(host_of(self.url)):
+            raise ConfigError(
+                f"refusing to send the admin key header {admin[0]} to {host_of(self.url)} "
+                "without TLS: use https:// (or --ssl) or a tunnel to a loopback address "
+                "(kubectl port-forward, ssh -L)"
+            )
 
     @classmethod
     def create(cls, url: str, protocol: str, **kwargs: Any) -> ClientOptions:

@@ -4,7 +4,10 @@
 while the old pair keeps serving, then the preprocessing of the same version. `load
 --version N` pins preprocess and classifier to version N with a config override (rollback);
 the pin lasts until the next plain `load` or a restart. The API is restricted by a key sent
-as a header; the key is never printed, logged or put into an error message.
+as a header; the key is never printed, logged or put into an error message. Without a key, the
+one a server on this machine made for its port is used (serving/admin_key.py). The key travels
+without TLS only to a loopback address: `https://` (or `grpcs://`) turns TLS on, and any other
+host is refused, before anything is sent.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from plantdx.addresses import TLS_SCHEMES, host_of, is_loopback, port_of, scheme_of
 from plantdx.exceptions import ClientError
 from plantdx.model_repository.config import CLASSIFIER, ENSEMBLE, PREPROCESS
 from plantdx.model_repository.names import ADMIN_HEADER, EXPLAIN_ENSEMBLE
+
+from .admin_key import find_key
 
 Protocol = Literal["http", "grpc"]
 GRPC_KEY_PREFIX = "triton-grpc-protocol-"  # how Triton's gRPC frontend spells custom headers
@@ -49,19 +55,32 @@ class ModelControl:
         key: str | None = None,
         timeout_s: float = 300.0,
     ) -> None:
+        self.ssl = scheme_of(url) in TLS_SCHEMES
         self.url = url.split("://", 1)[-1].rstrip("/")  # tritonclient wants host:port
         self.protocol = protocol
+        host = host_of(self.url)
+        if key is None and is_loopback(host):
+            key = find_key(port_of(self.url))
+        if key and not self.ssl and not is_loopback(host):
+            raise ClientError(
+                f"refusing to send the admin key to {host} without TLS: use https:// (the "
+                "server behind a TLS proxy) or a tunnel to a loopback address (kubectl "
+                "port-forward, ssh -L) and --url 127.0.0.1:PORT"
+            )
         self._key = key
         self.timeout_s = timeout_s
         if protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
-            self._client: Any = grpcclient.InferenceServerClient(self.url)
+            self._client: Any = grpcclient.InferenceServerClient(self.url, ssl=self.ssl)
         else:
             import tritonclient.http as httpclient
 
             self._client = httpclient.InferenceServerClient(
-                self.url, connection_timeout=timeout_s, network_timeout=timeout_s
+                self.url,
+                connection_timeout=timeout_s,
+                network_timeout=timeout_s,
+                ssl=self.ssl,
             )
 
     def close(self) -> None:
@@ -95,7 +114,10 @@ class ModelControl:
         if self._key:
             text = text.replace(self._key, "***")
         if "restricted" in text:
-            text += " (set the key in the environment variable named by --admin-key-env)"
+            text += (
+                " (set the key in the environment variable named by --admin-key-env; a server "
+                "started without one keeps its key in the file `plantdx serve` printed)"
+            )
         return text
 
     # -- the commands ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Triton's model-repository API over plain HTTP (standard library only: the serving image has
 no tritonclient), with the admin key as a header that is never logged. What the launcher and the
 container supervisor need: the index, a model's config, load (optionally with a config), unload.
-`control.ModelControl` is the CLI's client for the same API over HTTP or gRPC."""
+`control.ModelControl` is the CLI's client for the same API over HTTP or gRPC. It talks only to
+the server this process started (on this machine), so the key goes over plain HTTP."""
 
 from __future__ import annotations
 
@@ -22,15 +23,15 @@ class RepositoryApi:
         self._admin_key = admin_key
         self.timeout_s = timeout_s
 
+    def _headers(self) -> dict[str, str]:
+        return {ADMIN_HEADER: self._admin_key} if self._admin_key else {}
+
     def call(self, path: str, body: dict[str, object] | None = None) -> object:
         """POST to /v2/repository{path}; the parsed answer (None when empty)."""
-        headers = {"Content-Type": "application/json"}
-        if self._admin_key:
-            headers[ADMIN_HEADER] = self._admin_key
         req = urllib.request.Request(
             f"http://{self.http_url}/v2/repository{path}",
             data=json.dumps(body or {}).encode(),
-            headers=headers,
+            headers={"Content-Type": "application/json", **self._headers()},
         )
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
             raw = resp.read()
@@ -49,9 +50,10 @@ class RepositoryApi:
         }
 
     def config(self, model: str) -> dict[str, Any]:
-        with urllib.request.urlopen(
-            f"http://{self.http_url}/v2/models/{model}/config", timeout=self.timeout_s
-        ) as resp:
+        req = urllib.request.Request(
+            f"http://{self.http_url}/v2/models/{model}/config", headers=self._headers()
+        )
+        with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
             cfg = json.loads(resp.read())
         return cfg if isinstance(cfg, dict) else {}
 

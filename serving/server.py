@@ -2,8 +2,10 @@
 supervise a given tritonserver command line), wait for readiness, drain before stopping.
 
 Its rooms: `install.py` (where the wheel's binary, backend and stub live, the environment the
-stubs need), `procs.py` (ports and /proc), `repository_api.py` (Triton's repository API over
-HTTP), `watchdog.py` (reloading a model whose stub died).
+stubs need), `stub_env.py` (the allow-listed environment they get), `admin_key.py` (the key
+that restricts every non-inference API: given, or made per run), `procs.py` (ports and /proc),
+`repository_api.py` (Triton's repository API over HTTP), `watchdog.py` (reloading a model whose
+stub died).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from plantdx.exceptions import ServerError
-from plantdx.model_repository.names import ADMIN_HEADER
 
+from . import admin_key as keys
+from .flags import parse_flags, server_settings
 from .install import prepare_backend_dir, pytriton_root, server_env
 from .procs import children, die_with_parent, free_port, port_free, proc_stat, shm_regions
 from .repository_api import CallError, RepositoryApi
+from .stub_env import scrubbed
 from .watchdog import StubWatchdog, stubs_of
 
 __all__ = [  # what callers import from here
@@ -41,22 +45,6 @@ __all__ = [  # what callers import from here
 ]
 
 log = logging.getLogger(__name__)
-
-
-def parse_flags(argv: Sequence[str]) -> dict[str, list[str]]:
-    """tritonserver's flags, `--name=value` or `--name value`, every value of each kept."""
-    out: dict[str, list[str]] = {}
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                value = argv[i + 1]
-                i += 1
-            out.setdefault(name, []).append(value)
-        i += 1
-    return out
 
 
 def refuse_half_published(repository: Path, wait_s: float = 60.0) -> None:
@@ -101,6 +89,7 @@ class TritonServer:
         gpu_metrics: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        self.location = str(repository)  # as given: a folder, or s3://... for a wrapped server
         self.repository = Path(repository).resolve()
         self.host = host
         self.http_port = http_port
@@ -111,11 +100,16 @@ class TritonServer:
         self.load_models = (
             list(load_models) if load_models is not None else default_models(self.repository)
         )
-        self._admin_key = admin_key
+        self.extra_args = list(extra_args)
+        # Every non-inference API is restricted (admin_key.RESTRICTED): by the key given, the
+        # one the extra flags already use, or one made for this run and kept in a 0600 file.
+        self._admin_key, self.key_generated = keys.resolve_key(
+            parse_flags(self.extra_args), admin_key
+        )
+        self._key_files: list[Path] = []
         self.response_cache_bytes = response_cache_bytes
         self.log_verbose = log_verbose
         self.log_file = Path(log_file) if log_file else None
-        self.extra_args = list(extra_args)
         self.exit_timeout_s = exit_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_handle: object | None = None
@@ -132,36 +126,20 @@ class TritonServer:
         self._abort = threading.Event()  # a stop asked for while starting
 
     @classmethod
-    def wrapping(cls, binary: str, argv: Sequence[str]) -> TritonServer:
-        """Supervise a tritonserver command line as given: a container's own binary and
-        backends, any repository location (s3://...). The stub watchdog and the drain on stop
-        take the HTTP port, startup models, control mode, exit timeout and admin key from the
-        flags; Triton's log goes to this process's stdout."""
+    def wrapping(
+        cls, binary: str, argv: Sequence[str], admin_key: str | None = None
+    ) -> TritonServer:
+        """Supervise a tritonserver command line: a container's own binary and backends, any
+        repository location (s3://...). The stub watchdog and the drain on stop take the HTTP
+        port, startup models, control mode, exit timeout and admin key from the flags (the
+        restricted categories in any order); the categories of admin_key.RESTRICTED the flags
+        leave open are restricted with that key, or with `admin_key`, or with one made for this
+        run. Triton's log goes to this process's stdout."""
         flags = parse_flags(argv)
-
-        def last(name: str, default: str) -> str:
-            return flags.get(name, [default])[-1]
-
-        key = None
-        restricted = last("--http-restricted-api", "")
-        if restricted.startswith("model-repository:") and "=" in restricted:
-            header, _, key = restricted.split(":", 1)[1].partition("=")
-            if header != ADMIN_HEADER:
-                raise ServerError(
-                    f"--http-restricted-api names header {header!r}; the supervisor sends "
-                    f"{ADMIN_HEADER!r} for the drain and stub restarts"
-                )
-        server = cls(
-            repository=last("--model-repository", "."),
-            host=last("--http-address", "0.0.0.0"),
-            http_port=int(last("--http-port", "8000")),
-            grpc_port=int(last("--grpc-port", "8001")),
-            metrics_port=int(last("--metrics-port", "8002")),
-            model_control=last("--model-control-mode", "none"),
-            load_models=flags.get("--load-model", []),
-            admin_key=key or None,
-            exit_timeout_s=int(last("--exit-timeout-secs", "30")),
-        )
+        key, made = keys.resolve_key(flags, admin_key)
+        settings = server_settings(flags)
+        server = cls(**settings, admin_key=key)
+        server.location, server.key_generated = settings["repository"], made
         server._wrapped = [binary, *argv]
         return server
 
@@ -186,9 +164,25 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def admin_key(self) -> str:
+        """The key that unlocks the restricted APIs (never log or print it)."""
+        return self._admin_key
+
+    @property
+    def key_file(self) -> Path | None:
+        """The 0600 file holding a key made for this run, while the server runs."""
+        return self._key_files[0] if self._key_files else None
+
+    def _restrictions(self) -> list[str]:
+        given = parse_flags(self._wrapped[1:] if self._wrapped is not None else self.extra_args)
+        return keys.restriction_flags(
+            self._admin_key, given.get(keys.HTTP_FLAG, []), given.get(keys.GRPC_FLAG, [])
+        )
+
     def command(self) -> list[str]:
         if self._wrapped is not None:
-            return list(self._wrapped)
+            return [*self._wrapped, *self._restrictions()]
         binary = pytriton_root() / "bin" / "tritonserver"
         cmd = [
             str(binary),
@@ -214,12 +208,7 @@ class TritonServer:
             cmd.append(f"--cache-config=local,size={self.response_cache_bytes}")
         if self.model_control == "explicit":
             cmd += [f"--load-model={m}" for m in self.load_models]
-        if self._admin_key:
-            cmd += [
-                f"--http-restricted-api=model-repository:{ADMIN_HEADER}={self._admin_key}",
-                f"--grpc-restricted-protocol=model-repository:{ADMIN_HEADER}={self._admin_key}",
-            ]
-        return cmd + self.extra_args
+        return cmd + self.extra_args + self._restrictions()
 
     def redacted_command(self) -> list[str]:
         key = self._admin_key
@@ -257,14 +246,19 @@ class TritonServer:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             out = open(log_path, "ab")  # noqa: SIM115
         self._log_handle = out
+        base = {**server_env(), **self.env} if self._wrapped is None else dict(os.environ)
         self._proc = subprocess.Popen(
             self.command(),
-            env={**server_env(), **self.env} if self._wrapped is None else None,
+            env=scrubbed(base, repository=self.location, secret_values=(self._admin_key,)),
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             preexec_fn=die_with_parent,
         )
         try:
+            if self.key_generated:  # for the CLI on this machine; removed by stop()
+                self._key_files = keys.write_key_files(
+                    self._admin_key, [self.http_port, self.grpc_port]
+                )
             self.wait_ready(timeout_s=timeout_s, model=wait_for)
         except BaseException:
             self.stop()
@@ -378,6 +372,8 @@ class TritonServer:
         if self._own_log is not None:
             self._own_log.unlink(missing_ok=True)
             self._own_log = None
+        keys.remove_key_files(self._key_files, self._admin_key)
+        self._key_files = []
         return proc.returncode
 
     @property

@@ -1,7 +1,7 @@
 """Run a tritonserver command line under supervision: the container entrypoint of plantdx.
 
     python3 -m plantdx.serving.supervise [--startup-timeout S] [--served-version N] \
-        -- tritonserver FLAGS...
+        [--admin-key-file FILE] -- tritonserver FLAGS...
 
 Triton 2.51 on its own leaves two gaps a deployment would meet:
 
@@ -14,6 +14,15 @@ repository location) and adds what `plantdx serve` adds locally: the stub watchd
 reloads a model whose stub died, and on SIGTERM a drain (the startup models are unloaded, the
 requests inside them finish) before Triton is stopped. It needs only the standard library and
 the plantdx package, so it runs in the serving image. Its exit code is Triton's.
+
+Every API but inference, health, metadata and statistics is restricted to requests with the
+header `plantdx-key` (serving/admin_key.py): the categories the flags leave open are restricted
+by the supervisor, with the key the flags already use, else the one in `--admin-key-file`
+(default: the file named by PLANTDX_ADMIN_KEY_FILE; a mounted Secret), else one made for this
+run and written to a 0600 file whose path is logged. The key is then in no container spec:
+only in Triton's own command line, which Triton 2.51 requires. Triton and its Python-backend
+stubs run with an allow-listed environment (serving/stub_env.py): no admin key, and cloud
+credentials only where the repository or the capture is in that cloud.
 
 `--served-version N` (default: the environment variable PLANTDX_SERVED_VERSION; empty follows
 the repository's version policy) serves version N of preprocess and classifier and nothing else
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -38,7 +48,9 @@ from collections.abc import Sequence
 from plantdx.capture import CaptureSettings
 from plantdx.exceptions import PlantDxError, ServerError
 
+from . import admin_key as keys
 from . import served_version
+from .flags import parse_flags
 from .server import TritonServer
 
 log = logging.getLogger("plantdx.supervise")
@@ -62,6 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"${served_version.ENV_VAR}; empty: the repository's version policy)",
     )
     parser.add_argument(
+        "--admin-key-file",
+        default=os.environ.get(keys.ENV_KEY_FILE) or None,
+        help="file holding the key of the restricted APIs (default: $"
+        f"{keys.ENV_KEY_FILE}; none: a key made for this run, kept in a 0600 file)",
+    )
+    parser.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- then the tritonserver binary and its flags"
     )
     args = parser.parse_args(argv)
@@ -77,18 +95,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if capture is not None:
         log.info("%s", capture.describe())
     try:
+        key = keys.read_key_file(args.admin_key_file) if args.admin_key_file else None
+        keys.resolve_key(parse_flags(command[1:]), key)  # a conflict is refused before any view
         pinned, command = served_version.pinned_command(args.served_version, command)
     except ServerError as exc:
         log.error("%s", exc)
         return 2
     try:
-        return _run(command, args.startup_timeout, pinned)
+        server = TritonServer.wrapping(command[0], command[1:], admin_key=key)
+        return _run(server, args.startup_timeout, pinned)
+    except ServerError as exc:
+        log.error("%s", exc)
+        return 2
     finally:
         served_version.remove_view(command)
 
 
-def _run(command: list[str], startup_timeout: float, pinned: int | None) -> int:
-    server = TritonServer.wrapping(command[0], command[1:])
+def _run(server: TritonServer, startup_timeout: float, pinned: int | None) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -108,6 +131,8 @@ def _run(command: list[str], startup_timeout: float, pinned: int | None) -> int:
         if server.is_alive():
             server.stop()
         return 0 if stop.is_set() else 1
+    if server.key_file is not None:
+        log.info("no admin key given: this run's key is in %s (0600)", server.key_file)
     log.info(
         "Triton is ready (pid %s); watching its Python-backend stubs%s",
         server.pid,

@@ -307,7 +307,8 @@ def _supervised(tmp_path: Path, repo: Path) -> tuple[Any, str, str]:
         "--model-control-mode=explicit", "--load-model=plantdx", "--strict-readiness=true",
         "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
         f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
-        "--exit-timeout-secs=30", "--http-restricted-api=model-repository:plantdx-key=k3y",
+        # model-repository not first: the supervisor finds its key in any order
+        "--exit-timeout-secs=30", "--http-restricted-api=shared-memory,model-repository:plantdx-key=k3y",
     ]  # fmt: skip
     with open(tmp_path / "supervise.log", "wb") as log:
         proc = subprocess.Popen(

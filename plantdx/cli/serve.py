@@ -14,7 +14,14 @@ import typer
 
 def serve(
     repository: Annotated[Path, typer.Option("--repository", help="Triton model repository.")],
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on. Off loopback only with an admin key in --admin-key-env, "
+            "and behind a gateway that passes only inference (README, Security).",
+        ),
+    ] = "127.0.0.1",
     http_port: Annotated[int, typer.Option("--http-port")] = 8000,
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 8001,
     metrics_port: Annotated[int, typer.Option("--metrics-port")] = 8002,
@@ -25,7 +32,8 @@ def serve(
         str,
         typer.Option(
             "--admin-key-env",
-            help="Environment variable holding the key that protects the model-control API.",
+            help="Environment variable holding the key that protects every API but inference, "
+            "health and metadata (unset: a key made for this run, kept in a 0600 file).",
         ),
     ] = "PLANTDX_ADMIN_KEY",
     timeout: Annotated[
@@ -86,13 +94,21 @@ def serve(
     ] = True,
 ) -> None:
     """Run Triton on REPOSITORY until Ctrl-C or SIGTERM; the server never outlives this command."""
+    from plantdx.addresses import is_loopback
     from plantdx.capture import CaptureSettings
     from plantdx.capture.settings import ENV_DESTINATION
-    from plantdx.exceptions import ServerError
+    from plantdx.exceptions import ConfigError, ServerError
     from plantdx.model_repository.names import ADMIN_HEADER
     from plantdx.serving import TritonServer
 
     key = os.environ.get(admin_key_env) or None
+    if key is None and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host or 'every address'} without an admin key: the model "
+            f"control API would be reachable from the network. Set ${admin_key_env} (for "
+            "example `export PLANTDX_ADMIN_KEY=$(openssl rand -hex 32)`), put a gateway that "
+            "passes only inference in front (README, Security), or keep --host 127.0.0.1"
+        )
     cache: dict[str, int] = {} if response_cache else {"response_cache_bytes": 0}
     settings = None
     if capture:
@@ -148,10 +164,13 @@ def serve(
         typer.echo(f"  serving  version {pinned} only (--served-version)")
     if settings:
         typer.echo(f"  {settings.describe()}")
-    if key:
-        typer.echo(f"  model control: protected; send header {ADMIN_HEADER} from ${admin_key_env}")
+    if server.key_file is not None:
+        typer.echo(
+            f"  admin APIs: restricted; this run's key is in {server.key_file} (0600, removed "
+            "at stop; plantdx models/promote on this machine read it)"
+        )
     else:
-        typer.echo(f"  model control: open (set ${admin_key_env} to protect it)")
+        typer.echo(f"  admin APIs: restricted; send header {ADMIN_HEADER} from ${admin_key_env}")
     typer.echo("Ctrl-C to stop")
     try:
         while not stop.is_set():
