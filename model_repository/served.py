@@ -18,6 +18,8 @@ from .validate import validate_repository
 def pin_served_version(repo: str | Path, version: int) -> None:
     """Make `version` the one version of preprocess and classifier that `repo` serves."""
     repo = Path(repo)
+    if not repo.is_dir():
+        raise RepositoryError(f"model repository {repo} does not exist")
     with locked(repo):
         recover(repo)  # an export or pin that was killed: rolled back or completed first
         for name in (PREPROCESS, CLASSIFIER):

@@ -6,6 +6,12 @@ gate passes on the same labelled photos.
     3. passed: move the ensemble to the candidate, unload the champion, write the version policy
        into the repository (every pod, every restart), move the MLflow alias, record the
        evidence; refused (or --dry-run): unload the candidate again, change nothing.
+
+Every failure path ends in a known state: before the switch (a failed comparison, a refused
+gate) the server is restored on leaving the side-by-side; a switch that fails half way, even
+after the candidate was loaded and the ensemble moved, is put back (switch.py:
+PromotionFailedError, exit code 4); a failure to record the evidence after a complete switch
+says so (PromotionUnrecordedError, exit code 5) and leaves the promotion in place.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ from typing import Any
 from plantdx.exceptions import ConfigError, PlantDxError
 from plantdx.model_repository.names import CLASSIFIER, ENSEMBLE, PREPROCESS
 from plantdx.model_repository.repository import versions
-from plantdx.model_repository.served import pin_served_version
 
 from .compare import Comparison
 from .gate import Gate, evaluate_gate
@@ -26,12 +31,19 @@ from .photos import labelled_photos
 from .predictions import from_server
 from .record import candidate_provenance, record_in_mlflow, record_in_repository
 from .side_by_side import SideBySide, control_for
+from .switch import switch
 
 
 class PromotionRefusedError(PlantDxError):
     """The gate did not pass: nothing was changed."""
 
     exit_code = 3
+
+
+class PromotionUnrecordedError(PlantDxError):
+    """The candidate serves (server and repository), but its evidence was not recorded."""
+
+    exit_code = 5
 
 
 @dataclass
@@ -120,15 +132,33 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
                     raise error
                 return result
             side.keep()
-            _switch(side, cfg.candidate, repo)
+            switch(side, cfg.candidate, repo)  # all or nothing: put back on any failure
     result["promoted"] = True
-    result["recorded"] = {"repository": str(record_in_repository(repo, cfg.candidate, evidence))}
-    if cfg.mlflow:
-        run_id = candidate_provenance(repo, cfg.candidate).get("mlflow_run_id")
-        result["recorded"]["mlflow"] = record_in_mlflow(
-            evidence, run_id=run_id, registered_model=cfg.registered_model, alias=cfg.alias
-        )
+    _record(cfg, repo, evidence, result)
     return result
+
+
+def _record(
+    cfg: PromoteConfig, repo: Path, evidence: dict[str, Any], result: dict[str, Any]
+) -> None:
+    """The evidence, once the candidate serves: a failure here leaves the promotion complete
+    and says what is missing."""
+    result["recorded"] = {}
+    try:
+        result["recorded"]["repository"] = str(record_in_repository(repo, cfg.candidate, evidence))
+        if cfg.mlflow:
+            run_id = candidate_provenance(repo, cfg.candidate).get("mlflow_run_id")
+            result["recorded"]["mlflow"] = record_in_mlflow(
+                evidence, run_id=run_id, registered_model=cfg.registered_model, alias=cfg.alias
+            )
+    except Exception as exc:
+        missing = "MLflow" if "repository" in result["recorded"] else "promotion.json"
+        error = PromotionUnrecordedError(
+            f"version {cfg.candidate} is promoted: it serves and the repository serves it on "
+            f"every restart; recording it ({missing}) failed: {exc}"
+        )
+        error.result = result  # type: ignore[attr-defined]
+        raise error from exc
 
 
 def _plan(champion: int, cfg: PromoteConfig, repo: Path) -> list[str]:
@@ -139,15 +169,3 @@ def _plan(champion: int, cfg: PromoteConfig, repo: Path) -> list[str]:
         f"record the evidence in {CLASSIFIER}/{cfg.candidate}/promotion.json"
         + (f" and MLflow (alias {cfg.alias!r} of {cfg.registered_model!r})" if cfg.mlflow else ""),
     ]
-
-
-def _switch(side: SideBySide, candidate: int, repo: Path) -> None:
-    """Both versions are loaded and the ensemble is pinned to the champion: move the traffic,
-    then drop the champion, then make it durable in the repository."""
-    side.pin_ensemble(candidate)
-    for name in (CLASSIFIER, PREPROCESS):
-        side.set_versions(name, [candidate], f"unloading the other versions of {name}")
-    pin_served_version(repo, candidate)
-    # The repository's own ensemble configs again (their steps follow the loaded version).
-    for name in side.ensembles:
-        side.control.load_config(name, None, f"reloading {name} from the repository")

@@ -107,9 +107,23 @@ class SideBySide:
         cfg["version_policy"] = {"specific": {"versions": [int(v) for v in versions]}}
         self.control.load_config(name, cfg, what or f"loading {name} versions {versions}")
 
-    def restore(self) -> None:
-        """Back to the versions held before, the ensemble as it was; every step is tried."""
+    def restore(self, also_loaded: list[int] | None = None) -> None:
+        """Back to the versions held before, the ensemble as it was; every step is tried.
+        `also_loaded`: versions that may serve now (the candidate of a failed switch): the
+        served version is loaded beside them and the ensembles pinned back to it first, so no
+        request meets an unloaded version."""
         errors = []
+        if also_loaded:
+            for name in VERSIONED:
+                want = sorted(set(self.before[name]) | {int(v) for v in also_loaded})
+                try:
+                    self.set_versions(name, want, f"loading {name} versions {want} again")
+                except ClientError as exc:
+                    errors.append(str(exc))
+            try:
+                self.pin_ensemble(self.served)
+            except ClientError as exc:
+                errors.append(str(exc))
         for name in VERSIONED:
             if self.before[name]:
                 try:

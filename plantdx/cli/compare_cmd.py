@@ -125,7 +125,11 @@ def promote(
     """Serve and register the candidate as champion, only if the gate passes on --data."""
     from plantdx.promotion.compare import format_table
     from plantdx.promotion.gate import Gate
-    from plantdx.promotion.promote import PromoteConfig, PromotionRefusedError
+    from plantdx.promotion.promote import (
+        PromoteConfig,
+        PromotionRefusedError,
+        PromotionUnrecordedError,
+    )
     from plantdx.promotion.promote import promote as run
 
     cfg = PromoteConfig(
@@ -145,7 +149,7 @@ def promote(
     )
     try:
         result = run(cfg)
-    except PromotionRefusedError as exc:
+    except (PromotionRefusedError, PromotionUnrecordedError) as exc:
         _show(getattr(exc, "result", {}), as_json, format_table)
         raise
     _show(result, as_json, format_table)

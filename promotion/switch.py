@@ -1,0 +1,52 @@
+"""Moving a running server and its repository from the champion to the candidate, all or
+nothing: if any step fails (the server refuses a load, the repository cannot be pinned, the
+command is interrupted), the server is put back as it was (the champion loaded and serving,
+the candidate unloaded, the ensembles' own configs) and the repository's version policy
+restored, then the error is raised, saying whether putting back worked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plantdx.exceptions import PlantDxError
+from plantdx.model_repository.names import CLASSIFIER, PREPROCESS
+from plantdx.model_repository.served import pin_served_version, restore_configs, saved_configs
+
+from .side_by_side import SideBySide
+
+
+class PromotionFailedError(PlantDxError):
+    """The switch to the candidate failed; the server and the repository were put back."""
+
+    exit_code = 4
+
+
+def switch(side: SideBySide, candidate: int, repo: Path) -> None:
+    """Both versions are loaded and the ensemble is pinned to the champion: move the traffic,
+    drop the champion, make it durable in the repository, reload the ensembles' own configs."""
+    configs = saved_configs(repo)
+    try:
+        side.pin_ensemble(candidate)
+        for name in (CLASSIFIER, PREPROCESS):
+            side.set_versions(name, [candidate], f"unloading the other versions of {name}")
+        pin_served_version(repo, candidate)
+        # The repository's own ensemble configs again (their steps follow the loaded version).
+        for name in side.ensembles:
+            side.control.load_config(name, None, f"reloading {name} from the repository")
+    except BaseException as exc:
+        problems = []
+        try:  # whether or not the pin got through (an interrupt may follow it at once)
+            restore_configs(repo, configs)
+        except (PlantDxError, OSError) as undo:
+            problems.append(f"the repository's version policy was not restored: {undo}")
+        try:
+            side.restore(also_loaded=[candidate])
+        except PlantDxError as undo:
+            problems.append(str(undo))
+        if not isinstance(exc, Exception):
+            raise  # interrupted: put back, then stop as asked
+        where = f"version {side.served} serves as before" if not problems else "; ".join(problems)
+        raise PromotionFailedError(
+            f"version {candidate} was not promoted: {exc}. Put back: {where}"
+            + ("" if not problems else " (check `plantdx models status` and the repository)")
+        ) from exc
