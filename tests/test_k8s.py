@@ -48,7 +48,8 @@ GPU_POOL_LABEL = "plantdx.io/node-pool"
 GPU_POOL_VALUE = "gpu"
 RUN_AS_USER = 1000
 
-# The Triton command line of the product (the admin key and repository come from env vars).
+# The Triton command line of the product (the repository comes from an env var; the supervisor
+# adds the restricted-API flags with the key from the Secret mounted as a file).
 TRITON_ARGS = {
     "--model-repository": "$(MODEL_REPOSITORY)",
     "--model-control-mode": "explicit",
@@ -62,9 +63,10 @@ TRITON_ARGS = {
     "--metrics-config": "summary_latencies=true",
     "--exit-timeout-secs": "30",
     "--cache-config": "local,size=268435456",
-    "--http-restricted-api": "model-repository:plantdx-key=$(ADMIN_KEY)",
-    "--grpc-restricted-protocol": "model-repository:plantdx-key=$(ADMIN_KEY)",
 }
+# Where the supervisor reads the admin key: a file of the Secret's volume.
+ADMIN_KEY_FILE = "/var/run/secrets/plantdx/admin-key"
+ADMIN_SECRET = "plantdx-triton-admin"
 # Triton under the supervisor that restarts dead stubs and drains on SIGTERM.
 SUPERVISED = ["python3", "-m", "plantdx.serving.supervise", "--"]
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -365,9 +367,25 @@ def check_triton_command(objs: list[dict[str, Any]]) -> list[str]:
     for var in re.findall(r"\$\(([A-Z_][A-Z0-9_]*)\)", " ".join(c.get("args", []))):
         if var not in defined:
             errors.append(f"argument refers to $({var}), which is not in the container's env")
-    admin = env_value(c, "ADMIN_KEY")
-    if not (isinstance(admin, dict) and "secretKeyRef" in admin):
-        errors.append("ADMIN_KEY does not come from a Secret")
+    errors.extend(_admin_key_errors(objs, c))
+    return errors
+
+
+def _admin_key_errors(objs: list[dict[str, Any]], c: dict[str, Any]) -> list[str]:
+    """The admin key: only in a file of a Secret volume the supervisor reads, never an
+    argument or an environment value (the supervisor adds the restriction flags)."""
+    errors = []
+    text = json.dumps({"args": c.get("args", []), "env": c.get("env", [])})
+    if "restricted-api" in text or "restricted-protocol" in text or "plantdx-key" in text:
+        errors.append("the admin key or its restriction flags are in the container's spec")
+    if env_value(c, "PLANTDX_ADMIN_KEY_FILE") != ADMIN_KEY_FILE:
+        errors.append(f"PLANTDX_ADMIN_KEY_FILE is not {ADMIN_KEY_FILE}")
+    volumes = {v["name"]: v for v in _pod(objs).get("volumes", [])}
+    folder = ADMIN_KEY_FILE.rsplit("/", 1)[0]
+    mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == folder), {})
+    secret = volumes.get(mount.get("name", ""), {}).get("secret", {})
+    if secret.get("secretName") != ADMIN_SECRET or not mount.get("readOnly"):
+        errors.append(f"{folder} is not the Secret {ADMIN_SECRET}, mounted read-only")
     return errors
 
 
@@ -1079,7 +1097,7 @@ def test_model_repository_sources(renders: dict[str, list[dict[str, Any]]]) -> N
     assert not find_all(s3, "PersistentVolumeClaim")
     assert str(env_value(triton(s3), "MODEL_REPOSITORY")).startswith("s3://")
     volumes = {v["name"] for v in find(s3, "Deployment")["spec"]["template"]["spec"]["volumes"]}
-    assert volumes == {"dshm", "tmp"}
+    assert volumes == {"dshm", "tmp", "admin-key"}
 
 
 def test_autoscaling(renders: dict[str, list[dict[str, Any]]]) -> None:
@@ -1225,8 +1243,15 @@ MUTATIONS: dict[str, tuple[str, str, Callable[[list[dict[str, Any]]], None]]] = 
     "admin key inline": (
         "gpu",
         "triton_command",
-        lambda o: next(e for e in _triton_of(o)["env"] if e["name"] == "ADMIN_KEY").update(
-            value="secret", valueFrom=None
+        lambda o: _triton_of(o)["args"].append(
+            "--http-restricted-api=model-repository:plantdx-key=secret"
+        ),
+    ),
+    "admin key file not from the Secret": (
+        "cpu",
+        "triton_command",
+        lambda o: next(v for v in _pod(o)["volumes"] if v["name"] == "admin-key").update(
+            secret={"secretName": "someone-elses"}
         ),
     ),
     "no memory-backed /dev/shm": (
@@ -1511,12 +1536,12 @@ def test_compose_matches_the_cluster(renders: dict[str, list[dict[str, Any]]]) -
     triton_svc = services["triton"]
     assert triton_svc["command"][:5] == [*SUPERVISED, "tritonserver"]
     args = parse_args(triton_svc["command"][5:])
-    expected = dict(TRITON_ARGS, **{"--model-repository": "/models"})
-    for key in ("--http-restricted-api", "--grpc-restricted-protocol"):
-        assert args[key].startswith("model-repository:plantdx-key=${PLANTDX_ADMIN_KEY")
-        expected.pop(key)
-        args.pop(key)
-    assert args == expected
+    assert args == dict(TRITON_ARGS, **{"--model-repository": "/models"})
+    # The key: a secret file the supervisor reads, never on the command line.
+    assert "plantdx-key" not in json.dumps(triton_svc)
+    secret_file = triton_svc["environment"]["PLANTDX_ADMIN_KEY_FILE"]
+    assert triton_svc["secrets"] == [secret_file.rsplit("/", 1)[1]]
+    assert compose["secrets"]["plantdx_admin_key"] == {"environment": "PLANTDX_ADMIN_KEY"}
     assert triton_svc["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == [
         "gpu"
     ]
