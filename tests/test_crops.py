@@ -20,6 +20,7 @@ from plantdx.crops import (
     VersionCrops,
     crop_of,
     read_crops_override,
+    run_crops,
 )
 from plantdx.decision import UNCERTAIN, DecisionRule, softmax
 from plantdx.exceptions import CheckpointError, ConfigError
@@ -137,6 +138,13 @@ def test_crops_yaml_overrides_and_is_checked(tmp_path: Path) -> None:
     assert crops.masks(["tomato"]).sum() == 2
     with pytest.raises(ValueError, match="classes the model does not have"):
         CropMap.derive(PLANTDOC, {"Tomatoe___healthy": "Tomato"})
+    # What training stores in every checkpoint of the run: the class names' crops, overridden.
+    stored = run_crops(tmp_path, PLANTDOC)
+    assert stored["Tomato___healthy"] == "Solanum" and stored["Potato___Late_blight"] == "Potato"
+    assert run_crops(tmp_path / "no-yaml", PLANTDOC) == CropMap.derive(PLANTDOC).to_dict()
+    (tmp_path / "crops.yaml").write_text("Tomato___sick: Solanum\n")
+    with pytest.raises(ConfigError, match=r"crops\.yaml: crops are given for classes"):
+        run_crops(tmp_path, PLANTDOC)
     (tmp_path / "crops.yaml").write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must map class names to crop names"):
         read_crops_override(tmp_path)

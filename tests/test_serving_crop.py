@@ -428,3 +428,28 @@ def test_the_readme_curl_call_with_a_crop(setup: Setup, server: Any, tmp_path: P
     assert outputs["DECISION"] == [expected.decision]
     tomato = CropMap.derive(CLASSES).masks(["tomato"])[0]
     assert all(p == 0.0 for p, t in zip(probs, tomato, strict=True) if not t)
+
+
+def test_cli_predict_with_a_crop(setup: Setup, server: Any, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from plantdx.cli import app
+    from plantdx.client import PlantDxClient
+
+    photo = tmp_path / "leaf.jpg"
+    photo.write_bytes(_photo(setup, "Tomato___healthy"))
+    runner = CliRunner()
+    base = ["predict", str(photo), "--url", server.grpc_url, "--protocol", "grpc", "--top-k", "5"]
+    done = runner.invoke(app, [*base, "--crop", "bell pepper", "--json"])
+    assert done.exit_code == 0, done.output
+    (row,) = json.loads(done.stdout)
+    with PlantDxClient(server.http_url) as client:
+        expected = client.predict(photo, crop="Pepper,_bell", top_k=5)
+    assert row["crop"] == "bell pepper" and row["label"] == expected.label
+    assert [c["label"] for c in row["top_k"]] == [c.label for c in expected.top_k]
+    assert {c["label"] for c in row["top_k"]} <= {n for n in CLASSES if n.startswith("Pepper")}
+    refused = runner.invoke(app, [*base, "--crop", "banana"])
+    assert refused.exit_code == 1
+    assert "unknown crop 'banana'; this model knows Pepper,_bell, Potato, Tomato" in refused.output
