@@ -4,6 +4,7 @@ after every epoch from the epoch times measured (validation and checkpoints incl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -46,9 +47,24 @@ class TimeBudget:
 
     def __init__(self, cfg: TrainConfig, dist: Distributed, rep: Reporter) -> None:
         self.cfg, self.dist, self.rep = cfg, dist, rep
+        self.total_min = cfg.time_budget_min or 0.0
         self.started = time.perf_counter()
         self.epoch_times: list[float] = []  # measured, for re-planning
         self.eval_s_per_img = 0.0
+
+    def keep_share(self, share: float) -> None:
+        """Plan the epochs for (1 - share) of the budget: the rest is kept for what runs after
+        them (cross-fitting); `seconds_left` still counts the whole budget."""
+        if self.cfg.time_budget_min:
+            reduced = self.cfg.time_budget_min * (1.0 - share)
+            self.cfg = dataclasses.replace(self.cfg, time_budget_min=reduced)
+
+    def seconds_left(self, reserve_s: float) -> float | None:
+        """Seconds of the whole budget left after `reserve_s`; None when no budget applies."""
+        if not self.applies:
+            return None
+        total = float(self.total_min) * 60
+        return max(0.0, total - (time.perf_counter() - self.started) - reserve_s)
 
     @property
     def applies(self) -> bool:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .calibrate import AbstainConfig
+from .crossfit_data import CrossfitConfig
 from .sampling import SamplingConfig
 
 
@@ -102,6 +103,9 @@ class TrainConfig:
     # source all three are the val accuracy.
     select_on: Literal["mean_source_acc", "min_source_acc", "pooled_acc"] = "mean_source_acc"
     abstain: AbstainConfig = field(default_factory=AbstainConfig)
+    # The field sources' photos in K folds: out-of-fold predictions for the decision rule,
+    # then the shipped model on all of them (training/crossfit.py).
+    crossfit: CrossfitConfig = field(default_factory=CrossfitConfig)
     # Builder arguments for the model, e.g. {"tiny": true} or {"hf_config": {...}} for vit.
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # Early stopping counts epochs whose val_loss did not drop by more than this.

@@ -12,9 +12,12 @@ import numpy as np
 import torch
 
 from plantdx.checkpoint import load_checkpoint, save_checkpoint
+from plantdx.crops import CropMap
 
 from .build import Trainee
 from .config import TrainConfig
+from .crossfit import CrossfitResult
+from .crossfit_report import crossfit_figures
 from .distributed import Distributed
 from .engine import EvalResult, evaluate
 from .evaluate import classification_report, plot_confusion_matrix, plot_training_curves
@@ -34,6 +37,7 @@ def finish_run(
     tracker: RunTracker | None,
     started: float,
     run_dir: Path,
+    crossfit: CrossfitResult | None = None,
 ) -> dict[str, Any]:
     """Rank 0: evaluate best.pt, store its metrics and decision rule in it, write the reports;
     returns the run's metrics (metrics.json)."""
@@ -76,8 +80,13 @@ def finish_run(
         unknown_val=passes.get("unknown_val"),
         unknown_test=passes.get("unknown_test"),
         cfg=cfg.abstain,
+        cv=crossfit.oof if crossfit else None,
+        cv_sources=crossfit.sources if crossfit else None,
     )
     metrics.update(decided)
+    if crossfit is not None:
+        crops = CropMap.from_dict(scan.class_names, best.crops)
+        metrics["crossfit"] = crossfit_figures(rule, crossfit, scan.source_names, crops)
     best.decision = rule.to_dict()
     if len(test.targets):
         metrics["test_macro_f1"] = _write_test_report(test, data.paths["test"], scan, run_dir)

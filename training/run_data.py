@@ -31,6 +31,7 @@ from plantdx.preprocessing import PreprocessMeta
 
 from .audit import AuditApplied, apply_audit, domains_beside
 from .config import TrainConfig, as_list
+from .crossfit_data import field_sources, move_to_cv
 from .distributed import Distributed
 from .loading import PreparedData, eval_loader, prepare_datasets, train_loader
 from .progress import Reporter
@@ -48,6 +49,9 @@ class ScannedData:
     meta: PreprocessMeta
     # What --exclude and --domains changed (None without them).
     audit: AuditApplied | None = None
+    # The fold of every cross-fitted photo (split["cv"]); empty when the run does not cross-fit.
+    cv_folds: dict[Path, int] = dataclasses.field(default_factory=dict)
+    cv_note: str = ""
 
     @property
     def class_names(self) -> list[str]:
@@ -82,6 +86,16 @@ def scan_data(cfg: TrainConfig) -> ScannedData:
     split = split_dataset(
         folder, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed
     )
+    cv_folds: dict[Path, int] = {}
+    cv_note = ""
+    if cfg.crossfit.folds >= 2:
+        picked, how = field_sources(folder, cfg.crossfit, cfg.domains)
+        if picked:
+            split, cv_folds = move_to_cv(split, picked, cfg.crossfit.folds, cfg.seed)
+            names = ", ".join(folder.sources[k].name for k in picked)
+            cv_note = f"cross-fitting {names} in {cfg.crossfit.folds} folds ({how})"
+        else:
+            cv_note = f"no field source to cross-fit: {how}"
     not_images = list(folder.skipped)
     unknown_roots = as_list(cfg.unknown_data)
     unknown_split: dict[str, list[Sample]] = {}
@@ -95,7 +109,7 @@ def scan_data(cfg: TrainConfig) -> ScannedData:
         )
     meta = get_spec(cfg.model).preprocessing(cfg.image_size)
     meta = dataclasses.replace(meta, resize=cfg.resize)
-    return ScannedData(folder, split, unknown_split, not_images, meta, audit)
+    return ScannedData(folder, split, unknown_split, not_images, meta, audit, cv_folds, cv_note)
 
 
 def write_run_files(run_dir: Path, cfg: TrainConfig, scan: ScannedData) -> None:
@@ -116,6 +130,9 @@ def write_run_files(run_dir: Path, cfg: TrainConfig, scan: ScannedData) -> None:
     if scan.audit is not None and scan.audit.exclude_file:
         rows = [f"{p}\t{why}" for p, why in scan.audit.excluded]
         (run_dir / "excluded.tsv").write_text("".join(f"{r}\n" for r in ["path\treason", *rows]))
+    if scan.cv_folds:
+        folds = {str(p): k for p, k in sorted(scan.cv_folds.items())}
+        (run_dir / "crossfit.json").write_text(json.dumps({"folds": folds}, indent=1) + "\n")
     save_yaml(cfg, run_dir / "config.yaml")
 
 

@@ -61,19 +61,22 @@ def decide_and_report(
     unknown_val: EvalResult | None,
     unknown_test: EvalResult | None,
     cfg: AbstainConfig,
+    cv: EvalResult | None = None,
+    cv_sources: np.ndarray | None = None,
 ) -> tuple[DecisionRule, dict[str, Any]]:
-    """Fit the decision rule on val; the per-source val/test figures (accuracy, macro-F1,
-    coverage, selective accuracy) and the unknown photos' abstention under it."""
-    val_logits = {
-        name: val.logits[val_sources == i]
-        for i, name in enumerate(names)
-        if (val_sources == i).any()
-    }
-    val_targets = {
-        name: val.targets[val_sources == i]
-        for i, name in enumerate(names)
-        if (val_sources == i).any()
-    }
+    """Fit the decision rule on val and the out-of-fold predictions of the cross-fitted
+    sources (`cv`, when the run cross-fits); the per-source val/test/cv figures (accuracy,
+    macro-F1, coverage, selective accuracy) and the unknown photos' abstention under it."""
+    fit_on = [(val, val_sources)]
+    if cv is not None and cv_sources is not None and len(cv.targets):
+        fit_on.append((cv, cv_sources))
+    val_logits: dict[str, np.ndarray] = {}
+    val_targets: dict[str, np.ndarray] = {}
+    for res, src in fit_on:
+        for i, name in enumerate(names):
+            if (src == i).any():
+                val_logits[name] = res.logits[src == i]
+                val_targets[name] = res.targets[src == i]
     rule = fit_decision_rule(
         val_logits, val_targets, unknown_val.logits if unknown_val else None, cfg
     )
@@ -84,7 +87,10 @@ def decide_and_report(
         "val_nll_after_calibration": rule.fitted["val_nll_after"],
     }
     sources: dict[str, dict[str, Any]] = {}
-    for split, res, src in (("val", val, val_sources), ("test", test, test_sources)):
+    splits = [("val", val, val_sources), ("test", test, test_sources)]
+    if len(fit_on) > 1:
+        splits.append(("cv", fit_on[1][0], fit_on[1][1]))
+    for split, res, src in splits:
         if not len(res.targets):
             continue
         probs = rule.probabilities(res.logits)

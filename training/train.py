@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import DistributedSampler
 
-from plantdx.checkpoint import Checkpoint, save_checkpoint
+from plantdx.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from plantdx.exceptions import ConfigError
 from plantdx.models import check_weights
 
@@ -29,6 +30,7 @@ from .budget import TimeBudget
 from .build import build_scheduler, build_trainee, reschedule, seed_everything
 from .checkpointing import epoch_checkpoint
 from .config import TrainConfig, as_list
+from .crossfit import CrossfitResult, run_crossfit
 from .distributed import Distributed, setup
 from .engine import EpochStats, evaluate, train_one_epoch
 from .loop_state import LoopState
@@ -90,6 +92,14 @@ class _Run:
         if self.resume is None:
             check_weights(cfg.model, cfg.weights)  # a bad --weights fails before any decoding
         self.scan = scan_data(cfg)  # file names only
+        if self.scan.cv_note:
+            self.rep.info(self.scan.cv_note)
+        if self.scan.cv_folds:
+            if dist.world_size > 1:
+                raise ConfigError(
+                    "cross-fitting runs in one process: set crossfit.folds to 0 under torchrun"
+                )
+            self.budget.keep_share(cfg.crossfit.budget_share)
         for line in self.scan.audit.summary() if self.scan.audit else []:
             self.rep.info(line)
         # Loads --weights: before the (slow) decoding, so errors come at once.
@@ -110,7 +120,8 @@ class _Run:
             self.tracker.log_skipped(len(self.data.skipped))
         try:
             self.fit()
-            metrics = self._finish() if dist.is_main else {"rank": dist.rank}
+            crossfit = self._crossfit() if self.scan.cv_folds else None
+            metrics = self._finish(crossfit) if dist.is_main else {"rank": dist.rank}
         except BaseException:
             if self.tracker:
                 self.tracker.fail()
@@ -262,7 +273,50 @@ class _Run:
 
     # -- the end -------------------------------------------------------------------------------
 
-    def _finish(self) -> dict[str, Any]:
+    def _crossfit(self) -> CrossfitResult:
+        """The continuations from the base model (base.pt: the best base epoch, kept so that a
+        resumed run starts them again from it); best.pt becomes the final continuation."""
+        t, data = self.trainee, self.data
+        base_path, best_path = self.run_dir / "base.pt", self.run_dir / "best.pt"
+        if not base_path.exists():
+            save_checkpoint(load_checkpoint(best_path), base_path)
+        base = load_checkpoint(base_path)
+        sampler = data.sampler
+        n = data.prepared.size("train")
+        weights = (
+            sampler.weights.numpy()
+            if isinstance(sampler, BalancedSampler)
+            else np.full(n, 1.0 / max(n, 1))
+        )
+        prepared = data.prepared
+        eval_images = sum(prepared.size(k) for k in prepared.labels if k != "train")
+        times = self.budget.epoch_times
+        sec_per_step = float(np.median(times)) / max(self.steps, 1) if times else 1.0
+        left = (
+            None
+            if self.resume is not None
+            else self.budget.seconds_left(self.budget.finish_reserve(eval_images))
+        )
+        result = run_crossfit(
+            self.cfg,
+            t,
+            prepared,
+            self.scan.cv_folds,
+            base.state_dict,
+            num_classes=len(self.scan.class_names),
+            train_weights=weights,
+            seconds_left=left,
+            sec_per_step=sec_per_step,
+            rep=self.rep,
+        )
+        final = epoch_checkpoint(
+            self.cfg, t, self.scan.class_names, self.scan.meta, base.metrics, base.mlflow_run_id
+        )
+        final.metrics = {**base.metrics, "crossfit_steps": result.steps}
+        save_checkpoint(final, best_path)
+        return result
+
+    def _finish(self, crossfit: CrossfitResult | None) -> dict[str, Any]:
         return finish_run(
             self.cfg,
             self.state,
@@ -273,4 +327,5 @@ class _Run:
             self.tracker,
             self.budget.started,
             self.run_dir,
+            crossfit,
         )

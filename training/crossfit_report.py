@@ -1,0 +1,65 @@
+"""The cross-fitted field figures under the fitted rule: per source, the out-of-fold accuracy,
+coverage and selective accuracy with their spread across folds, without and with the crop
+known (each photo's answer restricted to the crop of its label, as the served `CROP` input
+does)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from plantdx.crops import CropMap
+from plantdx.decision import DecisionRule
+
+from .calibrate import selective
+from .crossfit import CrossfitResult
+
+
+def crossfit_figures(
+    rule: DecisionRule,
+    result: CrossfitResult,
+    names: Sequence[str],
+    crops: CropMap,
+) -> dict[str, Any]:
+    """{"continuations": ..., "sources": {name: {"without_crop": F, "with_crop": F}}} where F
+    holds the pooled out-of-fold figures and, per figure, the mean, standard deviation, min
+    and max over folds."""
+    oof = result.oof
+    allowed = crops.class_masks()[oof.targets] if len(oof.targets) else None
+    by_source: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        in_src = result.sources == i
+        if not in_src.any():
+            continue
+        entry: dict[str, Any] = {}
+        for key, mask in (("without_crop", None), ("with_crop", allowed)):
+            probs = rule.probabilities(oof.logits, mask)
+            entry[key] = _figures(probs, oof.targets, result.folds, in_src, rule.threshold)
+        by_source[name] = entry
+    return {"continuations": result.summary(), "sources": by_source}
+
+
+def _figures(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    folds: np.ndarray,
+    in_src: np.ndarray,
+    threshold: float,
+) -> dict[str, Any]:
+    pooled = selective(probs[in_src], targets[in_src], threshold)
+    per_fold = [
+        selective(probs[in_src & (folds == k)], targets[in_src & (folds == k)], threshold)
+        for k in sorted(set(folds[in_src].tolist()))
+    ]
+    out: dict[str, Any] = dict(pooled)
+    for key in ("accuracy", "coverage", "selective_accuracy"):
+        values = np.asarray([f[key] for f in per_fold if f["n"]], dtype=np.float64)
+        out[f"{key}_folds"] = {
+            "mean": float(values.mean()) if len(values) else 0.0,
+            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "min": float(values.min()) if len(values) else 0.0,
+            "max": float(values.max()) if len(values) else 0.0,
+        }
+    return out
