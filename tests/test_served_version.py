@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,8 +140,13 @@ def test_supervisor_refuses_a_version_the_repository_lacks(tmp_path: Path) -> No
 
 
 # --- the real server ----------------------------------------------------------------------
-def _index(http_url: str) -> dict[str, list[int]]:
-    req = urllib.request.Request(f"http://{http_url}/v2/repository/index", data=b"{}")
+def _index(server: Any) -> dict[str, list[int]]:
+    """READY versions by model, from the repository index (restricted: the server's key)."""
+    req = urllib.request.Request(
+        f"http://{server.http_url}/v2/repository/index",
+        data=b"{}",
+        headers={"plantdx-key": server.admin_key},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         rows = json.loads(resp.read())
     out: dict[str, list[int]] = {}
@@ -231,7 +237,7 @@ def test_entrypoint_serves_the_deployment_version_across_restarts(
         s = Supervised(repo, Path(str(two_versions["tmp"])) / f"sup{attempt}.log", "1")
         supervised.append(s)
         s.wait_ready()
-        index = _index(s.server.http_url)
+        index = _index(s.server)
         assert index["classifier"] == [1] and index["preprocess"] == [1], index
         got = infer(s.server.grpc_url, photos)
         np.testing.assert_allclose(got, want, atol=1e-4)
@@ -250,7 +256,7 @@ def test_repo_pin_then_a_fresh_server_serves_the_pinned_version(
     tmp = Path(str(two_versions["tmp"]))
     server = start_server(repo, tmp / "plain.log")  # the repository's policy: the latest
     try:
-        assert _index(server.http_url)["classifier"] == [2]
+        assert _index(server)["classifier"] == [2]
     finally:
         server.stop()
     env = {k: v for k, v in os.environ.items() if k != sv.ENV_VAR}
@@ -265,7 +271,7 @@ def test_repo_pin_then_a_fresh_server_serves_the_pinned_version(
     assert "serves version 1" in done.stdout
     server = start_server(repo, tmp / "pinned.log")
     try:
-        index = _index(server.http_url)
+        index = _index(server)
         assert index["classifier"] == [1] and index["preprocess"] == [1], index
         np.testing.assert_allclose(
             infer(server.grpc_url, photos), onnx_probabilities(repo, photos, version=1), atol=1e-4
