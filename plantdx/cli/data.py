@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from .choices import RunSplit
+
+
+class Conflicts(str, Enum):
+    drop_all = "drop-all"
+    keep_first = "keep-first"
+
 
 app = typer.Typer(help="Generate and inspect ImageFolder datasets.", no_args_is_help=True)
 
@@ -76,3 +83,83 @@ def field_proxy(
     typer.echo(f"wrote {total} images in {len(result.class_names)} classes to {result.out_dir}")
     if result.skipped:
         typer.echo(f"skipped {len(result.skipped)} unreadable photo(s)")
+
+
+@app.command()
+def audit(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(help="ImageFolders to audit together, in the order training gets them."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the audit's files.")] = Path(
+        "audit"
+    ),
+    lab: Annotated[
+        list[str] | None,
+        typer.Option("--lab", help="A source of lab-style photos only (repeatable)."),
+    ] = None,
+    field: Annotated[
+        list[str] | None,
+        typer.Option("--field", help="A source of field-style photos only (repeatable)."),
+    ] = None,
+    conflicts: Annotated[
+        Conflicts,
+        typer.Option(
+            "--conflicts",
+            help="One photo under two labels: drop every copy, or keep the copy in the source "
+            "named first when the copies are in two sources.",
+        ),
+    ] = Conflicts.drop_all,
+    exclude_label_issues: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-label-issues",
+            help="Exclude the photos cleanlab flags as mislabelled (default: listed as comments).",
+        ),
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Audit data before training: byte and near duplicates (leakage across sources and
+    splits), mosaics, label conflicts and label issues, corrupt or tiny files, and a lab-style /
+    field-style score per photo. Writes OUT/audit.json, report.md, sheets/*.png, exclude.txt
+    (for `plantdx train --exclude`) and domains.tsv.
+
+    With neither --lab nor --field, the two sources whose photos are told apart best are the
+    references, the more uniform one the lab one (README, "Cleaning data")."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from plantdx.training.audit.config import AuditConfig
+    from plantdx.training.audit.run import run_audit
+    from plantdx.training.progress import Reporter
+
+    from .console import err, state
+
+    cfg = AuditConfig(
+        sources=[str(s) for s in sources],
+        out=str(out),
+        lab=list(lab or []),
+        field=list(field or []),
+        conflicts="keep_first" if conflicts is Conflicts.keep_first else "drop_all",
+        exclude_label_issues=exclude_label_issues,
+    )
+    result = run_audit(cfg, reporter=Reporter(console=err, quiet=quiet or state.quiet))
+    names = result.sources
+    table = Table(title=f"data audit ({result.seconds['total']:.0f} s)")
+    for col in ("category", "total", *names, "excluded"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for row in result.rows:
+        total = f"{row['total']} pairs" if row["unit"] == "pairs" else str(row["total"])
+        table.add_row(
+            row["category"],
+            total,
+            *(str(row["by_source"][n]) for n in names),
+            str(row["excluded"]),
+        )
+    Console().print(table)
+    typer.echo(f"domains: {result.domains.how}")
+    typer.echo(
+        f"wrote {result.out / 'audit.json'}, report.md, exclude.txt ({result.excluded} photos)"
+        + (", domains.tsv" if result.domains.scores is not None else "")
+        + f" and {len(result.sheets)} contact sheet(s)"
+    )

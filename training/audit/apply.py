@@ -82,7 +82,7 @@ def apply_audit(
                 if s.source == k and domain_of.get(photo_key(s.path)) == "lab"
             }
             n = sum(1 for s in samples if s.source == k)
-            if not _mixed(len(lab), n - len(lab)):
+            if not is_mixed(len(lab), n - len(lab)):
                 continue
             new = len(sources)
             sources.append(Source(f"{src.name}{LAB_SUFFIX}", src.root))
@@ -91,6 +91,7 @@ def apply_audit(
     return dataclasses.replace(folder, samples=samples, sources=sources), applied
 
 
-def _mixed(n_lab: int, n_field: int) -> bool:
+def is_mixed(n_lab: int, n_field: int) -> bool:
+    """Whether a source with these many lab-style and field-style photos is split in two."""
     n = n_lab + n_field
     return n > 0 and min(n_lab, n_field) >= max(MIN_PHOTOS, MIN_SHARE * n)
