@@ -22,8 +22,18 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LOCKS = ROOT / "requirements"
-# Which extras each lock file installs (dev.sh: test -> dev, demo -> demo).
-LOCK_EXTRAS = {"dev": ["dev"], "demo": ["serve", "train"], "client": ["client"]}
+# Which extras each lock file installs (dev.sh: test -> dev, demo -> demo; the images:
+# docker/training.Dockerfile -> training, docker/serving.Dockerfile's export target ->
+# export-image, for the NGC Triton image's Python 3.12).
+LOCK_EXTRAS = {
+    "dev": ["dev"],
+    "demo": ["serve", "train"],
+    "client": ["client"],
+    "training": ["train", "vit"],
+    "export-image": ["train"],
+}
+# Locks of the images, made for another Python than dev.lock's but with its pins.
+IMAGE_LOCKS = ("training", "export-image", "serving-image")
 # Never resolved here (TensorRT's wheels fetch from NVIDIA's own index): no lock holds them.
 UNLOCKED_EXTRAS = {"gpu"}
 # Distributions that must stay out of a client install.
@@ -90,13 +100,13 @@ def test_lock_pins_every_declared_dependency_within_its_range(lock: str) -> None
 
 def test_locks_are_subsets_of_the_dev_lock_and_the_client_has_no_torch() -> None:
     dev = pins("dev")
-    for lock in ("demo", "client"):
+    for lock in ("demo", "client", *IMAGE_LOCKS):
         differ = {n: v for n, v in pins(lock).items() if dev.get(n) != v}
         assert not differ, f"requirements/{lock}.lock pins differ from dev.lock: {differ}"
     assert not HEAVY & set(pins("client"))
     assert {"torch", "nvidia-pytriton", "onnxruntime"} <= set(pins("demo"))
-    # Every pin is hash-checked (dev.sh installs with --require-hashes).
-    for lock in LOCK_EXTRAS:
+    # Every pin is hash-checked (dev.sh and the Dockerfiles install with --require-hashes).
+    for lock in (*LOCK_EXTRAS, "serving-image"):
         entries = re.findall(
             r"^\S+==\S+(.*?)(?=^\S|\Z)", (LOCKS / f"{lock}.lock").read_text(), re.M | re.S
         )
@@ -255,14 +265,30 @@ def test_client_install_classifies_against_a_running_server(
 
 def test_gpu_extra_pins_the_tensorrt_of_the_serving_image() -> None:
     """A plan loads only in the TensorRT that built it: the extra, the export image and the
-    NGC Triton image of docker/serving.Dockerfile (24.10: TensorRT 10.5.0) agree."""
+    NGC Triton image of docker/serving.Dockerfile (25.07: TensorRT 10.11.0.33, the release of
+    NVIDIA's CUDA 12.9.1 stack of 25.06/25.07) agree."""
     dockerfile = (ROOT / "docker" / "serving.Dockerfile").read_text()
     image = re.search(
-        r"^ARG TRITON_IMAGE=nvcr\.io/nvidia/tritonserver:(\S+)-py3$", dockerfile, re.M
+        r"^ARG TRITON_IMAGE=nvcr\.io/nvidia/tritonserver:(\S+)-py3@sha256:[0-9a-f]{64}$",
+        dockerfile,
+        re.M,
     )
     version = re.search(r"^ARG TENSORRT_VERSION=(\S+)$", dockerfile, re.M)
-    assert image and version and "tensorrt-cu12==${TENSORRT_VERSION}" in dockerfile
-    assert {"24.10": "10.5.0"}.get(image.group(1)) == version.group(1), "update this table"
+    assert image and version and '"tensorrt-cu12==${TENSORRT_VERSION}"' in dockerfile
+    assert {"25.07": "10.11.0.33"}.get(image.group(1)) == version.group(1), "update this table"
     gpu = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["gpu"]]
     assert [(r.name, str(r.specifier)) for r in gpu] == [("tensorrt-cu12", f"=={version.group(1)}")]
     assert not {canonicalize_name(r.name) for r in gpu} & {"onnxruntime-gpu", "onnxruntime"}
+
+
+def test_the_serving_image_lock_has_what_the_backends_import() -> None:
+    """numpy below 2 (the stub), the OpenCV of pyproject.toml, setuptools to build plantdx."""
+    locked = pins("serving-image")
+    assert set(locked) == {"numpy", "pillow", "opencv-python-headless", "setuptools"}
+    assert locked["numpy"] < Version("2")
+    train = {r.name: r for r in requirements(["train"])}
+    assert train["opencv-python-headless"].specifier.contains(locked["opencv-python-headless"])
+    for req in PYPROJECT["build-system"]["requires"]:
+        r = Requirement(req)
+        if canonicalize_name(r.name) == "setuptools":
+            assert r.specifier.contains(locked["setuptools"])
