@@ -8,6 +8,8 @@ description, and listing what it holds. Read-only: publishing is `repository.py`
                                   N/provenance.json, N/parity.json [N/precision_gate.json]
     REPO/postprocess/config.pbtxt, labels.txt, 1/model.py
     REPO/plantdx-repository.json   what the repository serves (classes, size, target, platform)
+    REPO/.plantdx-journal           only while a change is under way, or after one was killed:
+                                    its intent log (journal.py; `plantdx repo validate --repair`)
 """
 
 from __future__ import annotations
