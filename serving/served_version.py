@@ -121,6 +121,9 @@ def build_view(repository: str | Path, version: int, dest: str | Path | None = N
     repo = Path(repository).resolve()
     if not repo.is_dir():
         raise ServerError(f"model repository {repo} does not exist")
+    from .server import refuse_half_published
+
+    refuse_half_published(repo)  # the view links the repository: it must be whole
     for name in PINNED_MODELS:
         model_dir = repo / name
         if not (model_dir / CONFIG).is_file():

@@ -302,3 +302,18 @@ def test_a_publish_in_progress_is_reported_as_such(repo: Path) -> None:
         with pytest.raises(ServerError, match="in progress"):
             refuse_half_published(repo, wait_s=0.3)
     assert publish_state(repo) is None
+
+
+def test_a_served_version_view_refuses_a_half_published_repository(
+    repo: Path, killed: Callable[[str, int], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plantdx.serving.served_version import build_view
+
+    killed("after-record", 9)
+    with pytest.raises(Crash):
+        publish(repo)
+    monkeypatch.undo()
+    with pytest.raises(ServerError, match="interrupted"):
+        build_view(repo, 1, repo.parent / "view")
+    recover(repo)
+    assert (build_view(repo, 1, repo.parent / "view") / "classifier").is_dir()
