@@ -116,23 +116,28 @@ def test_grpc_admin_calls_need_the_key(locked: Any) -> None:
         assert client.get_model_repository_index(headers=header)
 
 
-def test_a_model_load_carrying_code_is_refused_without_the_key(locked: Any, tmp_path: Path) -> None:
+def _load_code_without_key(http_url: str, key: str, marker: Path) -> None:
+    """A load that carries a model.py writing `marker`, sent without the key: refused, and
+    nothing loaded or run."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    marker = tmp_path / "ran"
     code = f"open({str(marker)!r}, 'w').write('x')\nclass TritonPythonModel:\n    pass\n"
     config = {"name": "evil", "backend": "python", "max_batch_size": 0, "input": [], "output": []}
-    client = httpclient.InferenceServerClient(locked.http_url)
+    client = httpclient.InferenceServerClient(http_url)
     try:
         with pytest.raises(InferenceServerException, match="restricted"):
             client.load_model(
                 "evil", config=json.dumps(config), files={"file:1/model.py": code.encode()}
             )
-        index = client.get_model_repository_index(headers={"plantdx-key": KEY})
+        index = client.get_model_repository_index(headers={"plantdx-key": key})
     finally:
         client.close()
     assert "evil" not in {m["name"] for m in index} and not marker.exists()
+
+
+def test_a_model_load_carrying_code_is_refused_without_the_key(locked: Any, tmp_path: Path) -> None:
+    _load_code_without_key(locked.http_url, KEY, tmp_path / "ran")
 
 
 def test_the_stubs_environment_holds_no_secret(locked: Any) -> None:
@@ -218,8 +223,11 @@ def test_plantdx_serve_without_a_key_keeps_a_run_key_for_the_cli(
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert key_file.read_text().strip() not in text  # the path is printed, not the key
         url = f"127.0.0.1:{http}"
+        key = key_file.read_text().strip()
         assert _http(url, "POST", "/v2/repository/index") == 403
-        assert _http(url, "POST", "/v2/repository/index", key_file.read_text().strip()) == 200
+        assert _http(url, "GET", "/v2/systemsharedmemory/status") == 403
+        assert _http(url, "POST", "/v2/repository/index", key) == 200
+        _load_code_without_key(url, key, tmp_path / "ran")  # no key given, none open
         status = subprocess.run(
             [sys.executable, "-m", "plantdx", "models", "status", "--url", url, "--json"],
             capture_output=True,
