@@ -51,6 +51,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("audit-data")
     lab = root / "lab"
     generate_dataset(lab, per_class=24, size=192, seed=1, classes=CLASSES)
+    generate_dataset(root / "other", per_class=1, size=192, seed=9, classes=CLASSES[1:])
+    misfiled = lab / CLASSES[0] / "misfiled_rust.jpg"
+    shutil.move(next((root / "other" / CLASSES[1]).glob("*.jpg")), misfiled)
     field = _field(root, "field", 2, 24)
     mixed = _field(root, "mixed", 3, 10)
     generate_dataset(root / "spare", per_class=18, size=192, seed=4, classes=CLASSES)
@@ -58,7 +61,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for p in sorted((root / "spare" / c).glob("*.jpg"))[:10]:
             shutil.copy(p, mixed / c / f"lab_{p.name}")
     spare = sorted((root / "spare").rglob("*.jpg"))
-    made = {"lab": lab, "field": field, "mixed": mixed}
+    made = {"lab": lab, "field": field, "mixed": mixed, "misfiled": misfiled}
     h, r = (mixed / c for c in CLASSES)
     made["byte_copy"] = h / "copy_of_lab.jpg"
     made["byte_original"] = sorted((lab / CLASSES[0]).glob("*.jpg"))[3]
@@ -146,6 +149,17 @@ def test_label_conflict_drops_every_copy(made: dict[str, Path]) -> None:
     excluded = read_exclude(made["out"] / "exclude.txt")
     for name in ("conflict_copy", "conflict_original"):
         assert excluded[photo_key(made[name])].startswith("label_conflict")
+
+
+def test_label_issue_flagged_not_excluded(made: dict[str, Path]) -> None:
+    """A rust leaf filed under healthy: cleanlab flags it, exclude.txt lists it as a comment."""
+    issues = {x["path"]: x for x in _doc(made)["label_issues"]["issues"]}
+    flagged = issues[photo_key(made["misfiled"])]
+    assert (flagged["label"], flagged["suggested"]) == CLASSES
+    assert flagged["confidence"] > 0.5
+    assert photo_key(made["misfiled"]) not in read_exclude(made["out"] / "exclude.txt")
+    text = (made["out"] / "exclude.txt").read_text()
+    assert f"# {photo_key(made['misfiled'])}\tlabel_issue" in text
 
 
 def test_mosaics_found_and_nothing_else(made: dict[str, Path]) -> None:

@@ -52,6 +52,12 @@ class AuditConfig:
     # Two sources are taken as the lab and field references when a classifier tells their
     # photos apart with at least this recall of each (cross-validated).
     reference_recall: float = 0.95
+    # A photo is lab-style when it scores as low as the lab reference's own photos do: below
+    # this quantile of their (out-of-fold) scores, kept within `threshold_range`. Photos that
+    # are neither (greenhouse plants before a board, leaves in a hand) score in between, and
+    # they are not lab photos (0.087 on the shared photos, where 0.5 called many lab).
+    lab_quantile: float = 0.98
+    threshold_range: tuple[float, float] = (0.05, 0.5)
     folds: int = 5
     # Contact sheets: at most this many items per category.
     sheet_items: int = 120

@@ -43,6 +43,18 @@ class Domains:
     scores: np.ndarray | None = None
     # Recall of the score on the lab and on the field references' photos (out of fold).
     reference_recall: tuple[float, float] | None = None
+    threshold: float = 0.5  # field-style from this score on
+
+    def field_style(self) -> np.ndarray:
+        """Per photo: True for field-style, False for lab-style or unscored."""
+        if self.scores is None:
+            return np.zeros(0, dtype=bool)
+        return np.nan_to_num(self.scores, nan=-1.0) >= self.threshold
+
+    def lab_style(self) -> np.ndarray:
+        if self.scores is None:
+            return np.zeros(0, dtype=bool)
+        return np.nan_to_num(self.scores, nan=2.0) < self.threshold
 
 
 def _indices(named: list[str], d: Described) -> list[int]:
@@ -139,6 +151,10 @@ def score_domains(
     scores[rows[ref]] = oof
     scores[rows[~ref]] = fit_predict(z[ref], y, z[~ref], c=DOMAIN_C, balanced=True)[:, 1]
     result.scores = scores
-    lab_recall, field_recall = recalls(y, (oof >= 0.5).astype(int))
+    low, high = cfg.threshold_range
+    result.threshold = round(
+        float(np.clip(np.quantile(oof[y == 0], cfg.lab_quantile), low, high)), 4
+    )
+    lab_recall, field_recall = recalls(y, (oof >= result.threshold).astype(int))
     result.reference_recall = (round(lab_recall, 4), round(field_recall, 4))
     return result

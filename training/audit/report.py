@@ -61,9 +61,8 @@ def summary(d: Described, flags: Flags, dom: Domains) -> list[Row]:
         _row(d, flags, "label issues", "photos", (x.index for x in flags.labels.issues)),
     ]
     if dom.scores is not None:
-        s = dom.scores
-        rows.append(_row(d, flags, "lab-style", "photos", np.flatnonzero(s < 0.5)))
-        rows.append(_row(d, flags, "field-style", "photos", np.flatnonzero(s >= 0.5)))
+        rows.append(_row(d, flags, "lab-style", "photos", np.flatnonzero(dom.lab_style())))
+        rows.append(_row(d, flags, "field-style", "photos", np.flatnonzero(dom.field_style())))
     rows.append(_row(d, flags, "excluded", "photos", flags.excluded))
     return rows
 
@@ -102,9 +101,9 @@ def domain_counts(d: Described, dom: Domains) -> dict[str, dict[str, Any]]:
         return {}
     out = {}
     for k, s in enumerate(d.sources):
-        mine = np.array([p.source == k for p in d.photos]) & np.isfinite(dom.scores)
-        field = int((dom.scores[mine] >= 0.5).sum())
-        lab = int(mine.sum()) - field
+        mine = np.array([p.source == k for p in d.photos])
+        field = int(dom.field_style()[mine].sum())
+        lab = int(dom.lab_style()[mine].sum())
         role = "lab reference" if k in dom.lab else "field reference" if k in dom.field else ""
         out[s.name] = {"lab": lab, "field": field, "mixed": is_mixed(lab, field), "role": role}
     return out
@@ -162,6 +161,7 @@ def audit_json(
             "field_references": [d.sources[k].name for k in dom.field],
             "separability": dom.separability,
             "reference_recall": dom.reference_recall,
+            "field_threshold": dom.threshold,
             "by_source": domain_counts(d, dom),
             "file": DOMAINS_FILENAME if dom.scores is not None else None,
         },
@@ -187,11 +187,11 @@ def write_files(out: Path, d: Described, flags: Flags, dom: Domains, cfg: AuditC
         ],
     )
     if dom.scores is not None:
-        s = dom.scores
+        s, field = dom.scores, dom.field_style()
         write_domains(
             out / DOMAINS_FILENAME,
             (
-                (photo_key(p.path), "field" if s[i] >= 0.5 else "lab", float(s[i]))
+                (photo_key(p.path), "field" if field[i] else "lab", float(s[i]))
                 for i, p in enumerate(d.photos)
                 if np.isfinite(s[i])
             ),

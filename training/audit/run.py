@@ -107,7 +107,7 @@ def run_audit(cfg: AuditConfig, *, reporter: Reporter | None = None) -> AuditRes
     table = summary(d, flags, dom)
     lab_refs, field_refs = set(dom.lab), set(dom.field)
     sheets: list[Path] = []
-    tiles = category_tiles(d, flags, dom.scores, lab_refs, field_refs, cfg.sheet_items)
+    tiles = category_tiles(d, flags, dom, lab_refs, field_refs, cfg.sheet_items)
     for name, (title, items) in tiles.items():
         sheets += write_sheets(d, items, out / "sheets", name, title)
     lap("decide and write")
@@ -154,8 +154,8 @@ def markdown(
         lines += [
             "Out-of-fold recall on the lab and field references: "
             f"{dom.reference_recall[0]:.3f}, {dom.reference_recall[1]:.3f}. "
-            f"`{DOMAINS_FILENAME}` gives every photo `lab` or `field` (score = P(field-style) "
-            "≥ 0.5). A source with both (at least 5 % and 10 photos each) trains as two sources, "
+            f"`{DOMAINS_FILENAME}` gives every photo `lab` or `field` (field: score = "
+            f"P(field-style) ≥ {dom.threshold}). A source with both (at least 5 % and 10 photos each) trains as two sources, "
             "NAME (field-style) and NAME:lab.",
         ]
     if dom.separability:

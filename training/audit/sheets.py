@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .decide import Flags
+from .domain import Domains
 from .duplicates import Pair
 from .photos import THUMB, Described
 
@@ -81,7 +82,7 @@ def _page(d: Described, tiles: list[Tile], title: str) -> Image.Image:
 def category_tiles(
     d: Described,
     flags: Flags,
-    scores: np.ndarray | None,
+    dom: Domains,
     lab_refs: set[int],
     field_refs: set[int],
     limit: int,
@@ -124,7 +125,8 @@ def category_tiles(
             for x in flags.labels.issues[:limit]
         ],
     )
-    if scores is not None:
+    if dom.scores is not None:
+        scores, field = dom.scores, dom.field_style()
         for domain in ("lab", "field"):
             tiles = []
             for k in range(len(d.sources)):
@@ -136,7 +138,7 @@ def category_tiles(
                     if p.source == k
                     and i not in flags.excluded
                     and np.isfinite(scores[i])
-                    and (scores[i] >= 0.5) == (domain == "field")
+                    and field[i] == (domain == "field")
                 ]
                 idx.sort(key=lambda i: scores[i])
                 step = max(1, len(idx) // max(1, limit // max(1, len(d.sources))))
@@ -151,7 +153,7 @@ def category_tiles(
             if p.source in references
             and i not in flags.excluded
             and np.isfinite(scores[i])
-            and (scores[i] >= 0.5) != (p.source in field_refs)
+            and field[i] != (p.source in field_refs)
         ]
         out["reference_disagreements"] = (
             "reference photos the score puts in the other domain (out of fold)",
