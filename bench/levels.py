@@ -29,6 +29,15 @@ class ServeBenchConfig:
     window: Literal["inside", "started"] = "inside"
     max_requests: int = 0  # "started" only: stop after this many requests in all (0: none)
 
+    def urls(self) -> list[str]:
+        """The servers: `url` may name several, comma-separated (load goes round robin)."""
+        from plantdx.exceptions import ConfigError
+
+        found = [u.strip() for u in self.url.split(",") if u.strip()]
+        if not found:
+            raise ConfigError("no server address in --url")
+        return found
+
 
 @dataclass
 class LevelResult:

@@ -10,6 +10,10 @@ that cycles through a folder repeats its images: the server's own statistics (ca
 every model) are read at the start and the end of each window, and the hits in between are
 reported with the level, so that figures measured on cached answers cannot pass for real work.
 
+Several servers (`url` "HOST:PORT,HOST:PORT,..."): the requests go round robin over them, one
+client (and connection pool) per server, and the errors and cache hits of all of them are
+counted together (an error names its server).
+
 Two drivers: `async` runs every worker as a task on one event loop with one
 AsyncPlantDxClient (aiohttp or grpc.aio); `threads` gives each worker a thread and a
 PlantDxClient of its own (tritonclient's HTTP client is gevent-based: one per thread). Both
@@ -127,40 +131,53 @@ def _cpu_over(
 async def _async_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int) -> LevelResult:
     rec = _Record()
     payloads = _Payloads(images, cfg.unique)
-    # The statistics have a client of their own: behind busy workers, a request on their
+    urls = cfg.urls()
+    turn = itertools.count()  # round robin over the servers, one request at a time
+    # The statistics have clients of their own: behind busy workers, a request on their
     # connection pool would wait for the end of the window.
-    async with (
-        AsyncPlantDxClient(
-            cfg.url,
-            cfg.protocol,
-            timeout=cfg.timeout_s,
-            retries=0,
-            headers=cfg.headers,
-            max_connections=concurrency,
-        ) as client,
-        AsyncPlantDxClient(
-            cfg.url,
-            cfg.protocol,
-            timeout=min(cfg.timeout_s, 10.0),
-            retries=0,
-            headers=cfg.headers,
-            max_connections=1,
-        ) as stats,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                AsyncPlantDxClient(
+                    url,
+                    cfg.protocol,
+                    timeout=cfg.timeout_s,
+                    retries=0,
+                    headers=cfg.headers,
+                    max_connections=concurrency,
+                )
+            )
+            for url in urls
+        ]
+        stats = [
+            await stack.enter_async_context(
+                AsyncPlantDxClient(
+                    url,
+                    cfg.protocol,
+                    timeout=min(cfg.timeout_s, 10.0),
+                    retries=0,
+                    headers=cfg.headers,
+                    max_connections=1,
+                )
+            )
+            for url in urls
+        ]
         if _connect_first(cfg):
-            with contextlib.suppress(Exception):  # the measured loop counts failures
-                await client.infer([images[0]], class_count=1)
+            for client in clients:
+                with contextlib.suppress(Exception):  # the measured loop counts failures
+                    await client.infer([images[0]], class_count=1)
         t0, t1 = _window(cfg)
         budget = _Budget(cfg)
 
         async def worker() -> None:
             while budget.more(t1):
                 data = payloads.next()
+                k = next(turn) % len(clients)
                 start = time.perf_counter()
                 try:
-                    await client.infer([data], class_count=1)
+                    await clients[k].infer([data], class_count=1)
                 except Exception as exc:
-                    rec.errors.append((time.perf_counter(), f"{error_kind(exc)}: {exc}"[:200]))
+                    rec.errors.append((time.perf_counter(), _error_text(exc, urls, k)))
                     await asyncio.sleep(_ERROR_PAUSE_S)
                     continue
                 rec.starts.append(start)
@@ -168,21 +185,34 @@ async def _async_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: 
 
         done = asyncio.Event()  # every worker stopped (at t1, or out of requests)
 
+        async def hits_now() -> int | None:
+            return _sum_hits([await _aread_cache_hits(c) for c in stats])
+
         async def cpu() -> tuple[float, int | None]:
             while time.perf_counter() < t0 and not done.is_set():
                 await asyncio.sleep(0.005)
-            hits0 = await _aread_cache_hits(stats)
+            hits0 = await hits_now()
             c0 = time.process_time()
             while time.perf_counter() < t1 and not done.is_set():
                 await asyncio.sleep(0.005)
             cpu_s = time.process_time() - c0
-            return cpu_s, _hits_between(hits0, await _aread_cache_hits(stats))
+            return cpu_s, _hits_between(hits0, await hits_now())
 
         cpu_task = asyncio.ensure_future(cpu())
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         done.set()
         cpu_s, hits = await cpu_task
     return _summarise(cfg, concurrency, rec, t0, t1, cpu_s, hits)
+
+
+def _error_text(exc: Exception, urls: list[str], k: int) -> str:
+    where = f"{urls[k]}: " if len(urls) > 1 else ""
+    return f"{where}{error_kind(exc)}: {exc}"[:200]
+
+
+def _sum_hits(hits: list[int | None]) -> int | None:
+    """Cache hits over every server (None when any server's statistics could not be read)."""
+    return None if any(h is None for h in hits) else sum(h for h in hits if h is not None)
 
 
 def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int) -> LevelResult:
@@ -192,26 +222,36 @@ def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int)
     go = threading.Barrier(concurrency + 1)
     window: list[float] = []
     budget = _Budget(cfg)
+    urls = cfg.urls()
+    turn = itertools.count()  # round robin over the servers (atomic under the GIL)
 
     def worker(k: int) -> None:
         payloads = _Payloads(images, cfg.unique, offset=k * 7919)
-        with PlantDxClient(
-            cfg.url, cfg.protocol, timeout=cfg.timeout_s, retries=0, headers=cfg.headers
-        ) as client:
+        with contextlib.ExitStack() as stack:
+            clients = [
+                stack.enter_context(
+                    PlantDxClient(
+                        url, cfg.protocol, timeout=cfg.timeout_s, retries=0, headers=cfg.headers
+                    )
+                )
+                for url in urls
+            ]
             if _connect_first(cfg):
-                with contextlib.suppress(Exception):  # the measured loop counts failures
-                    client.infer([images[0]], class_count=1)
+                for client in clients:
+                    with contextlib.suppress(Exception):  # the measured loop counts failures
+                        client.infer([images[0]], class_count=1)
             connected.wait()
             go.wait()
             t1 = window[1]
             starts, ends, errors = [], [], []
             while budget.more(t1):
                 data = payloads.next()
+                i = next(turn) % len(clients)
                 start = time.perf_counter()
                 try:
-                    client.infer([data], class_count=1)
+                    clients[i].infer([data], class_count=1)
                 except Exception as exc:
-                    errors.append((time.perf_counter(), f"{error_kind(exc)}: {exc}"[:200]))
+                    errors.append((time.perf_counter(), _error_text(exc, urls, i)))
                     time.sleep(_ERROR_PAUSE_S)
                     continue
                 starts.append(start)
@@ -223,9 +263,23 @@ def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int)
 
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
     hits: list[int | None] = []
-    with PlantDxClient(
-        cfg.url, cfg.protocol, timeout=min(cfg.timeout_s, 10.0), retries=0, headers=cfg.headers
-    ) as stats:
+    with contextlib.ExitStack() as stack:
+        stats = [
+            stack.enter_context(
+                PlantDxClient(
+                    url,
+                    cfg.protocol,
+                    timeout=min(cfg.timeout_s, 10.0),
+                    retries=0,
+                    headers=cfg.headers,
+                )
+            )
+            for url in urls
+        ]
+
+        def read_hits() -> None:
+            hits.append(_sum_hits([_read_cache_hits(c) for c in stats]))
+
         for t in threads:
             t.start()
         connected.wait()
@@ -235,8 +289,8 @@ def _threads_level(cfg: ServeBenchConfig, images: list[bytes], concurrency: int)
             window[0],
             window[1],
             lambda: not any(t.is_alive() for t in threads),
-            at_start=lambda: hits.append(_read_cache_hits(stats)),
-            at_end=lambda: hits.append(_read_cache_hits(stats)),
+            at_start=read_hits,
+            at_end=read_hits,
         )
     for t in threads:
         t.join()
@@ -263,11 +317,12 @@ def run_serve_bench(
     if cfg.duration_s <= 0 or cfg.warmup_s < 0:
         raise ConfigError("duration must be positive and warm-up not negative")
     images = load_images(cfg.images, cfg.max_images)
-    # Fail at once, with the client's message, when the server cannot answer at all.
-    with PlantDxClient(
-        cfg.url, cfg.protocol, timeout=cfg.timeout_s, retries=2, headers=cfg.headers
-    ) as client:
-        client.infer([images[0]], class_count=1)
+    # Fail at once, with the client's message, when a server cannot answer at all.
+    for url in cfg.urls():
+        with PlantDxClient(
+            url, cfg.protocol, timeout=cfg.timeout_s, retries=2, headers=cfg.headers
+        ) as client:
+            client.infer([images[0]], class_count=1)
     results = []
     for c in cfg.concurrency:
         if on_level_start is not None:

@@ -173,6 +173,19 @@ class ModelControl:
             if s.name == model and s.state == "READY" and s.version.isdigit()
         )
 
+    def served_version(self) -> int | None:
+        """The classifier version the `plantdx` ensemble runs: the version its step names,
+        else the newest ready (None: nothing is ready)."""
+        try:
+            steps = self.config(ENSEMBLE).get("ensemble_scheduling", {}).get("step", [])
+        except ClientError:
+            return None
+        for step in steps:
+            if step.get("model_name") == CLASSIFIER and int(step.get("model_version", -1)) >= 0:
+                return int(step["model_version"])
+        ready = self.ready_versions(CLASSIFIER)
+        return ready[-1] if ready else None
+
     def load(self, model: str = ENSEMBLE, *, version: int | None = None) -> list[str]:
         """Load (or reload) `model`; for the ensemble, its versioned models in a safe order.
 

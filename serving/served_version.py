@@ -1,20 +1,29 @@
-"""The served model version as a property of the deployment, not of one server's history.
+"""The served model version: the repository's, with one override for canaries.
 
-`plantdx serve --served-version N` and `python3 -m plantdx.serving.supervise --served-version N`
-(or the environment variable PLANTDX_SERVED_VERSION=N, empty for "what the repository's policy
-says") make a server load version N of `preprocess` and `classifier`, published together, and
-nothing else, whatever the repository's latest version is. Every pod of a Deployment (or an
-Argo Rollout) started with the same value serves the same version, after every restart.
+**Precedence.** A server serves the version its repository asks for (model_repository/
+policy.py: the highest version both preprocess's and classifier's version policies serve),
+and follows it while running (serving/follow.py: `--poll-secs`). `--served-version` /
+PLANTDX_SERVED_VERSION changes that in one of two ways:
 
-How: the server is started on a *view* of the repository, built under /tmp before Triton starts.
-Every model directory of the view is a symbolic link to the real one, except `preprocess` and
-`classifier`, whose directories hold links to each version and to every other file, and a copy
-of config.pbtxt whose `version_policy` is `specific { versions: N }`. Triton therefore loads
-version N at startup with the repository's own startup models (--load-model=plantdx), and its
-HTTP port, and so the pod's readiness, comes up only once version N is loaded: there is no
-moment at which another version answers. The repository itself is never written (it is a
-read-only volume in a pod). This needs a repository on a file system; an s3:// repository is
-pinned in the repository itself instead (`plantdx repo pin`, or `plantdx promote`).
+- `N@S` (what the canary component sets): serve N *in place of* S, that is only while the
+  repository asks for S. A promotion or roll-back written into the repository (`plantdx repo
+  pin`, `plantdx promote`) asks for something else, and then the repository wins: on the
+  running server within the poll interval and on every restart. The override never outlives
+  the version it replaced.
+- `N`: serve N whatever the repository asks (an explicit override, for a deployment that must
+  hold a version); a server whose repository asks for another version logs it, and `plantdx
+  models status` shows both.
+- empty: the repository's version.
+
+How a pinned start works: the server is started on a *view* of the repository, built under
+/tmp before Triton starts. Every model directory of the view is a symbolic link to the real one,
+except `preprocess` and `classifier`, whose directories hold links to each version and to every
+other file, and a copy of config.pbtxt whose `version_policy` is `specific { versions: N }`.
+Triton therefore loads version N at startup with the repository's own startup models
+(--load-model=plantdx), and its HTTP port, and so the pod's readiness, comes up only once
+version N is loaded: there is no moment at which another version answers. The repository itself
+is never written (it is a read-only volume in a pod). A view needs a repository on a file
+system; an s3:// repository is pinned in the repository itself (`plantdx repo pin`).
 
 Only the standard library: this runs in the serving image, which has no protobuf.
 """
@@ -23,14 +32,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from plantdx.exceptions import ServerError
+from plantdx.exceptions import RepositoryError, ServerError
+from plantdx.model_repository import policy
 
 if TYPE_CHECKING:
     from .server import TritonServer
@@ -41,7 +51,6 @@ ENV_VAR = "PLANTDX_SERVED_VERSION"
 PINNED_MODELS = ("preprocess", "classifier")  # published together as version N
 CONFIG = "config.pbtxt"
 VIEW_PREFIX = "plantdx-served-"  # views live in the temp directory
-_FIELD = re.compile(r"\bversion_policy\s*:?\s*\{")
 
 
 def parse_served_version(value: str | int | None) -> int | None:
@@ -60,49 +69,74 @@ def from_env(environ: dict[str, str] | None = None) -> int | None:
     return parse_served_version((os.environ if environ is None else environ).get(ENV_VAR))
 
 
-def _top_level_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of every top-level `version_policy { ... }` field (comments and strings aware)."""
-    spans, depth, i, start = [], 0, 0, -1
-    while i < len(text):
-        ch = text[i]
-        if ch == "#":  # a comment runs to the end of the line
-            end = text.find("\n", i)
-            i = len(text) if end < 0 else end
-            continue
-        if ch in "\"'":
-            end = i + 1
-            while end < len(text) and text[end] != ch:
-                end += 2 if text[end] == "\\" else 1
-            i = end + 1
-            continue
-        if depth == 0 and start < 0:
-            m = _FIELD.match(text, i)
-            if m and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
-                start, i, depth = i, m.end(), 1
-                continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0 and start >= 0:
-                spans.append((start, i + 1))
-                start = -1
-            if depth < 0:
-                raise ServerError("config.pbtxt has an unbalanced '}'")
-        i += 1
-    if depth != 0:
-        raise ServerError("config.pbtxt has an unbalanced '{'")
-    return spans
-
-
 def pin_config_text(text: str, version: int) -> str:
     """config.pbtxt text with its version policy replaced by `specific { versions: N }`."""
-    for start, end in reversed(_top_level_spans(text)):
-        text = text[:start] + text[end:]
-    return (
-        text.rstrip()
-        + f"\nversion_policy {{\n  specific {{\n    versions: {int(version)}\n  }}\n}}\n"
-    )
+    try:
+        return policy.pin_config_text(text, version)
+    except RepositoryError as exc:
+        raise ServerError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class ServedSpec:
+    """`N`: serve N whatever the repository asks (an override, logged while they differ);
+    `N@S`: serve N in place of S, that is only while the repository asks for S (a canary: a
+    promotion or roll-back written into the repository wins, on the running pod and after
+    every restart)."""
+
+    version: int
+    over: int | None = None
+
+    def target(self, asked: int) -> int:
+        """The version to serve when the repository asks for `asked`."""
+        if self.over is not None and asked != self.over:
+            return asked
+        return self.version
+
+    def __str__(self) -> str:
+        return f"{self.version}" + (f"@{self.over}" if self.over is not None else "")
+
+
+def parse_spec(value: str | int | None) -> ServedSpec | None:
+    """None for unset or empty (follow the repository's policy); else `N` or `N@S`."""
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    version, at, over = text.partition("@")
+    n = parse_served_version(version)
+    s = parse_served_version(over) if at else None
+    if n is None or (at and s is None):
+        raise ServerError(f"the served version must be N or N@S, not {text!r}")
+    return ServedSpec(n, s)
+
+
+def spec_from_env(environ: dict[str, str] | None = None) -> ServedSpec | None:
+    return parse_spec((os.environ if environ is None else environ).get(ENV_VAR))
+
+
+def start_version(spec: ServedSpec | None, repository: str | Path) -> int | None:
+    """The version a server starting now pins (None: the repository's own policy)."""
+    if spec is None:
+        return None
+    if spec.over is None:
+        return spec.version
+    from plantdx.model_repository.asked import asked_version
+
+    try:
+        asked = asked_version(repository).version
+    except RepositoryError as exc:
+        raise ServerError(f"cannot read which version {repository} asks for: {exc}") from None
+    target = spec.target(asked)
+    if target != spec.version:
+        log.info(
+            "%s=%s: the repository asks for %s, not %s: serving the repository's version",
+            ENV_VAR,
+            spec,
+            asked,
+            spec.over,
+        )
+        return None
+    return target
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -152,6 +186,17 @@ def build_view(repository: str | Path, version: int, dest: str | Path | None = N
     return view
 
 
+def refresh_view(repository: str | Path, view: str | Path) -> None:
+    """Link the versions published since `view` was built (a follower may switch to them)."""
+    repo, view = Path(repository).resolve(), Path(view)
+    for name in PINNED_MODELS:
+        if not (view / name).is_dir():
+            continue
+        for item in sorted((repo / name).iterdir()):
+            if item.name != CONFIG and not (view / name / item.name).exists():
+                (view / name / item.name).symlink_to(item)
+
+
 def with_repository(argv: Sequence[str], repository: str | Path) -> list[str]:
     """A tritonserver command line with its --model-repository replaced (both spellings)."""
     out, i, seen = [], 0, False
@@ -185,9 +230,11 @@ def repository_of(argv: Sequence[str]) -> str:
 
 
 def pinned_command(option: str | None, command: list[str]) -> tuple[int | None, list[str]]:
-    """(version, command line) for the supervisor: the option, else the environment; with a
-    version, the command line serves a fresh view of its repository."""
-    version = parse_served_version(option) if option is not None else from_env()
+    """(version, command line) for the supervisor: the option, else the environment (`N` or
+    `N@S`, see ServedSpec); with a version to pin at start, the command line serves a fresh
+    view of its repository."""
+    spec = parse_spec(option) if option is not None else spec_from_env()
+    version = start_version(spec, repository_of(command[1:]))
     if version is None:
         return None, command
     view = build_view(repository_of(command[1:]), version)

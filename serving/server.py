@@ -60,9 +60,14 @@ def refuse_half_published(repository: Path, wait_s: float = 60.0) -> None:
         raise ServerError(f"not serving {repository}: {problems[0]}")
 
 
-def default_models(repository: Path) -> list[str]:
+def default_models(repository: str | Path) -> list[str]:
     """The models a server loads at start: the ensembles the repository has (plantdx first)."""
-    explain = (repository / "plantdx_explain" / "config.pbtxt").is_file()
+    if str(repository).startswith("s3://"):
+        from plantdx.model_repository.s3 import S3Location
+
+        explain = "plantdx_explain" in S3Location.parse(str(repository)).folders()
+    else:
+        explain = (Path(repository) / "plantdx_explain" / "config.pbtxt").is_file()
     return ["plantdx", *(["plantdx_explain"] if explain else [])]
 
 
@@ -89,8 +94,9 @@ class TritonServer:
         gpu_metrics: bool = False,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        self.location = str(repository)  # as given: a folder, or s3://... for a wrapped server
-        self.repository = Path(repository).resolve()
+        self.location = str(repository)  # as given: a folder, or s3://...
+        self.remote = "://" in self.location  # Triton reads it (s3://, gs://, as://)
+        self.repository = Path(self.location) if self.remote else Path(repository).resolve()
         self.host = host
         self.http_port = http_port
         self.grpc_port = grpc_port
@@ -98,7 +104,7 @@ class TritonServer:
         self.model_control = model_control
         # Default: the `plantdx` ensemble, and `plantdx_explain` when the repository has it.
         self.load_models = (
-            list(load_models) if load_models is not None else default_models(self.repository)
+            list(load_models) if load_models is not None else default_models(self.location)
         )
         self.extra_args = list(extra_args)
         # Every non-inference API is restricted (admin_key.RESTRICTED): by the key given, the
@@ -186,7 +192,7 @@ class TritonServer:
         binary = pytriton_root() / "bin" / "tritonserver"
         cmd = [
             str(binary),
-            f"--model-repository={self.repository}",
+            f"--model-repository={self.location if self.remote else self.repository}",
             f"--backend-directory={prepare_backend_dir()}",
             f"--cache-directory={pytriton_root() / 'caches'}",
             f"--http-address={self.host}",
@@ -220,9 +226,9 @@ class TritonServer:
             return self
         self._abort.clear()
         self._stopping.clear()
-        if self._wrapped is None and not self.repository.is_dir():
+        if self._wrapped is None and not self.remote and not self.repository.is_dir():
             raise ServerError(f"model repository {self.repository} does not exist")
-        if self.repository.is_dir():
+        if not self.remote and self.repository.is_dir():
             refuse_half_published(self.repository)
         for name, port in (
             ("HTTP", self.http_port),

@@ -24,10 +24,15 @@ only in Triton's own command line, which Triton 2.51 requires. Triton and its Py
 stubs run with an allow-listed environment (serving/stub_env.py): no admin key, and cloud
 credentials only where the repository or the capture is in that cloud.
 
-`--served-version N` (default: the environment variable PLANTDX_SERVED_VERSION; empty follows
-the repository's version policy) serves version N of preprocess and classifier and nothing else
-(serving/served_version.py): every pod started with it serves N, after every restart, and is
-ready only once N is loaded.
+The repository decides which version is served: Triton loads what its version policy asks for
+at start, and with `--model-control-mode=explicit` the supervisor reads the policy again every
+`--poll-secs` seconds (default $PLANTDX_POLL_SECS, else 5; 0: off) and switches the running
+server to the version it asks for, by model control, without a restart or a failed request
+(serving/follow.py). `plantdx repo pin REPO N` and `plantdx promote` write the policy, so every
+pod follows. `--served-version` (default: the environment variable PLANTDX_SERVED_VERSION)
+overrides it: `N@S` serves N only while the repository asks for S (the canary component's
+form: a promotion or roll-back in the repository wins), `N` serves N whatever it asks
+(serving/served_version.py); a pinned start is ready only once N is loaded.
 
 Capture for relabelling is configured by environment variables, which Triton's stubs inherit:
 PLANTDX_CAPTURE (a folder or s3://BUCKET/PREFIX; unset: off), PLANTDX_CAPTURE_RATE,
@@ -44,6 +49,8 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from plantdx.capture import CaptureSettings
 from plantdx.exceptions import PlantDxError, ServerError
@@ -51,6 +58,8 @@ from plantdx.exceptions import PlantDxError, ServerError
 from . import admin_key as keys
 from . import served_version
 from .flags import parse_flags
+from .follow import DEFAULT_POLL_S, Follower
+from .repository_api import RepositoryApi
 from .server import TritonServer
 
 log = logging.getLogger("plantdx.supervise")
@@ -72,6 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="serve only this version of preprocess and classifier (default: "
         f"${served_version.ENV_VAR}; empty: the repository's version policy)",
+    )
+    parser.add_argument(
+        "--poll-secs",
+        type=float,
+        default=float(os.environ.get("PLANTDX_POLL_SECS") or DEFAULT_POLL_S),
+        help="read the repository's version policy this often and switch to the version it "
+        "asks for by explicit model control, without a restart (default: $PLANTDX_POLL_SECS, "
+        f"else {DEFAULT_POLL_S:g}; 0: only at start)",
     )
     parser.add_argument(
         "--admin-key-file",
@@ -97,13 +114,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         key = keys.read_key_file(args.admin_key_file) if args.admin_key_file else None
         keys.resolve_key(parse_flags(command[1:]), key)  # a conflict is refused before any view
+        spec = (
+            served_version.parse_spec(args.served_version)
+            if args.served_version is not None
+            else served_version.spec_from_env()
+        )
+        repository = served_version.repository_of(command[1:])
         pinned, command = served_version.pinned_command(args.served_version, command)
     except ServerError as exc:
         log.error("%s", exc)
         return 2
     try:
         server = TritonServer.wrapping(command[0], command[1:], admin_key=key)
-        return _run(server, args.startup_timeout, pinned)
+        follow = None
+        if args.poll_secs > 0 and server.model_control == "explicit":
+            view = Path(served_version.repository_of(command[1:])) if pinned else None
+            follow = {"location": repository, "poll_s": args.poll_secs, "spec": spec, "view": view}
+        return _run(server, args.startup_timeout, pinned, follow)
     except ServerError as exc:
         log.error("%s", exc)
         return 2
@@ -111,7 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         served_version.remove_view(command)
 
 
-def _run(server: TritonServer, startup_timeout: float, pinned: int | None) -> int:
+def _run(
+    server: TritonServer,
+    startup_timeout: float,
+    pinned: int | None,
+    follow: dict[str, Any] | None = None,
+) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -140,8 +172,18 @@ def _run(server: TritonServer, startup_timeout: float, pinned: int | None) -> in
         if server.model_control == "explicit"
         else " is off: needs --model-control-mode=explicit",
     )
+    follower = None
+    if follow is not None:
+        api = RepositoryApi(server.http_url, server.admin_key, timeout_s=300.0)
+        follower = Follower(api, http_port=server.http_port, alive=server.is_alive, **follow)
+        follower.start()
+        log.info(
+            "following %s's version policy (read every %g s)", follow["location"], follow["poll_s"]
+        )
     while not stop.is_set() and server.is_alive():
         stop.wait(1.0)
+    if follower is not None:
+        follower.stop()
     if not server.is_alive():
         code = server.stop()
         log.error("tritonserver exited on its own with code %s", code)

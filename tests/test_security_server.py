@@ -236,7 +236,7 @@ def test_plantdx_serve_without_a_key_keeps_a_run_key_for_the_cli(
             env=env,
         )
         assert status.returncode == 0, status.stderr
-        rows = json.loads(status.stdout)
+        rows = json.loads(status.stdout)["models"]
         assert ("plantdx", "READY") in {(r["name"], r["state"]) for r in rows}
     finally:
         serve.send_signal(signal.SIGINT)

@@ -116,7 +116,9 @@ def serve(
     url: Annotated[
         str | None,
         typer.Option(
-            "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
+            "--url",
+            help="Server address (default localhost:8000, or localhost:8001 with grpc); several, "
+            "comma-separated, get the load round robin (errors counted over all of them).",
         ),
     ] = None,
     images: Annotated[

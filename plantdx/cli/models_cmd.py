@@ -46,16 +46,44 @@ def status(
     url: Url = DEFAULT_URL,
     protocol: ProtocolOpt = Protocol.http,
     admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    repository: Annotated[
+        str | None,
+        typer.Option(
+            "--repository",
+            help="The repository the server serves (folder or s3://): which version it asks "
+            "for. Default: what the server's repository follower on this machine read last.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print {served_version, repository_version, repository, models: [...]}.",
+        ),
+    ] = False,
 ) -> None:
-    """Every model version the server knows, with its state (READY, UNAVAILABLE...) and why."""
+    """Which version the server serves and which its repository asks for, then every model
+    version the server knows, with its state (READY, UNAVAILABLE...) and why."""
     import json
 
     with _control(url, protocol, admin_key_env) as control:
         rows = control.status()
+        served = control.served_version()
+    doc = {"url": url, "served_version": served, **_asked(url, repository)}
+    doc["models"] = [r.to_dict() for r in rows]
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        typer.echo(json.dumps(doc, indent=2))
         return
+    asked = doc["repository_version"]
+    typer.echo(
+        f"serves version {served if served is not None else '-'}; "
+        + (
+            f"{doc['repository']} asks for {asked}"
+            if asked is not None
+            else "the repository's version is unknown (--repository REPO)"
+        )
+        + (f" (override {doc['override']})" if doc.get("override") else "")
+    )
     for r in rows:
         typer.echo(f"{r.name:12s} {r.version:>4s}  {r.state:12s} {r.reason}".rstrip())
 
@@ -94,3 +122,21 @@ def unload(
     with _control(url, protocol, admin_key_env) as control:
         for line in control.unload(model, dependents=dependents):
             typer.echo(line)
+
+
+def _asked(url: str, repository: str | None) -> dict[str, object]:
+    """repository_version (and where it was read) for `models status`."""
+    from plantdx.addresses import port_of
+
+    if repository:
+        from plantdx.model_repository.asked import asked_version
+
+        return {"repository": repository, "repository_version": asked_version(repository).version}
+    from plantdx.serving.follow import read_state
+
+    state = read_state(port_of(url.split("://", 1)[-1])) or {}
+    return {
+        "repository": state.get("repository"),
+        "repository_version": state.get("repository_version"),
+        "override": state.get("override"),
+    }

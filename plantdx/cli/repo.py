@@ -113,17 +113,30 @@ def validate(
 
 @app.command()
 def pin(
-    repository: Annotated[Path, typer.Argument(help="Model repository directory.")],
+    repository: Annotated[
+        str, typer.Argument(help="Model repository: a folder or s3://[HOST:PORT/]BUCKET/PATH.")
+    ],
     version: Annotated[int, typer.Argument(min=1, help="The version to serve.")],
 ) -> None:
     """Make VERSION the one version of preprocess and classifier that REPOSITORY serves.
 
-    Writes `version_policy specific [VERSION]` into both configs (checked, all or nothing):
-    every server started on the repository from now on serves that version, until the next
-    export or pin. A running server keeps what it loaded until it restarts or reloads.
+    Writes `version_policy specific [VERSION]` into both configs: every server on the
+    repository switches to it within its poll interval (`plantdx serve --poll-secs`, the
+    container supervisor's `--poll-secs`) without a restart, and every server started on it
+    serves it, until the next export or pin. A folder is written through the repository's
+    journal (checked, all or nothing); on S3 the two configs are written one after the other
+    and a follower waits until both name the same version.
     """
-    from plantdx.model_repository.served import pin_served_version, served_by_policy
+    if repository.startswith("s3://"):
+        from plantdx.model_repository.s3 import S3Location
 
-    pin_served_version(repository, version)
-    served = ", ".join(map(str, served_by_policy(repository)))
-    typer.echo(f"{repository}: a server started on it now serves version {served}")
+        served = ", ".join(map(str, S3Location.parse(repository).pin(version)))
+    else:
+        from plantdx.model_repository.served import pin_served_version, served_by_policy
+
+        pin_served_version(Path(repository), version)
+        served = ", ".join(map(str, served_by_policy(repository)))
+    typer.echo(
+        f"{repository}: serves version {served} (running servers follow within their poll "
+        "interval; servers started on it serve it)"
+    )

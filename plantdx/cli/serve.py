@@ -13,7 +13,13 @@ import typer
 
 
 def serve(
-    repository: Annotated[Path, typer.Option("--repository", help="Triton model repository.")],
+    repository: Annotated[
+        str,
+        typer.Option(
+            "--repository",
+            help="Triton model repository: a folder or s3://[HOST:PORT/]BUCKET/PATH.",
+        ),
+    ],
     host: Annotated[
         str,
         typer.Option(
@@ -52,10 +58,20 @@ def serve(
         typer.Option(
             "--served-version",
             envvar="PLANTDX_SERVED_VERSION",
-            help="Serve only this version of preprocess and classifier, whatever the repository's "
-            "latest (empty: the repository's version policy).",
+            help="N: serve only version N of preprocess and classifier, whatever the repository "
+            "asks; N@S: serve N in place of S, only while the repository asks for S (a canary; a "
+            "promotion or roll-back in the repository wins). Empty: the repository's version.",
         ),
     ] = None,
+    poll_secs: Annotated[
+        float,
+        typer.Option(
+            "--poll-secs",
+            envvar="PLANTDX_POLL_SECS",
+            help="Read the repository's version policy this often and switch to the version it "
+            "asks for without a restart (0: only at start).",
+        ),
+    ] = 5.0,
     capture: Annotated[
         str | None,
         typer.Option(
@@ -120,9 +136,14 @@ def serve(
             max_per_s=capture_max_per_s,
             strip_exif=capture_strip_exif,
         ).resolved()
-    from plantdx.serving.served_version import build_view, check_served, parse_served_version
+    from plantdx.serving.follow import Follower
+    from plantdx.serving.repository_api import RepositoryApi
+    from plantdx.serving.served_version import build_view, check_served, parse_spec, start_version
 
-    pinned = parse_served_version(served_version)
+    if poll_secs < 0:
+        raise ConfigError("--poll-secs must be 0 (off) or positive")
+    spec = parse_spec(served_version)
+    pinned = start_version(spec, repository)
     view = build_view(repository, pinned) if pinned is not None else None
     server = TritonServer(
         repository=view or repository,
@@ -156,12 +177,25 @@ def serve(
             typer.echo("stopped before the server was ready", err=True)
             raise typer.Exit(130) from None
         raise
+    follower = None
+    if poll_secs > 0:
+        follower = Follower(
+            RepositoryApi(server.http_url, server.admin_key, timeout_s=300.0),
+            repository,
+            poll_s=poll_secs,
+            spec=spec,
+            http_port=http_port,
+            alive=server.is_alive,
+            view=view,
+        ).start()
     typer.echo(
         f"plantdx is ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}"
     )
     typer.echo(f"  metrics  {server.metrics_url}")
     if pinned is not None:
-        typer.echo(f"  serving  version {pinned} only (--served-version)")
+        typer.echo(f"  serving  version {pinned} only (--served-version {spec})")
+    if follower is not None:
+        typer.echo(f"  follows  {repository}'s version policy (read every {poll_secs:g} s)")
     if settings:
         typer.echo(f"  {settings.describe()}")
     if server.key_file is not None:
@@ -180,6 +214,8 @@ def serve(
             stop.wait(1.0)
     finally:
         typer.echo("stopping (finishing in-flight requests) ...", err=True)
+        if follower is not None:
+            follower.stop()
         server.stop()
         if view is not None:
             shutil.rmtree(view, ignore_errors=True)
