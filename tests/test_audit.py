@@ -79,6 +79,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["conflict_original"] = sorted((field / CLASSES[0]).glob("*.jpg"))[7]
     made["conflict_copy"] = r / "relabelled.jpg"
     shutil.copy(made["conflict_original"], made["conflict_copy"])
+    made["inner_original"] = sorted(r.glob("[0-9]*.jpg"))[4]
+    made["inner_copy"] = h / "relabelled_inside.jpg"
+    shutil.copy(made["inner_original"], made["inner_copy"])
     made["mosaic_a"], made["mosaic_b"] = h / "mosaic_a.jpg", r / "mosaic_b.jpg"
     _mosaic(spare[10:14], made["mosaic_a"])
     _mosaic([spare[-1], spare[-2], spare[14], spare[15]], made["mosaic_b"])
@@ -136,19 +139,52 @@ def test_duplicates_byte_cropped_and_resized(made: dict[str, Path]) -> None:
             ("crop_copy", "crop_original"),
             ("resized_copy", "resized_original"),
             ("conflict_copy", "conflict_original"),
+            ("inner_copy", "inner_original"),
         )
     }
     assert set(pairs) - made_pairs == set()
 
 
-def test_label_conflict_drops_every_copy(made: dict[str, Path]) -> None:
-    pair = _pairs(made)[
-        frozenset((photo_key(made["conflict_copy"]), photo_key(made["conflict_original"])))
-    ]
-    assert pair["label_conflict"] and pair["a"]["label"] != pair["b"]["label"]
+def test_label_conflicts(made: dict[str, Path]) -> None:
+    """Across sources the copy in the source named first stays; inside one source every copy
+    goes."""
+    pairs = _pairs(made)
     excluded = read_exclude(made["out"] / "exclude.txt")
-    for name in ("conflict_copy", "conflict_original"):
-        assert excluded[photo_key(made[name])].startswith("label_conflict")
+    for copy, original in (
+        ("conflict_copy", "conflict_original"),
+        ("inner_copy", "inner_original"),
+    ):
+        pair = pairs[frozenset((photo_key(made[copy]), photo_key(made[original])))]
+        assert pair["label_conflict"] and pair["a"]["label"] != pair["b"]["label"]
+        assert excluded[photo_key(made[copy])].startswith("label_conflict")
+    assert photo_key(made["conflict_original"]) not in excluded
+    assert excluded[photo_key(made["inner_original"])].startswith("label_conflict")
+
+
+def test_conflicts_drop_all(made: dict[str, Path]) -> None:
+    """--conflicts drop-all: copies in two sources all go too."""
+    from plantdx.data import Source
+    from plantdx.training.audit.config import AuditConfig
+    from plantdx.training.audit.decide import Flags, decide
+    from plantdx.training.audit.duplicates import Pair
+    from plantdx.training.audit.photos import THUMB, Described, Photo
+
+    photos = [Photo(Path("a.jpg"), 0, "x", width=99, height=99), Photo(Path("b.jpg"), 1, "y")]
+    d = Described(
+        photos,
+        [Source("s0", Path("s0")), Source("s1", Path("s1"))],
+        [],
+        np.zeros((2, 64), bool),
+        np.zeros((2, 4), np.float32),
+        np.zeros((2, THUMB, THUMB, 3), np.uint8),
+        np.zeros((2, 8), np.float32),
+    )
+    pair = Pair(0, 1, "byte", 1.0, 0, None, leak="sources", conflict=True)
+    for policy, dropped in (("keep_first", {1}), ("drop_all", {0, 1})):
+        flags = Flags(pairs=[pair], groups=[[0, 1]])
+        decide(d, flags, AuditConfig(conflicts=policy))  # type: ignore[arg-type]
+        assert set(flags.excluded) == dropped
+        assert all(why.startswith("label_conflict") for why in flags.excluded.values())
 
 
 def test_label_issue_flagged_not_excluded(made: dict[str, Path]) -> None:
@@ -182,7 +218,8 @@ def test_exclude_file(made: dict[str, Path]) -> None:
     assert photo_key(made["crop_original"]) not in excluded
     assert reasons["resized_copy.jpg"] == "duplicate"
     assert photo_key(made["resized_original"]) not in excluded
-    assert len(excluded) == 9
+    assert reasons["relabelled.jpg"] == reasons["relabelled_inside.jpg"] == "label_conflict"
+    assert len(excluded) == 10
 
 
 def test_domains_references_inferred_and_mixed_source_scored(made: dict[str, Path]) -> None:

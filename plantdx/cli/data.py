@@ -106,10 +106,10 @@ def audit(
         Conflicts,
         typer.Option(
             "--conflicts",
-            help="One photo under two labels: drop every copy, or keep the copy in the source "
-            "named first when the copies are in two sources.",
+            help="One photo under two labels in two sources: keep the copy in the source named "
+            "first (name the curated one first), or drop every copy.",
         ),
-    ] = Conflicts.drop_all,
+    ] = Conflicts.keep_first,
     exclude_label_issues: Annotated[
         bool,
         typer.Option(

@@ -16,9 +16,10 @@ class AuditConfig:
     # classifier learns from them. None given: inferred (see domain.py).
     lab: list[str] = field(default_factory=list)
     field: list[str] = field(default_factory=list)
-    # One photo under two labels: drop every copy (which label is right is not known), or
-    # keep the copy in the source named first when the copies are in two sources.
-    conflicts: Literal["drop_all", "keep_first"] = "drop_all"
+    # One photo under two labels in two sources: keep the copy in the source named first (the
+    # curated source, named first, is trusted), or drop every copy. Copies in one source that
+    # disagree are always all dropped.
+    conflicts: Literal["keep_first", "drop_all"] = "keep_first"
     # Photos cleanlab flags as mislabelled go into exclude.txt as comments only (their
     # precision by eye was too low to drop them by default); true: excluded.
     exclude_label_issues: bool = False

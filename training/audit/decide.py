@@ -2,9 +2,10 @@
 
 1. corrupt: training's decoder refuses the file;
 2. tiny: its shorter side is under `min_side` pixels;
-3. label_conflict: the same photo (byte or near duplicate) carries another label elsewhere: every
-   copy goes, since which label is right is not known (with `conflicts="keep_first"`, copies
-   in two sources keep the one in the source named first);
+3. label_conflict: the same photo (byte or near duplicate) carries another label elsewhere: when
+   the copies are in two sources, the one in the source named first stays (name the curated
+   source first; `conflicts="drop_all"` drops them all); copies in one source all go, since
+   which label is right is not known there;
 4. mosaic, collage: several photos in one image;
 5. duplicate: of each group of copies one stays: the copy in the source named first (in --data
    order), then the one with the most pixels, then the first path; the others go, so no photo
