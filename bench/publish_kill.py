@@ -6,8 +6,9 @@ classifier and decision rule belong together (served_check.py).
 
 Every run has its own seed (`--seed` + run number), which picks the command, the checkpoint or
 version, and the moment: most kills land while the repository is being changed (a random delay
-after the journal appears, up to the journal's measured lifetime), the rest anywhere in the
-process's life. The checkpoints are tiny (`test_tiny`, 64 px) with different weights and
+after the journal appears, up to the journal's measured lifetime), some just after the
+journal's commit record (up to 10 ms: the change is complete, its cleanup is not), the rest
+anywhere in the process's life. The checkpoints are tiny (`test_tiny`, 64 px) with different weights and
 different temperatures, so any mix of two versions shows in the served probabilities.
 """
 
@@ -34,6 +35,7 @@ from plantdx.model_repository.served import served_by_policy
 from .served_check import check_served, probe_image
 
 CHECKPOINTS = 4
+MOMENTS = ("publishing", "committed", "anytime")
 TEMPERATURES = (1.0, 1.6, 2.3, 3.1)
 
 
@@ -43,7 +45,7 @@ class KillRun:
     seed: int
     command: str  # export | pin
     target: int  # the version the command publishes or pins
-    moment: str  # "publishing": after the journal appeared; "anytime": after the start
+    moment: str  # after the journal appeared (publishing), its commit record (committed), the start
     delay_s: float
     killed: bool  # the process was still running when SIGKILL was sent
     journal_records: int | None  # changes recorded in the journal it left; None: none left
@@ -115,14 +117,24 @@ def _timed(cmd: list[str], repo: Path, log: Path) -> tuple[float, float]:
     return end - start, (seen[1] if len(seen) > 1 else end) - seen[0]
 
 
+def _committed(journal: Path) -> bool:
+    try:
+        return '"op": "commit"' in journal.read_text()
+    except FileNotFoundError:
+        return False
+
+
 def _kill_at(cmd: list[str], repo: Path, log: Path, moment: str, delay: float) -> bool:
     """Start `cmd`, SIGKILL it at the moment; True when it was still running then."""
     journal = repo / JOURNAL_FILENAME
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=fh)
-        if moment == "publishing":
+        if moment in ("publishing", "committed"):
             while proc.poll() is None and not journal.exists():
                 time.sleep(0.0005)
+        if moment == "committed":  # the change is complete, its cleanup is not
+            while proc.poll() is None and journal.exists() and not _committed(journal):
+                time.sleep(0.0002)
         time.sleep(delay)
         alive = proc.poll() is None
         if alive:
@@ -181,7 +193,8 @@ def run_kill_test(
     runs: int = 50,
     seed: int = 0,
     export_share: float = 0.5,
-    anytime_share: float = 0.15,
+    anytime_share: float = 0.1,
+    committed_share: float = 0.15,
     on_run: Callable[[KillRun], None] | None = None,
 ) -> dict[str, Any]:
     """`runs` killed commands into one repository under `work`; the report as a dict."""
@@ -213,9 +226,18 @@ def run_kill_test(
             target = rng.choice(versions(repo / CLASSIFIER))
             cmd = _pin_cmd(repo, target)
             total_s, journal_s = pin_s, pin_journal_s
-        moment = "anytime" if rng.random() < anytime_share else "publishing"
+        draw = rng.random()
+        moment = (
+            "anytime"
+            if draw < anytime_share
+            else "committed"
+            if draw < anytime_share + committed_share
+            else "publishing"
+        )
         # A little past the journal's lifetime: the end of a change is a moment too.
-        delay = rng.uniform(0, total_s if moment == "anytime" else 1.1 * journal_s)
+        delay = rng.uniform(
+            0, {"anytime": total_s, "committed": 0.01, "publishing": 1.1 * journal_s}[moment]
+        )
         killed = _kill_at(cmd, repo, log, moment, delay)
         left = read_journal(repo)
         changes = [r for r in left or [] if r.get("op") not in ("begin", "commit")]
@@ -271,6 +293,7 @@ def summarize(
         "killed": len(killed),
         "exports": count(lambda r: r.command == "export"),
         "pins": count(lambda r: r.command == "pin"),
+        "moments": {m: count(lambda r, m=m: r.moment == m) for m in MOMENTS},  # type: ignore[misc]
         "killed_mid_change": count(lambda r: r.killed and r.journal_records is not None),
         "left_committed": count(lambda r: r.committed),
         "needed_repair": count(lambda r: r.validate_rc != 0),
