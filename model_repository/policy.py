@@ -64,14 +64,14 @@ def top_level_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def pin_config_text(text: str, version: int) -> str:
-    """config.pbtxt text with its version policy replaced by `specific { versions: N }`."""
+def pin_config_text(text: str, version: int | list[int]) -> str:
+    """config.pbtxt text with its version policy replaced by `specific { versions: N }` (one
+    line per version when given several)."""
     for start, end in reversed(top_level_spans(text)):
         text = text[:start] + text[end:]
-    return (
-        text.rstrip()
-        + f"\nversion_policy {{\n  specific {{\n    versions: {int(version)}\n  }}\n}}\n"
-    )
+    wanted = [version] if isinstance(version, int) else sorted(set(version))
+    lines = "".join(f"    versions: {int(v)}\n" for v in wanted)
+    return text.rstrip() + f"\nversion_policy {{\n  specific {{\n{lines}  }}\n}}\n"
 
 
 def _strip_comments(text: str) -> str:

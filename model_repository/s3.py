@@ -173,6 +173,38 @@ class S3Location:
             if not token:
                 return names
 
+    def objects(self, *parts: str) -> list[str]:
+        """Every object under PREFIX/parts/, as paths relative to PREFIX."""
+        start = self._key(*parts)
+        start = start + "/" if start else ""
+        base = self.prefix + "/" if self.prefix else ""
+        found, token = [], ""
+        while True:
+            query = {"list-type": "2", "prefix": start}
+            if token:
+                query["continuation-token"] = token
+            root = ET.fromstring(self._request("GET", "", urllib.parse.urlencode(query)))
+            for item in root.iter(f"{_NS}Contents"):
+                key = item.findtext(f"{_NS}Key") or ""
+                if not key.endswith("/"):
+                    found.append(key[len(base) :])
+            token = root.findtext(f"{_NS}NextContinuationToken") or ""
+            if not token:
+                return found
+
+    def download(self, dest: str | os.PathLike[str], *parts: str) -> int:
+        """Copy every object under PREFIX/parts/ into `dest` (same relative paths); a count."""
+        from pathlib import Path
+
+        keys = self.objects(*parts)
+        for key in keys:
+            if ".." in key.split("/"):
+                raise RepositoryError(f"refusing the object name {key!r}")
+            path = Path(dest) / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(self.get(key))
+        return len(keys)
+
     def versions(self, model: str) -> list[int]:
         return sorted(int(n) for n in self.folders(model) if n.isdigit())
 

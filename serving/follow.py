@@ -1,14 +1,18 @@
 """A running server follows its repository: every `poll_s` seconds it reads which version the
-repository asks for (model_repository/policy.py, a folder or s3://) and, when that changed,
-switches to it by explicit model control, without a restart and without failing a request:
+repository asks for (model_repository/asked.py, a folder or s3://) and, when that changed,
+switches to it by explicit model control, without a restart and without failing a request.
+The server serves a view of the repository (view.py) whose preprocess and classifier configs
+the follower writes, so Triton sees each step only when it is asked to load it:
 
 1. every ensemble (`plantdx`, `plantdx_explain`) is pinned to the version it serves now (a
    config override naming the version of its preprocess and classifier steps),
-2. the new version of classifier, then preprocess, is loaded beside the old one,
+2. the view serves both versions and classifier, then preprocess, are loaded: the new version
+   beside the old one,
 3. the ensembles are pinned to the new version (Triton swaps a reloaded model only once the
    new one is ready: requests in flight finish on the old one),
-4. after a grace period for requests still inside the old steps, the old versions are
-   unloaded, and the ensembles get their `-1` steps (the newest loaded) back.
+4. after a grace period for requests still inside the old steps, the view serves the new
+   version only, the old versions are unloaded, and the ensembles get their `-1` steps (the
+   newest loaded) back.
 
 It acts on a *change* of what the repository asks for (and retries a failed switch): a
 comparison that `plantdx promote` loads beside the served version is left alone, and a
@@ -36,15 +40,16 @@ from plantdx.exceptions import PlantDxError
 from plantdx.model_repository.asked import asked_version
 from plantdx.model_repository.names import CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, PREPROCESS
 
+from . import view as views
 from .admin_key import key_dir
 from .repository_api import CallError, RepositoryApi
-from .served_version import ServedSpec, refresh_view
+from .served_version import ServedSpec
 
 log = logging.getLogger("plantdx.follow")
 
 VERSIONED = (CLASSIFIER, PREPROCESS)  # the classifier first: a broken one fails before traffic
 ENSEMBLES = (ENSEMBLE, EXPLAIN_ENSEMBLE)
-DEFAULT_POLL_S = 5.0
+DEFAULT_POLL_S = 2.0
 RETRY_FAILED_S = 30.0
 
 
@@ -95,31 +100,37 @@ def served_version(api: RepositoryApi, ready: dict[str, list[int]] | None = None
     return have[-1] if have else None
 
 
-def switch(api: RepositoryApi, target: int, grace_s: float = 1.0) -> bool:
-    """Serve `target` (steps 1-4 above); False when it served already. Raises CallError (the
-    server's words) or PlantDxError; the ensembles keep a version that is loaded throughout."""
+def switch(
+    api: RepositoryApi, target: int, *, location: str, view: Path, grace_s: float = 1.0
+) -> bool:
+    """Serve `target` (steps 1-4 above) from `view`, the server's view of `location`
+    (view.py); False when it served already. Raises CallError (the server's words),
+    PlantDxError or OSError; the ensembles name a loaded version throughout."""
     ready = ready_versions(api)
     current = served_version(api, ready)
     if current == target and all(ready.get(n) == [target] for n in VERSIONED):
         return False
     ensembles = [e for e in ENSEMBLES if ready.get(e)]
     configs = {e: api.config(e) for e in ensembles}
+    views.add_version(location, view, target)
     if current is not None and all(current in ready.get(n, []) for n in VERSIONED):
+        # The view is as loaded: pinning the ensembles reloads none of their steps.
         for e in ensembles:
             api.load(e, with_steps(configs[e], current))
+        views.write_versions(location, view, [current, target])
+    else:
+        views.write_versions(location, view, [target])
     for name in VERSIONED:
-        cfg = api.config(name)
-        cfg["version_policy"] = {"specific": {"versions": sorted({*ready.get(name, []), target})}}
-        api.load(name, cfg)
+        api.load(name)
     for e in ensembles:
         api.load(e, with_steps(configs[e], target))
     time.sleep(grace_s)  # requests already past the old ensemble finish in the old steps
+    views.write_versions(location, view, [target])
     for name in VERSIONED:
-        cfg = api.config(name)
-        cfg["version_policy"] = {"specific": {"versions": [target]}}
-        api.load(name, cfg)
+        api.load(name)
     for e in ensembles:
         api.load(e, with_steps(configs[e], None))
+    views.drop_versions(location, view, [target])
     return True
 
 
@@ -145,7 +156,7 @@ class Follower:
         self.http_port = http_port
         self.alive = alive
         self.grace_s = grace_s
-        self.view = view  # the served view of a pinned start (served_version.build_view)
+        self.view = view  # the view the server serves (view.py), which the follower writes
         self.applied: int | None = None
         self.asked: int | None = None
         self.switches: list[dict[str, Any]] = []
@@ -157,11 +168,21 @@ class Follower:
     def start(self) -> Follower:
         try:
             self.applied = served_version(self.api)
+            self._prime()
         except CallError:
             self.applied = None
         self._thread = threading.Thread(target=self._run, name="plantdx-follow", daemon=True)
         self._thread.start()
         return self
+
+    def _prime(self) -> None:
+        """Load each ensemble once with its own config: Triton 2.51 reloads the composing
+        models at the first ensemble load after start, which is better paid now than in the
+        middle of a switch (a reload serves until the new instance is ready)."""
+        ready = ready_versions(self.api)
+        for e in ENSEMBLES:
+            if ready.get(e):
+                self.api.load(e, self.api.config(e))
 
     def stop(self) -> None:
         self._stop.set()
@@ -212,9 +233,11 @@ class Follower:
             return False
         t0 = time.monotonic()
         try:
-            if self.view is not None:
-                refresh_view(self.location, self.view)
-            switched = switch(self.api, target, self.grace_s)
+            if self.view is None:
+                raise PlantDxError("this server does not serve a view it can switch")
+            switched = switch(
+                self.api, target, location=self.location, view=self.view, grace_s=self.grace_s
+            )
         except (*CallError, PlantDxError, OSError) as exc:
             self._failed[target] = time.monotonic()
             self._say(logging.ERROR, f"switching to version {target} failed: {exc}")

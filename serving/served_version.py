@@ -242,6 +242,26 @@ def pinned_command(option: str | None, command: list[str]) -> tuple[int | None, 
     return version, [command[0], *with_repository(command[1:], view)]
 
 
+def followed_command(option: str | None, command: list[str]) -> tuple[int | None, list[str]]:
+    """(pinned version or None, command line) for a supervisor that follows the repository:
+    the command line always serves a fresh view (serving/view.py) of the repository's version,
+    or of the override's when it applies."""
+    from plantdx.model_repository.asked import asked_version
+
+    from . import view as views
+
+    spec = parse_spec(option) if option is not None else spec_from_env()
+    repository = repository_of(command[1:])
+    version = start_version(spec, repository)
+    try:
+        start = version if version is not None else asked_version(repository).version
+        view = views.build(repository, start)
+    except RepositoryError as exc:
+        raise ServerError(f"cannot serve {repository}: {exc}") from None
+    log.info("serving version %s of %s (view %s)", start, " and ".join(PINNED_MODELS), view)
+    return version, [command[0], *with_repository(command[1:], view)]
+
+
 def remove_view(command: Sequence[str]) -> None:
     """Remove the view a pinned command line serves (nothing for any other command line)."""
     try:

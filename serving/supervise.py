@@ -26,7 +26,7 @@ credentials only where the repository or the capture is in that cloud.
 
 The repository decides which version is served: Triton loads what its version policy asks for
 at start, and with `--model-control-mode=explicit` the supervisor reads the policy again every
-`--poll-secs` seconds (default $PLANTDX_POLL_SECS, else 5; 0: off) and switches the running
+`--poll-secs` seconds (default $PLANTDX_POLL_SECS, else 2; 0: off) and switches the running
 server to the version it asks for, by model control, without a restart or a failed request
 (serving/follow.py). `plantdx repo pin REPO N` and `plantdx promote` write the policy, so every
 pod follows. `--served-version` (default: the environment variable PLANTDX_SERVED_VERSION)
@@ -120,15 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             else served_version.spec_from_env()
         )
         repository = served_version.repository_of(command[1:])
-        pinned, command = served_version.pinned_command(args.served_version, command)
+        following = args.poll_secs > 0 and "explicit" in parse_flags(command[1:]).get(
+            "--model-control-mode", []
+        )
+        make = served_version.followed_command if following else served_version.pinned_command
+        pinned, command = make(args.served_version, command)
     except ServerError as exc:
         log.error("%s", exc)
         return 2
     try:
         server = TritonServer.wrapping(command[0], command[1:], admin_key=key)
         follow = None
-        if args.poll_secs > 0 and server.model_control == "explicit":
-            view = Path(served_version.repository_of(command[1:])) if pinned else None
+        if following:
+            view = Path(served_version.repository_of(command[1:]))
             follow = {"location": repository, "poll_s": args.poll_secs, "spec": spec, "view": view}
         return _run(server, args.startup_timeout, pinned, follow)
     except ServerError as exc:

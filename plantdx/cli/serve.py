@@ -71,7 +71,7 @@ def serve(
             help="Read the repository's version policy this often and switch to the version it "
             "asks for without a restart (0: only at start).",
         ),
-    ] = 5.0,
+    ] = 2.0,
     capture: Annotated[
         str | None,
         typer.Option(
@@ -144,7 +144,14 @@ def serve(
         raise ConfigError("--poll-secs must be 0 (off) or positive")
     spec = parse_spec(served_version)
     pinned = start_version(spec, repository)
-    view = build_view(repository, pinned) if pinned is not None else None
+    view = None
+    if poll_secs > 0:  # a view the follower controls (serving/view.py)
+        from plantdx.model_repository.asked import asked_version
+        from plantdx.serving import view as views
+
+        view = views.build(repository, pinned or asked_version(repository).version)
+    elif pinned is not None:
+        view = build_view(repository, pinned)
     server = TritonServer(
         repository=view or repository,
         host=host,
@@ -179,6 +186,12 @@ def serve(
         raise
     follower = None
     if poll_secs > 0:
+        import logging
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("plantdx-follow: %(message)s"))
+        logging.getLogger("plantdx.follow").addHandler(handler)
+        logging.getLogger("plantdx.follow").setLevel(logging.INFO)
         follower = Follower(
             RepositoryApi(server.http_url, server.admin_key, timeout_s=300.0),
             repository,

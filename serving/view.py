@@ -1,0 +1,98 @@
+"""The local view a following server serves, so that the follower decides when Triton sees a
+change of version policy.
+
+Triton 2.51 re-reads an ensemble's composing models from its repository whenever the ensemble
+is loaded, and reloads those whose files changed: a server serving the repository itself would
+jump to a newly pinned version in one uncontrolled step (the old version unloaded under an
+ensemble still pinned to it: failed requests). So a following server serves a view under /tmp:
+
+- a folder repository: every model directory a symbolic link to the real one, except
+  `preprocess` and `classifier`, which hold links to each version and their own config.pbtxt;
+- an `s3://` repository: a copy (a mirror) of the repository, `preprocess` and `classifier`
+  with only the versions served, the others downloaded when a switch needs them.
+
+`write_versions` rewrites the two configs from the repository's own text with `specific {
+versions: ... }`, step by step as the follower switches (follow.py); the repository is never
+written. Models other than preprocess and classifier are read once, at start.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from plantdx.model_repository.policy import CONFIG, PAIRED, pin_config_text
+
+from .served_version import VIEW_PREFIX, build_view, refresh_view
+
+
+def is_s3(location: str | Path) -> bool:
+    return str(location).startswith("s3://")
+
+
+def build(location: str | Path, version: int) -> Path:
+    """A fresh view of `location` serving `version` of preprocess and classifier."""
+    if not is_s3(location):
+        return build_view(location, version)
+    from plantdx.model_repository.s3 import S3Location
+
+    source = S3Location.parse(str(location))
+    view = Path(tempfile.mkdtemp(prefix=VIEW_PREFIX))
+    try:
+        for key in source.objects():
+            head = key.split("/", 2)
+            if head[0] in PAIRED and len(head) > 2 and head[1].isdigit():
+                continue  # versions of the paired models: only the one served, below
+            if ".." in head:
+                continue
+            path = view / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(source.get(key))
+        add_version(location, view, version)
+        write_versions(location, view, [version])
+    except BaseException:
+        shutil.rmtree(view, ignore_errors=True)
+        raise
+    return view
+
+
+def add_version(location: str | Path, view: Path, version: int) -> None:
+    """Make `version` of preprocess and classifier available in the view."""
+    if not is_s3(location):
+        refresh_view(location, view)
+        return
+    from plantdx.model_repository.s3 import S3Location
+
+    source = S3Location.parse(str(location))
+    for name in PAIRED:
+        if not (view / name / str(version)).is_dir():
+            source.download(view, name, str(version))
+            (view / name / str(version)).mkdir(parents=True, exist_ok=True)  # an empty version
+
+
+def write_versions(location: str | Path, view: Path, versions: list[int]) -> None:
+    """The view's preprocess and classifier configs: the repository's, serving `versions`."""
+    if is_s3(location):
+        from plantdx.model_repository.s3 import S3Location
+
+        source = S3Location.parse(str(location))
+        texts = {name: source.get(name, CONFIG).decode() for name in PAIRED}
+    else:
+        repo = Path(location)
+        texts = {name: (repo / name / CONFIG).read_text() for name in PAIRED}
+    for name in PAIRED:
+        path = view / name / CONFIG
+        tmp = path.with_name(CONFIG + ".tmp")
+        tmp.write_text(pin_config_text(texts[name], versions))
+        tmp.replace(path)
+
+
+def drop_versions(location: str | Path, view: Path, keep: list[int]) -> None:
+    """Remove the mirrored versions no longer served (an s3:// view only; links stay)."""
+    if not is_s3(location):
+        return
+    for name in PAIRED:
+        for entry in (view / name).iterdir():
+            if entry.is_dir() and entry.name.isdigit() and int(entry.name) not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
