@@ -238,14 +238,65 @@ def test_domains_references_inferred_and_mixed_source_scored(made: dict[str, Pat
     assert doc["by_source"]["lab"]["mixed"] is False and doc["by_source"]["field"]["mixed"] is False
 
 
-def test_named_references_and_report(made: dict[str, Path], tmp_path: Path) -> None:
-    """--lab/--field name the references; report.md and the contact sheets are written."""
+def test_report_and_sheets(made: dict[str, Path]) -> None:
+    """report.md has the table; the contact sheets are written."""
     out = made["out"]
     report = (out / "report.md").read_text()
     assert "| mosaics | 2 |" in report
     sheets = {p.name for p in (out / "sheets").glob("*.png")}
     assert {"duplicates.png", "mosaics.png", "label_conflicts.png", "tiny.png"} <= sheets
     assert Image.open(out / "sheets" / "mosaics.png").size[0] > 200
+
+
+def _fake(sources: list[np.ndarray]) -> tuple[object, np.ndarray]:
+    """A Described whose features are the given rows, one array of rows per source."""
+    from plantdx.data import Source
+    from plantdx.training.audit.photos import THUMB, Described, Photo
+
+    feats = np.concatenate(sources).astype(np.float32)
+    photos = [
+        Photo(Path(f"s{k}/{i}.jpg"), k, "x")
+        for k, rows in enumerate(sources)
+        for i in range(len(rows))
+    ]
+    n = len(photos)
+    d = Described(
+        photos,
+        [Source(f"s{k}", Path(f"s{k}")) for k in range(len(sources))],
+        [],
+        np.zeros((n, 64), bool),
+        np.zeros((n, 4), np.float32),
+        np.zeros((n, THUMB, THUMB, 3), np.uint8),
+        feats / np.linalg.norm(feats, axis=1, keepdims=True),
+    )
+    return d, d.features
+
+
+def test_references_named_and_inferred() -> None:
+    """Two tight, opposite sources and a mixed one: with no names the pure pair is found and
+    the tighter is lab; named --lab alone finds the field source; naming both takes them."""
+    from plantdx.training.audit.config import AuditConfig
+    from plantdx.training.audit.domain import choose_references
+
+    rng = np.random.default_rng(0)
+    dim = 16
+    lab_centre, field_centre = np.eye(dim)[0] * 3, np.eye(dim)[1] * 3
+    lab = lab_centre + rng.normal(0, 0.3, (60, dim))
+    field = field_centre + rng.normal(0, 0.8, (60, dim))
+    mixed = np.concatenate([lab_centre + rng.normal(0, 0.3, (30, dim)), field[:30] + 0.01])
+    d, z = _fake([field, mixed, lab])  # the lab source is named last on purpose
+    rows = np.arange(len(z))
+    found = choose_references(d, z, rows, AuditConfig())  # type: ignore[arg-type]
+    assert (found.lab, found.field) == ([2], [0]), found.how
+    assert found.how.startswith("inferred")
+    found = choose_references(d, z, rows, AuditConfig(lab=["s2"]))  # type: ignore[arg-type]
+    assert (found.lab, found.field) == ([2], [0])
+    found = choose_references(d, z, rows, AuditConfig(lab=["s1"], field=["s0"]))  # type: ignore[arg-type]
+    assert (found.lab, found.field, found.how) == ([1], [0], "named (--lab, --field)")
+    # Only mixed sources: no pair qualifies, and the report says to name them.
+    d2, z2 = _fake([mixed, np.concatenate([field[30:], lab[:30]])])
+    none = choose_references(d2, z2, np.arange(len(z2)), AuditConfig())  # type: ignore[arg-type]
+    assert none.lab == [] and "--lab DIR and --field DIR" in none.how
 
 
 def test_audit_errors_are_clear(tmp_path: Path, made: dict[str, Path]) -> None:

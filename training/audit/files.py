@@ -11,7 +11,7 @@ path, `lab` or `field`, and the score (the probability that the photo is field-s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from plantdx.exceptions import DatasetError
@@ -92,10 +92,6 @@ def domains_beside(exclude: str | Path | None) -> Path | None:
         return None
     candidate = Path(exclude).parent / DOMAINS_FILENAME
     return candidate if candidate.is_file() else None
-
-
-def counts(domains: Mapping[str, str]) -> dict[str, int]:
-    return {d: sum(1 for v in domains.values() if v == d) for d in DOMAINS}
 
 
 def _clean(text: str) -> str:
