@@ -28,8 +28,10 @@ class Tile:
 
 
 def short_label(label: str) -> str:
-    """`Tomato___Late_blight` → `Late_blight` (the crop is in the source most often)."""
-    return label.split("___", 1)[-1]
+    """`Tomato___Late_blight` → `Tomato Late_blight`, `Pepper,_bell___healthy` → `Pepper
+    healthy`: short enough for a caption, the crop kept."""
+    crop, _, disease = label.rpartition("___")
+    return f"{crop.split(',')[0]} {disease}" if crop else label
 
 
 def caption(d: Described, i: int) -> str:
