@@ -89,6 +89,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["corrupt"].write_bytes(made["byte_original"].read_bytes()[:400])
     made["tiny"] = h / "tiny.jpg"
     Image.open(spare[16]).resize((40, 40)).save(made["tiny"])
+    made["speck"] = r / "speck.png"  # under training's decoder's 32 px: tiny, not corrupt
+    Image.open(spare[17]).resize((20, 16)).save(made["speck"])
     shutil.rmtree(root / "spare")
     out = root / "AUDIT"
     result = CliRunner().invoke(
@@ -118,7 +120,8 @@ def test_corrupt_and_tiny_files(made: dict[str, Path]) -> None:
     doc = _doc(made)
     assert _paths(doc["corrupt"]) == {photo_key(made["corrupt"])}
     assert doc["corrupt"][0]["reason"].startswith("truncated")
-    assert _paths(doc["tiny"]) == {photo_key(made["tiny"])}
+    assert _paths(doc["tiny"]) == {photo_key(made["tiny"]), photo_key(made["speck"])}
+    assert {(r["width"], r["height"]) for r in doc["tiny"]} == {(40, 40), (20, 16)}
 
 
 def test_duplicates_byte_cropped_and_resized(made: dict[str, Path]) -> None:
@@ -209,7 +212,8 @@ def test_mosaics_found_and_nothing_else(made: dict[str, Path]) -> None:
 def test_exclude_file(made: dict[str, Path]) -> None:
     excluded = read_exclude(made["out"] / "exclude.txt")
     reasons = {Path(p).name: why.split(":")[0] for p, why in excluded.items()}
-    assert reasons["corrupt.jpg"] == "corrupt" and reasons["tiny.jpg"] == "tiny"
+    assert reasons["corrupt.jpg"] == "corrupt"
+    assert reasons["tiny.jpg"] == reasons["speck.png"] == "tiny"
     assert reasons["mosaic_a.jpg"] == reasons["mosaic_b.jpg"] == "mosaic"
     # Of each pair of copies the one in the source named first (then the larger) stays.
     assert reasons["copy_of_lab.jpg"] == "duplicate"
@@ -219,7 +223,7 @@ def test_exclude_file(made: dict[str, Path]) -> None:
     assert reasons["resized_copy.jpg"] == "duplicate"
     assert photo_key(made["resized_original"]) not in excluded
     assert reasons["relabelled.jpg"] == reasons["relabelled_inside.jpg"] == "label_conflict"
-    assert len(excluded) == 10
+    assert len(excluded) == 11
 
 
 def test_domains_references_inferred_and_mixed_source_scored(made: dict[str, Path]) -> None:

@@ -4,7 +4,9 @@ hash, mosaic seams, keypoints, a thumbnail for the contact sheets, its features)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from .matching import keypoints
 from .mosaic import seam_strengths
 
 THUMB = 96
+# The reason training's decoder gives for a photo under its minimum side: tiny, not corrupt.
+TOO_SMALL = "too_small"
 HASH_BITS = 64
 
 
@@ -54,6 +58,11 @@ class Described:
     @property
     def readable(self) -> np.ndarray:
         return np.array([p.unreadable is None for p in self.photos], dtype=bool)
+
+    def too_small(self, i: int) -> bool:
+        """Refused by training's decoder for its size alone (tiny, not corrupt)."""
+        reason = self.photos[i].unreadable
+        return reason is not None and reason.startswith(TOO_SMALL)
 
 
 def scan_photos(roots: Sequence[str | Path]) -> tuple[list[Photo], list[Source], list]:
@@ -97,6 +106,9 @@ def _describe(photo: Photo, cfg: AuditConfig) -> _One | None:
         img, (photo.width, photo.height) = open_image_sized(data, draft_size=cfg.image_size)
     except PreprocessError as exc:
         photo.unreadable = f"{exc.reason}: {exc}"
+        if exc.reason == TOO_SMALL:  # tiny rather than corrupt: say how tiny
+            with contextlib.suppress(Exception):
+                photo.width, photo.height = Image.open(io.BytesIO(data)).size
         return None
     side = cfg.image_size
     square = img.resize((side, side), Image.Resampling.BILINEAR)

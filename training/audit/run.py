@@ -76,9 +76,11 @@ def run_audit(cfg: AuditConfig, *, reporter: Reporter | None = None) -> AuditRes
 
     flags = Flags()
     readable = d.readable
-    flags.corrupt = [i for i, p in enumerate(photos) if p.unreadable]
+    flags.corrupt = [i for i, p in enumerate(photos) if p.unreadable and not d.too_small(i)]
     flags.tiny = [
-        i for i, p in enumerate(photos) if readable[i] and min(p.width, p.height) < cfg.min_side
+        i
+        for i, p in enumerate(photos)
+        if d.too_small(i) or (readable[i] and min(p.width, p.height) < cfg.min_side)
     ]
     for i in np.flatnonzero(readable):
         kind = classify(d.seams[i], cfg)
