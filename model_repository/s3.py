@@ -174,7 +174,8 @@ class S3Location:
                 return names
 
     def objects(self, *parts: str) -> list[str]:
-        """Every object under PREFIX/parts/, as paths relative to PREFIX."""
+        """Every object under PREFIX/parts/, as paths relative to PREFIX (a "folder/" marker
+        ends with a slash)."""
         start = self._key(*parts)
         start = start + "/" if start else ""
         base = self.prefix + "/" if self.prefix else ""
@@ -184,10 +185,9 @@ class S3Location:
             if token:
                 query["continuation-token"] = token
             root = ET.fromstring(self._request("GET", "", urllib.parse.urlencode(query)))
-            for item in root.iter(f"{_NS}Contents"):
+            for item in root.iter(f"{_NS}Contents"):  # "folder/" markers included
                 key = item.findtext(f"{_NS}Key") or ""
-                if not key.endswith("/"):
-                    found.append(key[len(base) :])
+                found.append(key[len(base) :])
             token = root.findtext(f"{_NS}NextContinuationToken") or ""
             if not token:
                 return found
@@ -201,6 +201,9 @@ class S3Location:
             if ".." in key.split("/"):
                 raise RepositoryError(f"refusing the object name {key!r}")
             path = Path(dest) / key
+            if key.endswith("/"):
+                path.mkdir(parents=True, exist_ok=True)
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(self.get(key))
         return len(keys)

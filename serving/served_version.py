@@ -258,7 +258,10 @@ def followed_command(option: str | None, command: list[str]) -> tuple[int | None
         view = views.build(repository, start)
     except RepositoryError as exc:
         raise ServerError(f"cannot serve {repository}: {exc}") from None
-    log.info("serving version %s of %s (view %s)", start, " and ".join(PINNED_MODELS), view)
+    what = "only" if version is not None else "as the repository asks"
+    log.info(
+        "serving version %s of %s %s (view %s)", start, " and ".join(PINNED_MODELS), what, view
+    )
     return version, [command[0], *with_repository(command[1:], view)]
 
 

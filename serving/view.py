@@ -44,11 +44,18 @@ def build(location: str | Path, version: int) -> Path:
             head = key.split("/", 2)
             if head[0] in PAIRED and len(head) > 2 and head[1].isdigit():
                 continue  # versions of the paired models: only the one served, below
-            if ".." in head:
+            if ".." in head or not key:
                 continue
             path = view / key
+            if key.endswith("/"):  # a folder marker (an ensemble's empty version folder)
+                path.mkdir(parents=True, exist_ok=True)
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(source.get(key))
+        for model in (p for p in view.iterdir() if p.is_dir()):  # S3 holds no empty folder:
+            bare = not any(p.is_dir() and p.name.isdigit() for p in model.iterdir())
+            if (model / CONFIG).is_file() and model.name not in PAIRED and bare:
+                (model / "1").mkdir()  # an ensemble's (empty) version folder
         add_version(location, view, version)
         write_versions(location, view, [version])
     except BaseException:

@@ -134,6 +134,16 @@ def _plantdx(*args: str, env: dict[str, str]) -> str:
     return done.stdout
 
 
+def _status_when_read(server: Server, env: dict[str, str]) -> dict[str, Any]:
+    """`plantdx models status --json` once the server's follower has read its repository."""
+    deadline = time.monotonic() + 60
+    while True:
+        status = json.loads(_plantdx("models", "status", "--url", server.url, "--json", env=env))
+        if status["repository_version"] is not None or time.monotonic() > deadline:
+            return dict(status)
+        time.sleep(1)
+
+
 def _load(urls: list[str], images: Path, out: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     """`plantdx bench serve` over `urls`, round robin, LOAD_S seconds, in the background."""
     cmd = [sys.executable, "-m", "plantdx", "bench", "serve", "--url", ",".join(urls)]
@@ -186,9 +196,7 @@ def _fleet_run(
         for s in servers:
             s.wait_ready()
         assert all(s.serves_only(1) for s in servers), [s.state() for s in servers]
-        status = json.loads(
-            _plantdx("models", "status", "--url", servers[0].url, "--json", env=env)
-        )
+        status = _status_when_read(servers[0], env)
         assert status["served_version"] == 1 and status["repository_version"] == 1, status
 
         # 1. repo pin 2 under round-robin load over the three.
