@@ -133,7 +133,8 @@ def test_canary_overlay_renders(canary: list[dict[str, Any]]) -> None:
     assert {"Rollout", "AnalysisTemplate", "Deployment", "Service", "PodMonitor"} <= kinds
     dep = find(canary, "Deployment", DEPLOYMENT)
     assert dep["spec"]["replicas"] == 0, "the Rollout owns the pods"
-    assert env_of(dep, SERVED_ENV) == "2", "the version under roll-out is in the pod template"
+    # The version under roll-out is in the pod template, in place of the repository's only.
+    assert env_of(dep, SERVED_ENV) == "3@2"
     hpa = find(canary, "HorizontalPodAutoscaler", DEPLOYMENT)
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "argoproj.io/v1alpha1",
