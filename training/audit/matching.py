@@ -6,6 +6,8 @@ ImageNet features find the candidate pairs; this decides."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Keypoints per photo; matches pass Lowe's ratio test; RANSAC's reprojection error in pixels
@@ -15,10 +17,12 @@ RATIO = 0.8
 REPROJECTION = 4.0
 
 
+@functools.cache
 def _cv2():  # type: ignore[no-untyped-def]
+    """OpenCV, set once to one thread per call (the audit runs two calls at a time)."""
     import cv2
 
-    cv2.setNumThreads(1)  # the audit already decodes on two threads
+    cv2.setNumThreads(1)
     return cv2
 
 
