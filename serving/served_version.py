@@ -40,7 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from plantdx.exceptions import RepositoryError, ServerError
-from plantdx.model_repository import policy
+
+# Re-exported: the CLI and tests reach the view through this module.
+from .local_view import PINNED_MODELS
+from .local_view import VIEW_PREFIX as VIEW_PREFIX
+from .local_view import build_view as build_view
+from .local_view import pin_config_text as pin_config_text
 
 if TYPE_CHECKING:
     from .server import TritonServer
@@ -48,9 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("plantdx.supervise")
 
 ENV_VAR = "PLANTDX_SERVED_VERSION"
-PINNED_MODELS = ("preprocess", "classifier")  # published together as version N
-CONFIG = "config.pbtxt"
-VIEW_PREFIX = "plantdx-served-"  # views live in the temp directory
 
 
 def parse_served_version(value: str | int | None) -> int | None:
@@ -67,14 +69,6 @@ def parse_served_version(value: str | int | None) -> int | None:
 
 def from_env(environ: dict[str, str] | None = None) -> int | None:
     return parse_served_version((os.environ if environ is None else environ).get(ENV_VAR))
-
-
-def pin_config_text(text: str, version: int) -> str:
-    """config.pbtxt text with its version policy replaced by `specific { versions: N }`."""
-    try:
-        return policy.pin_config_text(text, version)
-    except RepositoryError as exc:
-        raise ServerError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -137,64 +131,6 @@ def start_version(spec: ServedSpec | None, repository: str | Path) -> int | None
         )
         return None
     return target
-
-
-def _versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def build_view(repository: str | Path, version: int, dest: str | Path | None = None) -> Path:
-    """A view of `repository` that serves only `version` of preprocess and classifier.
-
-    Raises ServerError (naming the versions there are) when either lacks that version."""
-    if "://" in str(repository):
-        raise ServerError(
-            f"a served version needs a repository on a file system, not {repository}: pin the "
-            "repository itself instead (plantdx repo pin REPO N)"
-        )
-    repo = Path(repository).resolve()
-    if not repo.is_dir():
-        raise ServerError(f"model repository {repo} does not exist")
-    from .server import refuse_half_published
-
-    refuse_half_published(repo)  # the view links the repository: it must be whole
-    for name in PINNED_MODELS:
-        model_dir = repo / name
-        if not (model_dir / CONFIG).is_file():
-            raise ServerError(f"{repo} has no model {name} (no {name}/{CONFIG})")
-        have = _versions(model_dir)
-        if version not in have:
-            raise ServerError(
-                f"{repo} has no version {version} of {name} to serve (it has "
-                f"{', '.join(map(str, have)) or 'none'})"
-            )
-    view = Path(dest) if dest else Path(tempfile.mkdtemp(prefix=VIEW_PREFIX))
-    if view.exists():
-        shutil.rmtree(view)
-    view.mkdir(parents=True)
-    for entry in sorted(repo.iterdir()):
-        if entry.name not in PINNED_MODELS:
-            (view / entry.name).symlink_to(entry)
-            continue
-        (view / entry.name).mkdir()
-        for item in sorted(entry.iterdir()):
-            if item.name == CONFIG:
-                pinned = pin_config_text(item.read_text(), version)
-                (view / entry.name / CONFIG).write_text(pinned)
-            else:
-                (view / entry.name / item.name).symlink_to(item)
-    return view
-
-
-def refresh_view(repository: str | Path, view: str | Path) -> None:
-    """Link the versions published since `view` was built (a follower may switch to them)."""
-    repo, view = Path(repository).resolve(), Path(view)
-    for name in PINNED_MODELS:
-        if not (view / name).is_dir():
-            continue
-        for item in sorted((repo / name).iterdir()):
-            if item.name != CONFIG and not (view / name / item.name).exists():
-                (view / name / item.name).symlink_to(item)
 
 
 def with_repository(argv: Sequence[str], repository: str | Path) -> list[str]:

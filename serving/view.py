@@ -24,7 +24,7 @@ from pathlib import Path
 
 from plantdx.model_repository.policy import CONFIG, PAIRED, pin_config_text
 
-from .served_version import VIEW_PREFIX, build_view, refresh_view
+from .local_view import VIEW_PREFIX, build_view, refresh_view
 
 
 def is_s3(location: str | Path) -> bool:
