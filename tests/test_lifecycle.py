@@ -68,7 +68,7 @@ def _states(server) -> dict[tuple[str, str], str]:
     assert done.returncode == 0, done.stderr
     import json
 
-    return {(r["name"], r["version"]): r["state"] for r in json.loads(done.stdout)}
+    return {(r["name"], r["version"]): r["state"] for r in json.loads(done.stdout)["models"]}
 
 
 def test_model_control_refuses_requests_without_the_key(lifecycle) -> None:
