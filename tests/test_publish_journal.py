@@ -206,6 +206,7 @@ def _published(repo: Path) -> bool:
 
 def test_sigterm_while_publishing_rolls_back_then_exits_143(repo: Path) -> None:
     before = snapshot(repo)
+    handler = signal.getsignal(signal.SIGTERM)  # not always SIG_DFL: earlier tests may set one
 
     def term(staged: StagedVersion) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -214,7 +215,7 @@ def test_sigterm_while_publishing_rolls_back_then_exits_143(repo: Path) -> None:
         publish(repo, term)
     assert stopped.value.code == 128 + signal.SIGTERM
     assert snapshot(repo) == before
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == handler  # handlers restored
 
 
 def test_sigint_while_publishing_rolls_back_then_raises_keyboard_interrupt(repo: Path) -> None:
