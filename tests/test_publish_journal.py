@@ -224,8 +224,13 @@ def test_sigint_while_publishing_rolls_back_then_raises_keyboard_interrupt(repo:
     def interrupt(staged: StagedVersion) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        publish(repo, interrupt)
+    # Python's own SIGINT handler, whatever an earlier test in this process left installed.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            publish(repo, interrupt)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert snapshot(repo) == before
 
 

@@ -168,12 +168,12 @@ def _serve(repo: Path) -> subprocess.Popen[str]:
 
 
 def test_serve_says_why_the_server_did_not_start(tmp_path: Path) -> None:
-    """No --log-file: the reason still comes from Triton's own log, in one error."""
+    """A repository without the served models is refused before Triton starts, in one error."""
     (tmp_path / "repo").mkdir()
     proc = _serve(tmp_path / "repo")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
-    assert "last lines of the server log" in err and "failed to poll model 'plantdx'" in err, err
+    assert "has no model preprocess" in err, err
     assert "Traceback" not in err
 
 
