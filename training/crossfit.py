@@ -15,7 +15,6 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from .augment import build_augment
-from .build import Trainee, build_optimizer
+from .build import Trainee, build_optimizer, build_scheduler
 from .config import TrainConfig
 from .crossfit_data import CrossfitConfig
 from .engine import EvalResult, evaluate, train_one_epoch
@@ -167,16 +166,12 @@ def _continue(
     fold: int,
 ) -> None:
     """`steps` optimizer steps from the current weights on draws from `weights` over `pool`:
-    a fresh optimizer, linear warm-up over 10 % of the steps, then cosine to zero."""
+    a fresh optimizer and the base's schedule shape (build_scheduler): 10 % warm-up, cosine."""
     c: CrossfitConfig = cfg.crossfit
     optimizer = build_optimizer(trainee.net, dataclasses.replace(cfg, lr=c.lr))
-    warmup = max(1, steps // 10)
-    factor: Callable[[int], float] = lambda s: (  # noqa: E731
-        (s + 1) / warmup
-        if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * min((s - warmup) / max(1, steps - warmup), 1.0)))
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # The base's schedule over one "epoch" of `steps`: 10 % warm-up, then cosine to zero.
+    schedule = dataclasses.replace(cfg, warmup_epochs=0.1, scheduler="cosine")
+    scheduler = build_scheduler(optimizer, schedule, steps, 1)
     g = torch.Generator().manual_seed(seed)
     draws = torch.multinomial(
         torch.as_tensor(weights, dtype=torch.double), steps * cfg.batch_size, True, generator=g
