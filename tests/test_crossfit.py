@@ -113,6 +113,8 @@ def test_a_run_fits_its_rule_on_out_of_fold_predictions_of_every_field_photo(
     src = cf["sources"]["field"]
     assert src["without_crop"]["n"] == 28 and src["with_crop"]["n"] == 28
     assert 0 <= src["without_crop"]["accuracy_folds"]["min"] <= 1
+    assert set(src["hflip"]) == {"accuracy", "accuracy_with_crop"}
+    assert all(0 <= v <= 1 for v in src["hflip"].values())
     # The field source has no val/test photos: its figures are the out-of-fold ones.
     assert set(metrics["sources"]["field"]) == {"cv"}
     assert metrics["sources"]["field"]["cv"]["n"] == 28
@@ -124,3 +126,13 @@ def test_a_run_fits_its_rule_on_out_of_fold_predictions_of_every_field_photo(
     assert len(folds) == 28 and set(folds.values()) == {0, 1, 2}
     split = json.loads((run / "split.json").read_text())
     assert len(split["cv"]) == 28
+
+
+def test_the_flip_wrapper_averages_the_logits_of_the_image_and_its_mirror() -> None:
+    from plantdx.training.tta import HFlipMean
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 3 * 4, 5))
+    x = torch.randn(3, 2, 3, 4)
+    want = (net(x) + net(x[..., torch.arange(3, -1, -1)])) / 2
+    assert torch.allclose(HFlipMean(net)(x), want, atol=1e-6)
+    assert not torch.allclose(HFlipMean(net)(x), net(x), atol=1e-3)

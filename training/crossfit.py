@@ -31,6 +31,7 @@ from .engine import EvalResult, evaluate, train_one_epoch
 from .loading import PreparedData, eval_loader
 from .progress import Reporter
 from .sampling import sample_weights
+from .tta import HFlipMean
 
 
 @dataclass
@@ -44,6 +45,8 @@ class CrossfitResult:
     steps: int
     seconds: float
     fold_seconds: list[float] = field(default_factory=list)
+    # The same out-of-fold predictions with a left-right flip averaged in (HFlipMean).
+    hflip_logits: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -121,6 +124,7 @@ def run_crossfit(
         f"{c.folds + 1} continuations of {steps} steps"
     )
     oof_logits = np.zeros((len(paths), num_classes), dtype=np.float32)
+    flip_logits = np.zeros_like(oof_logits)
     fold_seconds: list[float] = []
     for k in [*range(c.folds), -1]:  # -1: the final continuation, every fold
         t0 = time.perf_counter()
@@ -138,6 +142,13 @@ def run_crossfit(
                 channels_last=trainee.channels_last,
             )
             oof_logits[idx] = res.logits
+            flip_logits[idx] = evaluate(
+                HFlipMean(trainee.net),
+                eval_loader(Subset(cv_eval, idx.tolist())),
+                trainee.criterion,
+                trainee.device,
+                channels_last=trainee.channels_last,
+            ).logits
         fold_seconds.append(time.perf_counter() - t0)
     probs = torch.from_numpy(oof_logits).softmax(1).numpy()
     pred = probs.argmax(1)
@@ -150,7 +161,13 @@ def run_crossfit(
         logits=oof_logits,
     )
     return CrossfitResult(
-        oof, folds, np.asarray(sources), steps, time.perf_counter() - started, fold_seconds
+        oof,
+        folds,
+        np.asarray(sources),
+        steps,
+        time.perf_counter() - started,
+        fold_seconds,
+        hflip_logits=flip_logits,
     )
 
 

@@ -1,7 +1,8 @@
 """The cross-fitted field figures under the fitted rule: per source, the out-of-fold accuracy,
 coverage and selective accuracy with their spread across folds, without and with the crop
 known (each photo's answer restricted to the crop of its label, as the served `CROP` input
-does)."""
+does), and what a test-time left-right flip would change (`hflip`: top-1 only, the rule was
+fitted without it)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def crossfit_figures(
         for key, mask in (("without_crop", None), ("with_crop", allowed)):
             probs = rule.probabilities(oof.logits, mask)
             entry[key] = _figures(probs, oof.targets, result.folds, in_src, rule.threshold)
+        if result.hflip_logits is not None:
+            entry["hflip"] = {
+                key: _accuracy(rule.probabilities(result.hflip_logits, mask), oof.targets, in_src)
+                for key, mask in (("accuracy", None), ("accuracy_with_crop", allowed))
+            }
         by_source[name] = entry
     return {"continuations": result.summary(), "sources": by_source}
 
@@ -63,3 +69,9 @@ def _figures(
             "max": float(values.max()) if len(values) else 0.0,
         }
     return out
+
+
+def _accuracy(probs: np.ndarray, targets: np.ndarray, in_src: np.ndarray) -> float:
+    if not in_src.any():
+        return 0.0
+    return float((probs[in_src].argmax(1) == targets[in_src]).mean())
