@@ -109,6 +109,32 @@ def test_balanced_weights_give_every_source_and_class_its_share() -> None:
     assert np.allclose(flat, 1 / 1050)
 
 
+def test_source_weights_multiply_a_named_sources_share() -> None:
+    from plantdx.exceptions import ConfigError
+    from plantdx.training.sampling import SamplingConfig
+
+    labels = np.array([0] * 50 + [1] * 50 + [0] * 50)
+    sources = np.array([0] * 100 + [1] * 50)
+    cfg = SamplingConfig(source_weights={"extra": 3.0})
+    mult = cfg.source_multipliers(["lab", "extra"])
+    assert mult == {1: 3.0}
+    w = sample_weights(
+        labels,
+        sources,
+        source_balance=1.0,
+        class_balance=1.0,
+        unknown_share=0.0,
+        source_multipliers=mult,
+    )
+    # Equal shares (source_balance 1) times 1 and 3: a quarter and three quarters.
+    assert w[sources == 0].sum() == pytest.approx(0.25)
+    assert w[sources == 1].sum() == pytest.approx(0.75)
+    with pytest.raises(ConfigError, match="not a source of this run"):
+        SamplingConfig(source_weights={"nope": 2.0}).source_multipliers(["lab"])
+    with pytest.raises(ConfigError, match="> 0"):
+        SamplingConfig(source_weights={"lab": 0.0}).source_multipliers(["lab"])
+
+
 def test_balanced_sampler_is_reproducible_and_splits_across_ranks() -> None:
     w = np.full(100, 0.01)
     a = list(BalancedSampler(w, 64, seed=7))

@@ -94,6 +94,7 @@ def run_crossfit(
     base_state: dict[str, torch.Tensor],
     *,
     num_classes: int,
+    source_names: list[str],
     train_weights: np.ndarray,
     seconds_left: float | None,
     sec_per_step: float,
@@ -116,6 +117,7 @@ def run_crossfit(
         source_balance=cfg.sampling.source_balance,
         class_balance=cfg.sampling.class_balance,
         unknown_share=0.0,
+        source_multipliers=cfg.sampling.source_multipliers(source_names),
     )
     n_field_train = round(len(paths) * (c.folds - 1) / c.folds)
     steps = continuation_steps(cfg, n_field_train, seconds_left, sec_per_step)

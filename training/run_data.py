@@ -169,7 +169,7 @@ def load_data(
     _check_readable(data, scan.class_names)
     sampler: Sampler[int] | None = None
     if cfg.sampling.mode == "balanced":
-        sampler = _balanced_sampler(cfg, data, dist)
+        sampler = _balanced_sampler(cfg, data, dist, scan.source_names)
     elif dist.enabled:
         sampler = DistributedSampler(
             data.datasets["train"],
@@ -195,7 +195,9 @@ def load_data(
     return LoadedData(data, skipped, sampler, loaders)
 
 
-def _balanced_sampler(cfg: TrainConfig, data: PreparedData, dist: Distributed) -> Sampler[int]:
+def _balanced_sampler(
+    cfg: TrainConfig, data: PreparedData, dist: Distributed, source_names: list[str]
+) -> Sampler[int]:
     """Draws that give every source and class its share (sampling.py); an epoch is as many
     draws as there are labelled training photos."""
     s = cfg.sampling
@@ -206,6 +208,7 @@ def _balanced_sampler(cfg: TrainConfig, data: PreparedData, dist: Distributed) -
         source_balance=s.source_balance,
         class_balance=s.class_balance,
         unknown_share=s.unknown_share,
+        source_multipliers=s.source_multipliers(source_names),
     )
     return BalancedSampler(
         weights,

@@ -16,8 +16,8 @@ it does not know, which the abstention threshold then catches.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from plantdx.data import UNKNOWN_LABEL
+from plantdx.exceptions import ConfigError
 
 
 @dataclass
@@ -39,6 +40,22 @@ class SamplingConfig:
     unknown_share: float = 0.15
     # Weight of the outlier-exposure term (the loss on unknown photos).
     unknown_weight: float = 0.5
+    # A source's share multiplied by this, by source name (a mixed source's lab-style part is
+    # NAME:lab); unnamed sources keep 1. Used by the base epochs and the continuations alike.
+    source_weights: dict[str, float] = field(default_factory=dict)
+
+    def source_multipliers(self, names: Sequence[str]) -> dict[int, float]:
+        """{source index: multiplier} for `names` (the run's sources, in order)."""
+        unknown = sorted(set(self.source_weights) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"sampling.source_weights names {unknown}, not a source of this run "
+                f"(sources: {list(names)})"
+            )
+        bad = {k: v for k, v in self.source_weights.items() if not v > 0}
+        if bad:
+            raise ConfigError(f"sampling.source_weights must be > 0: {bad}")
+        return {i: self.source_weights[n] for i, n in enumerate(names) if n in self.source_weights}
 
 
 def sample_weights(
@@ -48,6 +65,7 @@ def sample_weights(
     source_balance: float,
     class_balance: float,
     unknown_share: float,
+    source_multipliers: Mapping[int, float] | None = None,
 ) -> np.ndarray:
     """Probability of drawing each photo (sums to 1)."""
     labels = np.asarray(labels)
@@ -57,6 +75,8 @@ def sample_weights(
     src_ids = sorted(set(sources[known].tolist()))
     src_mass = np.array([np.sum(known & (sources == s)) for s in src_ids], dtype=np.float64)
     src_mass = src_mass ** (1.0 - source_balance)
+    mult = source_multipliers or {}
+    src_mass *= np.array([mult.get(s, 1.0) for s in src_ids], dtype=np.float64)
     src_mass /= src_mass.sum()
     for s, mass in zip(src_ids, src_mass, strict=True):
         in_src = known & (sources == s)

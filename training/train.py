@@ -304,6 +304,7 @@ class _Run:
             self.scan.cv_folds,
             base.state_dict,
             num_classes=len(self.scan.class_names),
+            source_names=self.scan.source_names,
             train_weights=weights,
             seconds_left=left,
             sec_per_step=sec_per_step,
