@@ -184,7 +184,7 @@ def test_freeze_stem_freezes_the_early_blocks_only() -> None:
     from plantdx.training.freezing import freeze_stem
 
     model = create_model("efficientnet_lite0", num_classes=3, pretrained=False, image_size=64)
-    norms = freeze_stem(model, 3)
+    norms = freeze_stem(model, "efficientnet_lite0", 3)
     frozen = [model._conv_stem, model._bn0, *model._blocks[:3]]
     assert all(not p.requires_grad for m in frozen for p in m.parameters())
     assert all(p.requires_grad for p in model._blocks[3].parameters())
@@ -205,10 +205,11 @@ def test_freeze_stem_leaves_other_models_alone() -> None:
     from plantdx.training.freezing import freeze_stem
 
     tiny = create_model("test_tiny", num_classes=3)
-    assert freeze_stem(tiny, 3) == []
+    assert freeze_stem(tiny, "test_tiny", 3) == []
     assert all(p.requires_grad for p in tiny.parameters())
     lite = create_model("efficientnet_lite0", num_classes=3, pretrained=False, image_size=64)
-    assert freeze_stem(lite, None) == [] and freeze_stem(lite, -1) == []
+    assert freeze_stem(lite, "efficientnet_lite0", None) == []
+    assert freeze_stem(lite, "efficientnet_lite0", -1) == []
     assert all(p.requires_grad for p in lite.parameters())
 
 

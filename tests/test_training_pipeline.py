@@ -360,7 +360,7 @@ def test_measuring_the_step_time_leaves_model_and_optimizer_as_they_were() -> No
     model = place_model(
         create_model(cfg.model, num_classes=3, image_size=32), torch.device("cpu"), True
     )
-    frozen = freeze_stem(model, cfg.freeze_blocks)
+    frozen = freeze_stem(model, cfg.model, cfg.freeze_blocks)
     assert frozen  # the stem and first blocks: their BatchNorm statistics must not move
     optimizer = build_optimizer(model, cfg)
     criterion = torch.nn.CrossEntropyLoss()

@@ -136,7 +136,7 @@ def build_trainee(
     if resume is not None:
         net.load_state_dict(resume.state_dict)
     net = place_model(net, device, cfg.channels_last)
-    frozen_norms: list[nn.Module] = freeze_stem(net, cfg.freeze_blocks)
+    frozen_norms: list[nn.Module] = freeze_stem(net, cfg.model, cfg.freeze_blocks)
     criterion = OutlierExposureLoss(
         label_smoothing=cfg.label_smoothing, unknown_weight=cfg.sampling.unknown_weight
     )

@@ -1,13 +1,11 @@
-"""What a run keeps frozen: the backbone under --freeze-backbone (until --unfreeze-after) and an
-EfficientNet's stem and first `freeze_blocks` blocks."""
+"""What a run keeps frozen: the backbone under --freeze-backbone (until --unfreeze-after) and the
+stem and first `freeze_blocks` blocks of an architecture that names them (`ModelSpec.stem`)."""
 
 from __future__ import annotations
 
-from typing import cast
-
 from torch import nn
 
-from plantdx.models import head_module
+from plantdx.models import get_spec, head_module
 
 from .config import TrainConfig
 
@@ -35,18 +33,16 @@ def set_backbone_frozen(model: nn.Module, name: str, frozen: bool) -> list[nn.Mo
     ]
 
 
-def freeze_stem(model: nn.Module, blocks: int | None) -> list[nn.Module]:
-    """Freeze the stem and the first `blocks` blocks of an EfficientNet-style model (`_conv_stem`,
-    `_bn0`, `_blocks`); returns their norm layers, which must stay in eval mode. Other models,
-    or `blocks` None or negative, are left alone."""
-    layers = getattr(model, "_blocks", None)
-    if blocks is None or blocks < 0 or layers is None or not hasattr(model, "_conv_stem"):
+def freeze_stem(model: nn.Module, name: str, blocks: int | None) -> list[nn.Module]:
+    """Freeze the stem and the first `blocks` blocks of architecture `name` (`ModelSpec.stem`:
+    EfficientNet-Lite's `_conv_stem`, `_bn0` and `_blocks`); returns their norm layers, which
+    must stay in eval mode. Architectures without a stem, or `blocks` None or negative, are
+    left alone."""
+    stem = None if blocks is None or blocks < 0 else get_spec(name).stem
+    if stem is None or blocks is None:
         return []
-    stem = cast(nn.Module, model._conv_stem)
-    parts: list[nn.Module] = [stem, getattr(model, "_bn0", nn.Identity())]
-    parts += list(layers[:blocks])
     norms: list[nn.Module] = []
-    for part in parts:
+    for part in stem(model, blocks):
         for p in part.parameters():
             p.requires_grad_(False)
         norms += [m for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -55,7 +51,7 @@ def freeze_stem(model: nn.Module, blocks: int | None) -> list[nn.Module]:
 
 def frozen_for_epoch(model: nn.Module, cfg: TrainConfig, epoch: int) -> list[nn.Module]:
     """Freeze what `cfg` keeps frozen in `epoch` (the backbone under --freeze-backbone until
-    --unfreeze-after, and an EfficientNet's stem and first `freeze_blocks` blocks); returns the
-    norm layers that must stay in eval mode."""
+    --unfreeze-after, and the stem and first `freeze_blocks` blocks); returns the norm layers
+    that must stay in eval mode."""
     norms = set_backbone_frozen(model, cfg.model, backbone_frozen(cfg, epoch))
-    return norms + freeze_stem(model, cfg.freeze_blocks)
+    return norms + freeze_stem(model, cfg.model, cfg.freeze_blocks)

@@ -3,8 +3,9 @@
 `registry` holds the ModelSpec registry and `create_model`; `pooling` the ONNX-safe adaptive
 pooling every model gets; one module per family registers its architectures when imported
 here: `tiny` (test_tiny, a small random network for fast tests), `efficientnet_lite`,
-`torchvision_models` (resnet50, efficientnet_b0, mobilenet_v3_*, vgg16) and `vit`. `cam` builds
-the class-activation-map wrapper.
+`torchvision_models` (resnet50, efficientnet_b0, mobilenet_v3_*, vgg16) and `vit`. Everything
+plantdx knows about an architecture is on its ModelSpec; `cam` (the class-activation-map
+wrapper) and `weights_import` read it from there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .pooling import MatrixAdaptiveAvgPool2d, adaptive_pool_matrix, exportable_p
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    CamSplit,
     ModelSpec,
     check_weights,
     create_model,
@@ -41,6 +43,7 @@ __all__ = [
     "LITE_STD",
     "TINY_VIT_CONFIG",
     "VIT_HUB_ID",
+    "CamSplit",
     "HFViT",
     "MatrixAdaptiveAvgPool2d",
     "ModelSpec",

@@ -5,89 +5,44 @@ For such a head, logit_c = mean_hw(F(h, w)) · W_c + b_c = mean_hw(W_c · F(h, w
 CAM_c(h, w) = W_c · F(h, w) + b_c is an exact spatial decomposition of logit c (its mean is the
 logit). `CamModel` returns (logits, cams): the logits computed exactly as the plain model
 computes them, and the maps of every class at the last feature-map resolution, computed as a
-1×1 convolution with the head's weights (exportable to ONNX).
+1×1 convolution with the head's weights (exportable to ONNX). Each architecture registers how
+its network splits into features and head on its ModelSpec (`cam`, a `CamSplit`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from plantdx.exceptions import ExplainUnavailableError
+from plantdx.exceptions import ExplainUnavailableError, ModelNotFoundError
 
-Split = tuple[
-    Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], nn.Linear
-]
+from .registry import CamSplit, get_spec
 
 
-def _lite(m: Any) -> Split:
-    """efficientnet_lite_pytorch: extract_features → _avg_pooling → _dropout → _fc."""
-
-    def head(f: torch.Tensor) -> torch.Tensor:
-        x = m._avg_pooling(f).flatten(1)
-        return m._fc(m._dropout(x))
-
-    return m.extract_features, head, m._fc
-
-
-def _resnet(m: Any) -> Split:
-    """torchvision ResNet: conv1 … layer4 → avgpool → fc."""
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
-
-    def head(f: torch.Tensor) -> torch.Tensor:
-        return m.fc(torch.flatten(m.avgpool(f), 1))
-
-    return features, head, m.fc
-
-
-def _efficientnet_b0(m: Any) -> Split:
-    """torchvision EfficientNet: features → avgpool → classifier[Dropout, Linear]."""
-
-    def head(f: torch.Tensor) -> torch.Tensor:
-        return m.classifier(torch.flatten(m.avgpool(f), 1))
-
-    return m.features, head, m.classifier[-1]
-
-
-def _tiny(m: Any) -> Split:
-    """TinyNet: features[:-2] → AdaptiveAvgPool2d(1) → Flatten → classifier."""
-    body = m.features[:-2]
-    pool, flat = m.features[-2], m.features[-1]
-
-    def head(f: torch.Tensor) -> torch.Tensor:
-        return m.classifier(flat(pool(f)))
-
-    return body, head, m.classifier
-
-
-_SPLITS: dict[str, Callable[[Any], Split]] = {
-    "efficientnet_lite0": _lite,
-    "efficientnet_lite1": _lite,
-    "efficientnet_lite2": _lite,
-    "resnet50": _resnet,
-    "efficientnet_b0": _efficientnet_b0,
-    "test_tiny": _tiny,
-}
+def _split(name: str) -> Callable[[nn.Module], CamSplit] | None:
+    """The architecture's registered CAM split (`ModelSpec.cam`); None for an unknown name."""
+    try:
+        return get_spec(name).cam
+    except ModelNotFoundError:
+        return None
 
 
 def cam_supported(name: str) -> bool:
     """Whether `create_model(name, ...)` builds a network with an exact CAM."""
-    return name in _SPLITS
+    return _split(name) is not None
 
 
-def require_cam(name: str) -> None:
-    if not cam_supported(name):
+def require_cam(name: str) -> Callable[[nn.Module], CamSplit]:
+    split = _split(name)
+    if split is None:
         raise ExplainUnavailableError(
             f"class-activation maps are not available for architecture {name}: its head is "
             "not global pooling + one linear layer"
         )
+    return split
 
 
 class CamModel(nn.Module):
@@ -96,14 +51,14 @@ class CamModel(nn.Module):
 
     def __init__(self, model: nn.Module, name: str) -> None:
         super().__init__()
-        require_cam(name)
+        split = require_cam(name)(model)
         self.model = model
         self.arch = name
-        self._features, self._head, fc = _SPLITS[name](model)
-        self.fc = fc
+        self._features, self._head = split.features, split.head
+        self.fc = split.linear
         # The pooling must be global: checked here, not found out as wrong maps later.
-        pool = _global_pool(model, name)
-        if pool is not None and pool.output_size not in (1, (1, 1)):
+        pool = split.pool
+        if isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size not in (1, (1, 1)):
             raise ExplainUnavailableError(
                 f"class-activation maps are not available for architecture {name}: its pool "
                 f"is not global (output size {pool.output_size})"
@@ -115,13 +70,6 @@ class CamModel(nn.Module):
         weight = self.fc.weight[:, :, None, None]
         cams = F.conv2d(f, weight, self.fc.bias)
         return logits, cams
-
-
-def _global_pool(model: nn.Module, name: str) -> nn.AdaptiveAvgPool2d | None:
-    attr = {"efficientnet_lite": "_avg_pooling", "test_tiny": "features.6"}
-    path = next((v for k, v in attr.items() if name.startswith(k)), "avgpool")
-    pool = model.get_submodule(path)
-    return pool if isinstance(pool, nn.AdaptiveAvgPool2d) else None
 
 
 def cam_model(model: nn.Module, name: str) -> CamModel:

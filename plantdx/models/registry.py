@@ -1,8 +1,11 @@
 """The model registry: every architecture plantdx can train, export and serve.
 
 Each family module (tiny, efficientnet_lite, torchvision_models, vit) registers a ModelSpec
-here: how to build the network, where its ImageNet weights live offline and what preprocessing
-its weights expect. This module imports no family; `plantdx.models` imports them all.
+here, which holds everything plantdx knows about the architecture: how to build the network,
+its default image size and the normalisation its weights expect, its head, how to check and
+import its ImageNet weights, its exact class-activation-map split and the early layers
+`--freeze-blocks` freezes. Nothing elsewhere keys on an architecture's name. This module
+imports no family; `plantdx.models` imports them all.
 """
 
 from __future__ import annotations
@@ -24,6 +27,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CamSplit:
+    """A network whose head is global average pooling + one linear layer, split for exact
+    class-activation maps (`plantdx.models.cam`): `head(features(x))` is the network's own
+    forward pass and `linear` the head's last layer. `pool` is the head's pooling module,
+    checked to be global before any map is computed."""
+
+    features: Forward
+    head: Forward
+    linear: nn.Linear
+    pool: nn.Module | None = None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -39,6 +58,15 @@ class ModelSpec:
     head: str = "classifier"
     # Checks a --weights value before any work (default: a readable file, `weights_file`).
     weights_check: Callable[[str | Path], object] | None = None
+    # `plantdx weights import SOURCE`: checks SOURCE and copies it where the builder looks for
+    # ImageNet weights; returns the destination. None: the architecture has none to import.
+    import_weights: Callable[[str | Path], Path] | None = None
+    # The exact class-activation-map split of a built network; None: no exact maps (the head
+    # is not global pooling + one linear layer).
+    cam: Callable[[nn.Module], CamSplit] | None = None
+    # The stem and first `k` blocks of a built network (what --freeze-blocks k freezes); None:
+    # --freeze-blocks leaves the architecture alone.
+    stem: Callable[[nn.Module, int], list[nn.Module]] | None = None
 
     def preprocessing(self, image_size: int | None = None) -> PreprocessMeta:
         return PreprocessMeta(

@@ -9,7 +9,7 @@ from torch import nn
 
 from plantdx.exceptions import ModelNotFoundError
 
-from .registry import IMAGENET_MEAN, IMAGENET_STD, ModelSpec, register_model
+from .registry import IMAGENET_MEAN, IMAGENET_STD, CamSplit, ModelSpec, register_model
 
 
 class TinyNet(nn.Module):
@@ -41,6 +41,17 @@ def _build_tiny(
     return model
 
 
+def _cam(m: Any) -> CamSplit:
+    """TinyNet: features[:-2] → AdaptiveAvgPool2d(1) → Flatten → classifier."""
+    body = m.features[:-2]
+    pool, flat = m.features[-2], m.features[-1]
+
+    def head(f: torch.Tensor) -> torch.Tensor:
+        return m.classifier(flat(pool(f)))
+
+    return CamSplit(body, head, m.classifier, pool)
+
+
 register_model(
     ModelSpec(
         "test_tiny",
@@ -49,5 +60,6 @@ register_model(
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         description="tiny random CNN for tests",
+        cam=_cam,
     )
 )

@@ -3,6 +3,7 @@ weights only from the local torch hub cache or --weights."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,18 +17,43 @@ from plantdx.exceptions import ModelNotFoundError
 from .registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    CamSplit,
     ModelSpec,
     load_state,
     register_model,
     weights_file,
 )
 
-_TORCHVISION = {
-    "resnet50": ("ResNet50_Weights", "fc"),
-    "efficientnet_b0": ("EfficientNet_B0_Weights", "classifier"),
-    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights", "classifier"),
-    "mobilenet_v3_small": ("MobileNet_V3_Small_Weights", "classifier"),
-    "vgg16": ("VGG16_Weights", "classifier"),
+
+def _resnet_cam(m: Any) -> CamSplit:
+    """torchvision ResNet: conv1 … layer4 → avgpool → fc."""
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+    def head(f: torch.Tensor) -> torch.Tensor:
+        return m.fc(torch.flatten(m.avgpool(f), 1))
+
+    return CamSplit(features, head, m.fc, m.avgpool)
+
+
+def _efficientnet_cam(m: Any) -> CamSplit:
+    """torchvision EfficientNet: features → avgpool → classifier[Dropout, Linear]."""
+
+    def head(f: torch.Tensor) -> torch.Tensor:
+        return m.classifier(torch.flatten(m.avgpool(f), 1))
+
+    return CamSplit(m.features, head, m.classifier[-1], m.avgpool)
+
+
+# name → (torchvision weights enum, head attribute, class-activation-map split or None)
+_TORCHVISION: dict[str, tuple[str, str, Callable[[Any], CamSplit] | None]] = {
+    "resnet50": ("ResNet50_Weights", "fc", _resnet_cam),
+    "efficientnet_b0": ("EfficientNet_B0_Weights", "classifier", _efficientnet_cam),
+    "mobilenet_v3_large": ("MobileNet_V3_Large_Weights", "classifier", None),
+    "mobilenet_v3_small": ("MobileNet_V3_Small_Weights", "classifier", None),
+    "vgg16": ("VGG16_Weights", "classifier", None),
 }
 
 
@@ -123,7 +149,7 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
     return build
 
 
-for _name, (_, _head) in _TORCHVISION.items():
+for _name, (_, _head, _cam) in _TORCHVISION.items():
     register_model(
         ModelSpec(
             _name,
@@ -133,5 +159,7 @@ for _name, (_, _head) in _TORCHVISION.items():
             std=IMAGENET_STD,
             description=f"torchvision {_name}",
             head=_head,
+            import_weights=functools.partial(import_torchvision_weights, _name),
+            cam=_cam,
         )
     )

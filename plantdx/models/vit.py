@@ -200,5 +200,6 @@ register_model(
         description="Vision Transformer (HuggingFace ViTForImageClassification)",
         head="vit.classifier",
         weights_check=_vit_weights_dir,
+        import_weights=import_vit_weights,
     )
 )

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plantdx.models import LITE_MEAN, LITE_STD, create_model
+from plantdx.models import create_model, get_spec
 
 
 class _Pooled(nn.Module):
@@ -54,8 +54,9 @@ class FeatureExtractor:
             buf.getvalue(), options, providers=["CPUExecutionProvider"]
         )
         self.size = size
-        self.mean = np.float32(255.0) * np.asarray(LITE_MEAN, dtype=np.float32)
-        self.std = np.float32(255.0) * np.asarray(LITE_STD, dtype=np.float32)
+        spec = get_spec("efficientnet_lite0")
+        self.mean = np.float32(255.0) * np.asarray(spec.mean, dtype=np.float32)
+        self.std = np.float32(255.0) * np.asarray(spec.std, dtype=np.float32)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         x = (pixels.astype(np.float32) - self.mean) / self.std
