@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from .export import ExportConfig, ExportResult, export
+from .config import ExportConfig, ExportResult
+from .export import export
 
 __all__ = ["ExportConfig", "ExportResult", "export"]

@@ -11,9 +11,8 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from plantdx.checkpoint import Checkpoint, checkpoint_crops, file_sha256, load_checkpoint
 from plantdx.config import resolve, to_dict
@@ -31,130 +30,13 @@ from plantdx.reference import REFERENCE_FILENAME
 from . import explain as explain_export
 from . import tensorrt as trt_export
 from . import tensorrt_publish as trt_publish
-from .onnx import (
-    DEFAULT_OPSET,
-    check_parity,
-    export_onnx,
-    require_parity,
-    simplify_onnx,
-)
+from .config import ExportConfig, ExportResult, settle
+from .onnx import check_parity, export_onnx, require_parity, simplify_onnx
 from .provenance import provenance as make_provenance
 from .reference import export_reference
 from .sources import SYNTHETIC_CHECK, check_images, resolve_source, spread
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExportConfig:
-    source: str = ""
-    to: Literal["onnx", "tensorrt"] = "onnx"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    repository: str = "model_repository_out"
-    # None: local (pip Triton, onnxruntime in a Python backend) for ONNX, triton for TensorRT.
-    target: Literal["local", "triton"] | None = None
-    # None: cpu for ONNX, gpu for TensorRT (plans run on GPUs only).
-    kind: Literal["cpu", "gpu"] | None = None
-    max_batch: int = 32
-    opt_batch: int = 8
-    opset: int = DEFAULT_OPSET
-    simplify: bool = False
-    # Parity (ONNX vs PyTorch) on real images: --check-data, else the run's test split.
-    check_data: str | None = None
-    check_images: int = 64
-    # The drift reference (reference.json): at most this many training and validation photos.
-    reference_photos: int = 200
-    max_abs_diff: float = 1e-4
-    min_top1_agreement: float = 1.0
-    # Precision gate (TensorRT plan vs FP32 ONNX) on up to gate_images of the same images.
-    gate_threshold: float = 0.99
-    gate_images: int = 512
-    # TensorRT build.
-    calibration: str | None = None
-    calibration_images: int = 512
-    calibration_cache: str | None = None
-    timing_cache: str | None = None
-    workspace_mb: int = 4096
-    carry_plans: bool = True
-    # ONNX on Triton's onnxruntime_onnx with the TensorRT execution accelerator (GPU only).
-    trt_accelerator: bool = False
-    version_policy: Literal["latest", "all", "specific"] = "latest"
-    latest_versions: int = 1
-    specific_versions: list[int] = field(default_factory=list)
-    # Overrides of model_repository.config.ServingOptions, e.g. {"preprocess": {"instances": 4}}.
-    serving: dict[str, Any] = field(default_factory=dict)
-    # This deployment's abstention threshold (postprocess parameter `abstain_threshold`),
-    # replacing the threshold of every served version's decision rule; None: the versions' own.
-    abstain_threshold: float | None = None
-
-
-@dataclass
-class ExportResult:
-    repository: Path
-    version: int
-    parity: dict[str, Any]
-    provenance: dict[str, Any]
-    gate: dict[str, Any] | None = None
-    plans: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    # The version's decision rule (preprocess/N/decision.json) and the deployment override.
-    decision: dict[str, Any] = field(default_factory=dict)
-    abstain_threshold: float | None = None
-    # The heatmap parity report when the classifier has class-activation maps, else None.
-    explain: dict[str, Any] | None = None
-
-
-def settle(cfg: ExportConfig) -> ExportConfig:
-    """Fill target/kind from the format and refuse combinations that cannot be served."""
-    trt = cfg.to == "tensorrt"
-    target = cfg.target or ("triton" if trt else "local")
-    kind = cfg.kind or ("gpu" if trt else "cpu")
-    if not cfg.source:
-        raise ConfigError(
-            "no export source: pass a checkpoint, run directory, run id or models:/ URI"
-        )
-    if trt and target == "local":
-        raise ConfigError(
-            "--target local runs on the pip-installed Triton, which has no TensorRT backend; "
-            "TensorRT plans need --target triton (the NGC tritonserver container)"
-        )
-    if trt and kind == "cpu":
-        raise ConfigError("TensorRT plans run on GPUs only: use --kind gpu (the default)")
-    if target == "local" and kind == "gpu":
-        raise ConfigError(
-            "--target local runs the classifier with onnxruntime on the CPU inside Triton's "
-            "Python backend; GPU instances need --target triton"
-        )
-    if cfg.trt_accelerator and (trt or target != "triton" or kind != "gpu"):
-        raise ConfigError(
-            "--trt-accelerator is for --to onnx --target triton --kind gpu (Triton's "
-            "onnxruntime backend with its TensorRT execution provider)"
-        )
-    if not trt and cfg.precision == "int8":
-        raise ConfigError("INT8 needs a calibrated TensorRT build: --to tensorrt --calibration DIR")
-    if not trt and cfg.precision == "fp16" and not cfg.trt_accelerator:
-        raise ConfigError(
-            "an FP16 ONNX export runs through TensorRT: use --to tensorrt --precision fp16 "
-            "(gated), or --target triton --kind gpu --trt-accelerator"
-        )
-    if cfg.precision == "int8" and not cfg.calibration:
-        raise ConfigError("--precision int8 needs --calibration DIR (a folder of images)")
-    if cfg.opset < DEFAULT_OPSET:
-        raise ConfigError(f"--opset must be {DEFAULT_OPSET} or newer, got {cfg.opset}")
-    if not 1 <= cfg.opt_batch <= cfg.max_batch:
-        raise ConfigError(
-            f"batch sizes must satisfy 1 <= --opt-batch <= --max-batch, got "
-            f"{cfg.opt_batch} and {cfg.max_batch}"
-        )
-    if not 0 < cfg.gate_threshold <= 1 or not 0 < cfg.min_top1_agreement <= 1:
-        raise ConfigError("agreement thresholds are fractions in (0, 1]")
-    if cfg.version_policy == "specific" and not cfg.specific_versions:
-        raise ConfigError("--version-policy specific needs --versions (e.g. --versions 3,4)")
-    if cfg.latest_versions < 1:
-        raise ConfigError("--latest-n must be at least 1")
-    if cfg.abstain_threshold is not None and not 0.0 <= cfg.abstain_threshold <= 1.0:
-        raise ConfigError(f"--abstain-threshold must be in [0, 1], got {cfg.abstain_threshold}")
-    return dataclasses.replace(cfg, target=target, kind=kind)
 
 
 def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> ExportResult:

@@ -8,16 +8,14 @@ import datetime as dt
 import platform
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from plantdx.checkpoint import Checkpoint, file_sha256
 
 from . import tensorrt as trt_export
+from .config import ExportConfig
 from .onnx import ParityReport, Simplification
 from .sources import RUN_ID
-
-if TYPE_CHECKING:
-    from .export import ExportConfig
 
 
 def source_kind(source: str) -> str:

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -21,10 +21,8 @@ from plantdx.model_repository.repository import (
 )
 
 from . import tensorrt as trt_export
+from .config import ExportConfig
 from .onnx import onnx_logits
-
-if TYPE_CHECKING:
-    from .export import ExportConfig
 
 CALIBRATION_CACHE_FILENAME = "calibration.cache"
 
