@@ -23,6 +23,13 @@ def need(module: str) -> Any:
         raise Skip(f"{module} is not installed ({exc})") from None
 
 
+def need_trt(device: str) -> None:
+    """TensorRT steps need a CUDA device and the tensorrt package."""
+    if device != "cuda":
+        raise Skip("TensorRT needs a CUDA device")
+    need("tensorrt")
+
+
 def version(module: str) -> str:
     try:
         return str(getattr(importlib.import_module(module), "__version__", "present"))

@@ -6,15 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from .gpu_record import Skip
-
-if TYPE_CHECKING:
-    from .gpu_steps import Steps
+from .gpu_record import Skip, need_trt
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -67,10 +64,11 @@ def torch_speed(device: str) -> dict[str, float]:
     return out
 
 
-def trt_speed(steps: Steps) -> dict[str, float]:
-    """Images/s of each plan built, batch 64, host↔device copies included (as in serving)."""
-    steps.need_trt()
-    if not steps.trt:
+def trt_speed(device: str, plans: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Images/s of each plan built (`plans`: precision → its export, as `Steps.trt` holds
+    them), batch 64, host↔device copies included (as in serving)."""
+    need_trt(device)
+    if not plans:
         raise Skip("no plan was built")
     import tensorrt as trt
 
@@ -78,7 +76,7 @@ def trt_speed(steps: Steps) -> dict[str, float]:
 
     x = np.random.default_rng(0).standard_normal((64, 3, 224, 224)).astype(np.float32)
     out = {}
-    for precision, built in steps.trt.items():
+    for precision, built in plans.items():
         plan = Path(built["repo"]) / "classifier" / str(built["version"]) / built["file"]
         runner = PlanRunner(trt, plan, max_batch=64)
         out[precision] = images_per_s(lambda: runner(x), 64, 20, torch.cuda.synchronize)  # noqa: B023

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .gpu_record import Check, Skip, need, version
+from .gpu_record import Check, Skip, need, need_trt, version
 
 _MODULES = ("plantdx", "onnx", "onnxruntime", "tensorrt", "tritonclient", "mlflow",
             "albumentations", "cv2", "onnxslim", "pytest")  # fmt: skip
@@ -155,13 +155,8 @@ class Steps:
                 out["onnxruntime_cuda_vs_cpu"] = "skipped: onnxruntime has no CUDAExecutionProvider"
         return out
 
-    def need_trt(self) -> None:
-        if self.device != "cuda":
-            raise Skip("TensorRT needs a CUDA device")
-        need("tensorrt")
-
     def trt_export(self, precision: str, **kw: Any) -> dict[str, Any]:
-        self.need_trt()
+        need_trt(self.device)
         from plantdx.export import ExportConfig, export
         from plantdx.model_repository.validate import validate_repository
 
@@ -215,7 +210,7 @@ def run_steps(check: Check, device: str) -> Steps:
         ("TensorRT FP16 plan + gate", 60, lambda: s.trt_export("fp16")),
         ("TensorRT INT8 plan (entropy calibration) + gate", 60,
          lambda: s.trt_export("int8", calibration=str(s.leaves), calibration_images=256)),
-        ("TensorRT plan images/s (batch 64)", 20, lambda: gpu_speed.trt_speed(s)),
+        ("TensorRT plan images/s (batch 64)", 20, lambda: gpu_speed.trt_speed(device, s.trt)),
         ("pytest -m gpu (tests that need a GPU)", 60, s.pytest_gpu),
     ]  # fmt: skip
     for name, needs_s, fn in plan:

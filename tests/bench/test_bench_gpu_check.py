@@ -89,7 +89,7 @@ def test_tensorrt_steps_skip_without_a_gpu(tmp_path: Path) -> None:
     with pytest.raises(Skip, match="TensorRT needs a CUDA device"):
         steps.trt_export("fp16")
     with pytest.raises(Skip, match="TensorRT needs a CUDA device"):
-        trt_speed(steps)
+        trt_speed(steps.device, steps.trt)
     with pytest.raises(Skip, match="no trained checkpoint"):
         steps.checkpoint()
 
