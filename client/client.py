@@ -7,11 +7,22 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from plantdx.exceptions import ClientError, ServerUnavailableError
 
 from .base import ClientBase, VersionCache, health_of, not_sent, source_name
+from .explain import (
+    EXPLAIN_MODEL,
+    ExplainOutcome,
+    Explanation,
+    explain_outcome,
+    explain_request,
+    lacks_explain,
+    no_explain,
+    to_explanation,
+)
 from .options import RETRIED, ClientOptions, classify, error_kind, to_error
 from .results import (
     CLASSIFIER,
@@ -27,9 +38,6 @@ from .results import (
     to_bytes,
     to_prediction,
 )
-
-if TYPE_CHECKING:
-    from .explain import ExplainOutcome, Explanation
 
 OnResult = Callable[[PredictOutcome], None]
 
@@ -200,12 +208,30 @@ class PlantDxClient(ClientBase):
         latency = (time.perf_counter() - start) * 1000
         return to_prediction(result, latency, source_name(image), self.classifier_version(), crop)
 
-    def explain(self, image: ImageLike, *, top_k: int = 3, crop: str | None = None) -> Explanation:
+    def explain(
+        self,
+        image: ImageLike,
+        *,
+        top_k: int = 3,
+        crop: str | None = None,
+        file: str | None = None,
+    ) -> Explanation:
         """Classify one image through `plantdx_explain`: the prediction and the top class's
-        heatmap (ClientError naming the problem when the server has no explanations)."""
-        from .explain import explain
-
-        return explain(self, image, top_k=top_k, crop=crop)
+        heatmap (ClientError naming the problem when the server has no explanations). `file`
+        names the image in the answer (default: its path)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        data = to_bytes(image)
+        start = time.perf_counter()
+        try:
+            result = self._call("infer", **explain_request(self._module(), data, top_k, crop))
+        except ClientError as exc:
+            if lacks_explain(exc):
+                raise no_explain(self.url) from exc
+            raise
+        latency = (time.perf_counter() - start) * 1000
+        name = file or source_name(image)
+        return to_explanation(result, latency, name, self.classifier_version(), crop)
 
     def explain_many(
         self,
@@ -215,10 +241,22 @@ class PlantDxClient(ClientBase):
         top_k: int = 3,
         crop: str | None = None,
     ) -> list[ExplainOutcome]:
-        """Explain many images in input order; a failed image never hides the others."""
-        from .explain import explain_many
+        """Explain many images, `concurrency` requests in flight, in input order; a failed
+        image never hides the others. A server without `plantdx_explain` raises at once."""
+        with self.clone() as probe:
+            if not probe._call("is_model_ready", EXPLAIN_MODEL):
+                raise no_explain(self.url)
 
-        return explain_many(self, images, concurrency=concurrency, top_k=top_k, crop=crop)
+        def one(i: int) -> ExplainOutcome:
+            with self.clone() as c:
+                return explain_outcome(
+                    images[i],
+                    i,
+                    lambda data, name: c.explain(data, top_k=top_k, crop=crop, file=name),
+                )
+
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(images) or 1))) as pool:
+            return list(pool.map(one, range(len(images))))
 
     def predict_many(
         self,

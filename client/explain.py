@@ -1,13 +1,12 @@
 """Explanations from the `plantdx_explain` ensemble: the prediction (exactly as `plantdx` answers
-it) and the heatmap of the top class, over HTTP or gRPC."""
+it) and the heatmap of the top class, over HTTP or gRPC. What an explanation is and how its
+request is built; `PlantDxClient.explain` and `explain_many` send it."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +24,6 @@ from .results import (
     to_bytes,
     to_prediction,
 )
-
-if TYPE_CHECKING:
-    from .client import PlantDxClient
 
 EXPLAIN_MODEL = "plantdx_explain"
 HEATMAP = "HEATMAP"
@@ -85,57 +81,26 @@ def no_explain(url: str) -> ClientError:
     )
 
 
-def explain(
-    client: PlantDxClient,
-    image: ImageLike,
-    *,
-    top_k: int = 3,
-    file: str | None = None,
-    crop: str | None = None,
+def to_explanation(
+    result: Any, latency_ms: float, source: str | None, version: str | None, crop: str | None
 ) -> Explanation:
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    data = to_bytes(image)
-    start = time.perf_counter()
-    try:
-        result = client._call("infer", **explain_request(client._module(), data, top_k, crop))
-    except ClientError as exc:
-        if lacks_explain(exc):
-            raise no_explain(client.url) from exc
-        raise
-    latency = (time.perf_counter() - start) * 1000
-    name = file or source_name(image)
-    prediction = to_prediction(result, latency, name, client.classifier_version(), crop)
+    """The explanation in a `plantdx_explain` answer (tritonclient's InferResult)."""
+    prediction = to_prediction(result, latency_ms, source, version, crop)
     heat = np.asarray(result.as_numpy(HEATMAP), dtype=np.float32)
     return Explanation(prediction, heat.reshape(heat.shape[-2:]))
 
 
-def explain_many(
-    client: PlantDxClient,
-    images: Sequence[ImageLike],
-    *,
-    concurrency: int = 4,
-    top_k: int = 3,
-    crop: str | None = None,
-) -> list[ExplainOutcome]:
-    """Explain many images, `concurrency` requests in flight, in input order; a failed image
-    never hides the others. A server without `plantdx_explain` raises at once."""
-    with client.clone() as probe:
-        if not probe._call("is_model_ready", EXPLAIN_MODEL):
-            raise no_explain(client.url)
-
-    def one(i: int) -> ExplainOutcome:
-        source = describe(images[i], i)
-        try:
-            data = to_bytes(images[i])
-        except (OSError, TypeError) as exc:
-            return ExplainOutcome(source, error=str(exc), kind=error_kind(exc))
-        with client.clone() as c:
-            try:
-                found = explain(c, data, top_k=top_k, file=source_name(images[i]), crop=crop)
-                return ExplainOutcome(source, data, found)
-            except (ClientError, OSError) as exc:
-                return ExplainOutcome(source, data, error=str(exc), kind=error_kind(exc))
-
-    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(images) or 1))) as pool:
-        return list(pool.map(one, range(len(images))))
+def explain_outcome(
+    image: ImageLike, index: int, explain: Callable[[bytes, str | None], Explanation]
+) -> ExplainOutcome:
+    """One input of explain_many: its bytes explained by `explain(data, source name)`; an
+    unreadable image or a failed request is the outcome's error, never raised."""
+    source = describe(image, index)
+    try:
+        data = to_bytes(image)
+    except (OSError, TypeError) as exc:
+        return ExplainOutcome(source, error=str(exc), kind=error_kind(exc))
+    try:
+        return ExplainOutcome(source, data, explain(data, source_name(image)))
+    except (ClientError, OSError) as exc:
+        return ExplainOutcome(source, data, error=str(exc), kind=error_kind(exc))
