@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .offline import Comparison, DriftReport
+from .report import Comparison, DriftReport
 
 
 def plot_comparisons(report: DriftReport, out: Path) -> None:

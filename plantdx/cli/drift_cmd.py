@@ -50,7 +50,8 @@ def check(
     abstention share, and a verdict (ok / drift, the thresholds of the alerts)."""
     if ctx.invoked_subcommand is not None:
         return
-    from plantdx.drift.offline import DriftConfig, drift, render_table
+    from plantdx.drift.offline import drift
+    from plantdx.drift.report import DriftConfig, render_table
 
     cfg = DriftConfig(
         repository=str(repository or ""),
