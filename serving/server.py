@@ -5,7 +5,7 @@ Its rooms: `install.py` (where the wheel's binary, backend and stub live, the en
 stubs need), `stub_env.py` (the allow-listed environment they get), `admin_key.py` (the key
 that restricts every non-inference API: given, or made per run), `procs.py` (ports and /proc),
 `repository_api.py` (Triton's repository API over HTTP), `watchdog.py` (reloading a model whose
-stub died).
+stub died), `startup.py` (what a start checks and loads, and its log when it fails).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .flags import parse_flags, server_settings
 from .install import prepare_backend_dir, pytriton_root, server_env
 from .procs import children, die_with_parent, free_port, port_free, proc_stat, shm_regions
 from .repository_api import CallError, RepositoryApi
+from .startup import default_models, log_tail, refuse_half_published, require_free_ports
 from .stub_env import scrubbed
 from .watchdog import StubWatchdog, stubs_of
 
@@ -41,34 +42,11 @@ __all__ = [  # what callers import from here
     "prepare_backend_dir",
     "proc_stat",
     "pytriton_root",
+    "refuse_half_published",
     "server_env",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def refuse_half_published(repository: Path, wait_s: float = 60.0) -> None:
-    """A repository that an export or pin was killed in may hold preprocess N beside
-    classifier N-1: refuse it until it is repaired. One being published now is waited for."""
-    from plantdx.model_repository.journal import publish_problems, publish_state
-
-    deadline = time.monotonic() + wait_s
-    while publish_state(repository) == "running" and time.monotonic() < deadline:
-        time.sleep(0.2)
-    problems = publish_problems(repository)
-    if problems:
-        raise ServerError(f"not serving {repository}: {problems[0]}")
-
-
-def default_models(repository: str | Path) -> list[str]:
-    """The models a server loads at start: the ensembles the repository has (plantdx first)."""
-    if str(repository).startswith("s3://"):
-        from plantdx.model_repository.s3 import S3Location
-
-        explain = "plantdx_explain" in S3Location.parse(str(repository)).folders()
-    else:
-        explain = (Path(repository) / "plantdx_explain" / "config.pbtxt").is_file()
-    return ["plantdx", *(["plantdx_explain"] if explain else [])]
 
 
 class TritonServer:
@@ -230,16 +208,10 @@ class TritonServer:
             raise ServerError(f"model repository {self.repository} does not exist")
         if not self.remote and self.repository.is_dir():
             refuse_half_published(self.repository)
-        for name, port in (
-            ("HTTP", self.http_port),
-            ("gRPC", self.grpc_port),
-            ("metrics", self.metrics_port),
-        ):
-            if not port_free(self.host, port):
-                raise ServerError(
-                    f"{name} port {port} on {self.host} is already in use: stop whatever holds "
-                    f"it or choose another port (--{name.lower().replace('grpc', 'grpc')}-port)"
-                )
+        require_free_ports(
+            self.host,
+            {"HTTP": self.http_port, "gRPC": self.grpc_port, "metrics": self.metrics_port},
+        )
         out: Any = None  # inherit: a supervised container's log is its stdout
         if self._wrapped is None:
             if not self.log_file:
@@ -334,16 +306,7 @@ class TritonServer:
         self._abort.set()
 
     def _log_tail(self, n: int = 8) -> str:
-        path = self.log_file or self._own_log
-        if not path or not path.is_file():
-            return ""
-        lines = path.read_text(errors="replace").splitlines()
-        # Triton's error lines (E<date> ...) say why; the last lines say where it stopped.
-        errors = [i for i, line in enumerate(lines) if line[:1] == "E" and line[1:5].isdigit()]
-        keep = sorted(set(errors[-8:]) | set(range(max(0, len(lines) - n), len(lines))))
-        key = self._admin_key
-        text = "\n".join(lines[i].replace(key, "***") if key else lines[i] for i in keep)
-        return "\nlast lines of the server log (and its errors):\n" + text
+        return log_tail(self.log_file or self._own_log, self._admin_key, n)
 
     def stop(self, *, timeout_s: float | None = None, drain: bool = True) -> int | None:
         """Drain, then SIGTERM, then SIGKILL after the timeout.
