@@ -1,8 +1,10 @@
 """The floors run one way: CLI → orchestrators (promotion, bench) → stages (training, export,
 serving, client, drift) → model_repository (the format under export and serving) → core →
-exceptions. An AST walk of every module (imports inside functions included) checks that no
-module imports a floor above its own, that stages do not import each other, and that no two
-modules import each other, directly or round a longer loop."""
+exceptions, and inside the core: checkpoint → models, data, capture, ... → the basics. An AST
+walk of every module (imports inside functions and under `if TYPE_CHECKING:` included) checks
+that no module imports a floor above its own, that stages do not import each other, that no two
+modules import each other, directly or round a longer loop, and that no module outgrows one
+job (MAX_LINES). The packages and their folders are pyproject.toml's."""
 
 from __future__ import annotations
 
@@ -10,34 +12,40 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
-# Import name → folder, as pyproject.toml maps them.
-PACKAGES = {
-    "plantdx.training": "training",
-    "plantdx.export": "export",
-    "plantdx.model_repository": "model_repository",
-    "plantdx.serving": "serving",
-    "plantdx.client": "client",
-    "plantdx.promotion": "promotion",
-    "plantdx.drift": "drift",
-    "plantdx.bench": "bench",
-}
+_SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+# Import name → folder, and every package the wheel ships, as pyproject.toml declares them.
+PACKAGE_DIRS: dict[str, str] = _SETUPTOOLS["package-dir"]
+PACKAGES: list[str] = _SETUPTOOLS["packages"]
 STAGES = {"training", "export", "serving", "client", "drift"}
 FLOORS = {"exceptions": 0, "core": 1, "model_repository": 2, **dict.fromkeys(STAGES, 3)}
 FLOORS.update({"promotion": 4, "bench": 4, "cli": 5})
+# The floors inside the core (README, "Architecture"), by top-level module or sub-package.
+CORE_FLOORS = {
+    # The basics: they import nothing else of the core.
+    **dict.fromkeys(("plantdx", "addresses", "config", "crops", "decision", "files"), 1),
+    **dict.fromkeys(("heatmap", "imagestats", "labels", "preprocessing"), 1),
+    **dict.fromkeys(("synth_paint", "tracking"), 1),
+    # Built on the basics.
+    **dict.fromkeys(("capture", "data", "models", "overlay", "reference", "synth"), 2),
+    # A trained model: its network (models), preprocessing, crops and files.
+    "checkpoint": 3,
+}
 # The package's entry point (`python -m plantdx`) runs the CLI.
 ENTRY_POINTS = {"plantdx.__main__"}
+MAX_LINES = 400
 
 
-def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT)
-    for name, folder in PACKAGES.items():
-        if rel.parts[0] == folder:
-            parts = [name, *rel.with_suffix("").parts[1:]]
-            break
-    else:
-        parts = list(rel.with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def package_dir(package: str) -> Path:
+    """The folder of an import package, by pyproject.toml's package-dir (longest prefix)."""
+    parts = package.split(".")
+    for i in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:i])
+        if prefix in PACKAGE_DIRS:
+            return ROOT / PACKAGE_DIRS[prefix] / Path(*parts[i:])
+    return ROOT / Path(*parts)
 
 
 def room(module: str) -> str:
@@ -48,31 +56,32 @@ def room(module: str) -> str:
     return "core"
 
 
+def core_unit(module: str) -> str:
+    """A core module's place in CORE_FLOORS: its top-level module or sub-package."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def level(module: str) -> tuple[int, int]:
+    """The floor, and inside the core its floor there."""
+    floor = FLOORS[room(module)]
+    return (floor, CORE_FLOORS.get(core_unit(module), 0) if room(module) == "core" else 0)
+
+
 def modules() -> Iterator[tuple[str, Path]]:
-    for folder in ("plantdx", *PACKAGES.values()):
-        base = ROOT / folder
-        if base.is_dir():
-            for path in sorted(base.rglob("*.py")):
-                yield module_name(path), path
-
-
-def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node, except the bodies of `if TYPE_CHECKING:` (imports for annotations only)."""
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for other in node.orelse:
-                yield other
-                yield from _runtime_nodes(other)
-            continue
-        yield node
-        yield from _runtime_nodes(node)
+    """Every module of every package pyproject.toml lists."""
+    for package in PACKAGES:
+        for path in sorted(package_dir(package).glob("*.py")):
+            name = package if path.stem == "__init__" else f"{package}.{path.stem}"
+            yield name, path
 
 
 def imports(module: str, path: Path) -> set[str]:
-    """Every plantdx module `module` imports when it runs, at the top or inside a function."""
+    """Every plantdx module `module` imports: at the top, inside a function, or for the type
+    checker only (`if TYPE_CHECKING:`), since a circle closed by an annotation is a circle."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -98,12 +107,36 @@ def graph() -> dict[str, set[str]]:
 
 def test_no_module_imports_a_floor_above_its_own() -> None:
     upward = [
-        f"{m} ({room(m)}) imports {t} ({room(t)})"
+        f"{m} ({room(m)} {level(m)}) imports {t} ({room(t)} {level(t)})"
         for m, targets in graph().items()
         for t in targets
-        if m not in ENTRY_POINTS and FLOORS[room(t)] > FLOORS[room(m)]
+        if m not in ENTRY_POINTS and level(t) > level(m)
     ]
     assert not upward, "\n".join(upward)
+
+
+def test_every_core_module_has_a_core_floor() -> None:
+    """A new core module is given its floor here (and in README's table) before it lands."""
+    core = {core_unit(m) for m in graph() if room(m) == "core" and m not in ENTRY_POINTS}
+    assert core <= set(CORE_FLOORS), sorted(core - set(CORE_FLOORS))
+
+
+def test_every_package_folder_is_a_listed_package() -> None:
+    """Every folder with an __init__.py under a package root is in pyproject.toml's packages,
+    so the walk (and the wheel) sees all of it."""
+    listed = {package_dir(p) for p in PACKAGES}
+    roots = {ROOT / d for d in PACKAGE_DIRS.values()}
+    found = {i.parent for r in roots for i in r.rglob("__init__.py")}
+    assert found <= listed, sorted(str(p.relative_to(ROOT)) for p in found - listed)
+
+
+def test_no_module_is_over_max_lines() -> None:
+    long = [
+        f"{path.relative_to(ROOT)}: {n} lines"
+        for _, path in modules()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    ]
+    assert not long, "\n".join(long)
 
 
 def test_stages_do_not_import_each_other() -> None:
@@ -142,6 +175,10 @@ def test_the_walk_sees_the_floors() -> None:
     assert {room(m) for m in edges} >= {"cli", "core", "model_repository", *STAGES, "promotion"}
     assert "plantdx.exceptions" in edges["plantdx.model_repository.journal"]
     assert room("plantdx.cli.predict") == "cli" and room("plantdx.decision") == "core"
+    # Sub-packages are walked, and imports for the type checker only are edges too.
+    assert "plantdx.training.audit.features" in edges
+    assert "plantdx.serving.server" in edges["plantdx.serving.served_version"]
+    assert level("plantdx.checkpoint") > level("plantdx.models.registry") > level("plantdx.files")
 
 
 def test_repository_commands_do_not_load_torch(tiny_repo: Path) -> None:
