@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from plantdx.decision import check_threshold
 from plantdx.exceptions import ConfigError
 
 from .onnx import DEFAULT_OPSET
@@ -119,6 +120,6 @@ def settle(cfg: ExportConfig) -> ExportConfig:
         raise ConfigError("--version-policy specific needs --versions (e.g. --versions 3,4)")
     if cfg.latest_versions < 1:
         raise ConfigError("--latest-n must be at least 1")
-    if cfg.abstain_threshold is not None and not 0.0 <= cfg.abstain_threshold <= 1.0:
-        raise ConfigError(f"--abstain-threshold must be in [0, 1], got {cfg.abstain_threshold}")
+    if cfg.abstain_threshold is not None:
+        check_threshold(cfg.abstain_threshold, "--abstain-threshold", ConfigError)
     return dataclasses.replace(cfg, target=target, kind=kind)

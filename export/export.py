@@ -16,7 +16,7 @@ from typing import Any
 
 from plantdx.checkpoint import Checkpoint, checkpoint_crops, file_sha256, load_checkpoint
 from plantdx.config import resolve, to_dict
-from plantdx.decision import DecisionRule
+from plantdx.decision import DecisionRule, check_threshold
 from plantdx.exceptions import ConfigError, DatasetError, ExportError
 from plantdx.model_repository.config import ServingOptions
 from plantdx.model_repository.repository import (
@@ -203,8 +203,8 @@ def serving_options(cfg: ExportConfig) -> ServingOptions:
         base.classifier, max_batch_size=cfg.max_batch, preferred_batch_sizes=(cfg.opt_batch,)
     )
     threshold = base.abstain_threshold if cfg.abstain_threshold is None else cfg.abstain_threshold
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ConfigError(f"serving: abstain_threshold must be in [0, 1], got {threshold}")
+    if threshold is not None:
+        check_threshold(threshold, "serving: abstain_threshold", ConfigError)
     return dataclasses.replace(
         base,
         kind=cfg.kind or "cpu",

@@ -32,6 +32,15 @@ UNCERTAIN = "uncertain"
 DECISION_FILENAME = "decision.json"
 
 
+def check_threshold(
+    value: float, what: str = "threshold", error: type[Exception] = ValueError
+) -> float:
+    """An abstention threshold is a number in [0, 1]: `value`, else `error` naming `what`."""
+    if not 0.0 <= value <= 1.0:
+        raise error(f"{what} must be in [0, 1], got {value}")
+    return value
+
+
 def parse_threshold(text: str) -> float | None:
     """A threshold written as text (a config parameter): None when empty, else a number in
     [0, 1]; anything else raises ValueError."""
@@ -39,12 +48,9 @@ def parse_threshold(text: str) -> float | None:
     if not text:
         return None
     try:
-        value = float(text)
+        return check_threshold(float(text))
     except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be empty or a number in [0, 1], got {text!r}")
-    return value
+        raise ValueError(f"must be empty or a number in [0, 1], got {text!r}") from None
 
 
 def softmax(
@@ -76,8 +82,7 @@ class DecisionRule:
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        check_threshold(self.threshold)
 
     def probabilities(self, logits: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
         """Calibrated probabilities; with `allowed` (a crop's classes, bool [C] or [N, C]),
