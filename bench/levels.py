@@ -8,16 +8,18 @@ from typing import Any, Literal
 
 import numpy as np
 
+from plantdx.choices import Driver, Protocol
+
 
 @dataclass
 class ServeBenchConfig:
     url: str = "localhost:8000"
     images: str = ""
-    protocol: Literal["http", "grpc"] = "http"
+    protocol: Protocol = "http"
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 32])
     duration_s: float = 30.0
     warmup_s: float = 3.0
-    driver: Literal["async", "threads"] = "async"
+    driver: Driver = "async"
     # Make every request's bytes unique, so that a cache keyed on the request bytes (such as an
     # ensemble-level response cache) cannot answer a repeat. It does not defeat a cache keyed on
     # decoded pixels (the default repository's classifier cache): the decoded image is the same.

@@ -12,17 +12,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from plantdx.choices import Protocol
 from plantdx.exceptions import ClientError, ServerUnavailableError
 
 from .base import ClientBase, health_of, not_sent, source_name
 from .client import OnResult
-from .options import RETRIED, Protocol, classify, error_kind, to_error
+from .options import RETRIED, classify, error_kind, to_error
 from .results import (
     CLASSIFIER,
     ImageLike,
     Prediction,
     PredictOutcome,
     ServerHealth,
+    check_top_k,
     describe,
     lacks_decision,
     newest_ready_version,
@@ -168,8 +170,7 @@ class AsyncPlantDxClient(ClientBase):
         self, image: ImageLike, *, top_k: int = 3, crop: str | None = None
     ) -> Prediction:
         """PlantDxClient.predict: `crop` restricts the answer to that crop's classes."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        check_top_k(top_k)
         data = to_bytes(image)
         start = time.perf_counter()
         result = await self._infer_with_decision([data], top_k, crop)

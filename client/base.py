@@ -13,7 +13,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .options import ClientOptions, Protocol
+from plantdx.choices import Protocol
+
+from .options import ClientOptions
 from .results import (
     CROP,
     DECISION,

@@ -30,6 +30,7 @@ from .results import (
     Prediction,
     PredictOutcome,
     ServerHealth,
+    check_top_k,
     describe,
     lacks_decision,
     newest_ready_version,
@@ -200,8 +201,7 @@ class PlantDxClient(ClientBase):
         "bell pepper"): the answer is chosen among that crop's classes only; a name the
         model does not know raises ClientError (kind "invalid_crop") naming the crops it knows.
         """
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        check_top_k(top_k)
         data = to_bytes(image)
         start = time.perf_counter()
         result = self._infer_with_decision([data], top_k, crop)
@@ -219,8 +219,7 @@ class PlantDxClient(ClientBase):
         """Classify one image through `plantdx_explain`: the prediction and the top class's
         heatmap (ClientError naming the problem when the server has no explanations). `file`
         names the image in the answer (default: its path)."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        check_top_k(top_k)
         data = to_bytes(image)
         start = time.perf_counter()
         try:

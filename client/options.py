@@ -16,9 +16,10 @@ import re
 import socket
 import ssl as ssl_lib
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from plantdx.addresses import host_of, is_loopback
+from plantdx.choices import Protocol
 from plantdx.exceptions import (
     ClientError,
     ConfigError,
@@ -31,7 +32,6 @@ from plantdx.model_repository.names import ADMIN_HEADER
 
 from .results import MODEL
 
-Protocol = Literal["http", "grpc"]
 ErrorKind = Literal[
     "unavailable",
     "overloaded",
@@ -79,7 +79,7 @@ class ClientOptions:
     version_ttl_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("http", "grpc"):
+        if self.protocol not in get_args(Protocol):
             raise ConfigError(f"protocol must be 'http' or 'grpc', not {self.protocol!r}")
         if (
             not self.url

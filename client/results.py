@@ -124,6 +124,12 @@ class ServerHealth:
         }
 
 
+def check_top_k(top_k: int) -> None:
+    """A request asks for at least one class."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
 def to_bytes(image: ImageLike) -> bytes:
     """Encoded image bytes for a path, bytes or a PIL image (sent losslessly as PNG)."""
     if isinstance(image, bytes | bytearray | memoryview):

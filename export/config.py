@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from plantdx.choices import ExportFormat, Kind, Precision, Target, VersionPolicy
 from plantdx.decision import check_threshold
 from plantdx.exceptions import ConfigError
 
@@ -16,13 +17,13 @@ from .onnx import DEFAULT_OPSET
 @dataclass
 class ExportConfig:
     source: str = ""
-    to: Literal["onnx", "tensorrt"] = "onnx"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    to: ExportFormat = "onnx"
+    precision: Precision = "fp32"
     repository: str = "model_repository_out"
     # None: local (pip Triton, onnxruntime in a Python backend) for ONNX, triton for TensorRT.
-    target: Literal["local", "triton"] | None = None
+    target: Target | None = None
     # None: cpu for ONNX, gpu for TensorRT (plans run on GPUs only).
-    kind: Literal["cpu", "gpu"] | None = None
+    kind: Kind | None = None
     max_batch: int = 32
     opt_batch: int = 8
     opset: int = DEFAULT_OPSET
@@ -46,7 +47,7 @@ class ExportConfig:
     carry_plans: bool = True
     # ONNX on Triton's onnxruntime_onnx with the TensorRT execution accelerator (GPU only).
     trt_accelerator: bool = False
-    version_policy: Literal["latest", "all", "specific"] = "latest"
+    version_policy: VersionPolicy = "latest"
     latest_versions: int = 1
     specific_versions: list[int] = field(default_factory=list)
     # Overrides of model_repository.config.ServingOptions, e.g. {"preprocess": {"instances": 4}}.

@@ -8,11 +8,11 @@ tests parse it back with the same message type Triton uses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from plantdx.choices import ExportFormat, Kind, Target, VersionPolicy
 from plantdx.decision import parse_threshold
 from plantdx.exceptions import RepositoryError
 
@@ -39,9 +39,6 @@ from .names import COMPOSING as COMPOSING
 
 # Where the ONNX Runtime TensorRT execution accelerator keeps the engines it builds at load.
 TRT_ENGINE_CACHE_PATH = "/tmp/plantdx-trt-cache"
-
-Kind = Literal["cpu", "gpu"]
-Target = Literal["local", "triton"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ class ServingOptions:
     max_images_per_request: int = 8
     response_cache: bool = True
     # "latest" keeps the newest N versions loaded; "specific" pins them (rollback).
-    version_policy: Literal["latest", "all", "specific"] = "latest"
+    version_policy: VersionPolicy = "latest"
     latest_n: int = 1
     specific_versions: tuple[int, ...] = ()
     warmup: bool = True
@@ -194,7 +191,7 @@ def classifier_config(
     opts: ServingOptions,
     *,
     target: Target = "local",
-    platform: Literal["onnx", "tensorrt"] = "onnx",
+    platform: ExportFormat = "onnx",
     trt_accelerator: bool = False,
     trt_fp16: bool = False,
     cc_model_filenames: dict[str, str] | None = None,

@@ -18,8 +18,9 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from plantdx.choices import ExportFormat
 from plantdx.exceptions import RepositoryError
 
 PROVENANCE_FILENAME = "provenance.json"
@@ -28,7 +29,7 @@ ENGINES_FILENAME = "engines.json"
 GATE_FILENAME = "precision_gate.json"
 REPOSITORY_FILENAME = "plantdx-repository.json"
 STAGING_PREFIX = ".staging-"
-PLATFORMS = ("onnx", "tensorrt")
+PLATFORMS: tuple[str, ...] = get_args(ExportFormat)
 
 
 def backend_source(name: str) -> str:

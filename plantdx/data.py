@@ -15,14 +15,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+from plantdx.choices import RunSplit
 from plantdx.decision import UNCERTAIN
 from plantdx.exceptions import DatasetError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 SPLIT_FILENAME = "split.json"
-SPLITS = ("train", "val", "test")
+SPLITS: tuple[str, ...] = get_args(RunSplit)
 # The label of a photo that belongs to no class (a crop the model does not know).
 UNKNOWN_LABEL = -1
 

@@ -16,11 +16,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from plantdx.choices import Resize
 from plantdx.exceptions import PreprocessError
 
 # Limits applied to every encoded image before any pixel is decoded: the size in bytes, and the
@@ -61,7 +62,7 @@ META_FILENAME = "preprocessing.json"
 #   squash  resize both sides to the square (the aspect ratio is lost; the whole photo is seen)
 #   crop    resize the shorter side to the square, cut the centre (the edges are lost)
 #   pad     resize the longer side to the square, pad the rest with the mean colour
-RESIZE_MODES = ("squash", "crop", "pad")
+RESIZE_MODES: tuple[str, ...] = get_args(Resize)
 
 
 @dataclass(frozen=True)

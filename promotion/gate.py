@@ -4,12 +4,12 @@ noise and the chosen metric got better."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, get_args
 
+from plantdx.choices import GateMetric
 from plantdx.exceptions import ConfigError
 
-GateMetric = Literal["mean_source_accuracy", "accuracy", "selective_accuracy"]
-GATE_METRICS = ("mean_source_accuracy", "accuracy", "selective_accuracy")
+GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from plantdx.addresses import TLS_SCHEMES, host_of, is_loopback, port_of, scheme_of
+from plantdx.choices import Protocol
 from plantdx.exceptions import ClientError
 from plantdx.model_repository.config import CLASSIFIER, ENSEMBLE, PREPROCESS
 from plantdx.model_repository.names import ADMIN_HEADER, EXPLAIN_ENSEMBLE
 
 from .admin_key import find_key
 
-Protocol = Literal["http", "grpc"]
 GRPC_KEY_PREFIX = "triton-grpc-protocol-"  # how Triton's gRPC frontend spells custom headers
 VERSIONED = (CLASSIFIER, PREPROCESS)  # published together as version N
 

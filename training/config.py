@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
+
+from plantdx.choices import Device, Optimizer, Resize, Scheduler, SelectOn
 
 from .calibrate import AbstainConfig
 from .crossfit_data import CrossfitConfig
@@ -58,7 +60,7 @@ class TrainConfig:
     weights: str | None = None
     image_size: int | None = 160
     # How a non-square photo becomes the square input: squash | crop | pad (preprocessing.py).
-    resize: Literal["squash", "crop", "pad"] = "crop"
+    resize: Resize = "crop"
     # The most epochs; on a GPU (no time budget there) exactly this many.
     epochs: int = 20
     # On a CPU, plan the epochs so the whole run (decoding, training, validation, test pass,
@@ -67,11 +69,11 @@ class TrainConfig:
     # Ignored on a GPU.
     time_budget_min: float | None = 18.0
     batch_size: int = 32
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.01
     momentum: float = 0.9
-    scheduler: Literal["cosine", "step", "none"] = "cosine"
+    scheduler: Scheduler = "cosine"
     warmup_epochs: float = 0.3
     step_size: int = 3
     gamma: float = 0.1
@@ -89,7 +91,7 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 0
     cache_images: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     channels_last: bool = True
     amp: bool = True
     mlflow: bool = True
@@ -101,7 +103,7 @@ class TrainConfig:
     # The best epoch: the highest mean over sources of val accuracy (mean_source_acc), the
     # highest worst source (min_source_acc), or pooled val accuracy (pooled_acc). With one
     # source all three are the val accuracy.
-    select_on: Literal["mean_source_acc", "min_source_acc", "pooled_acc"] = "mean_source_acc"
+    select_on: SelectOn = "mean_source_acc"
     abstain: AbstainConfig = field(default_factory=AbstainConfig)
     # The field sources' photos in K folds: out-of-fold predictions for the decision rule,
     # then the shipped model on all of them (training/crossfit.py).

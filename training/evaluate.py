@@ -6,13 +6,14 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from plantdx.checkpoint import Checkpoint, checkpoint_crops, load_checkpoint
+from plantdx.choices import Device, EvalSplit
 from plantdx.data import SPLIT_FILENAME, Sample, read_split, scan_image_folder, scan_unknown
 from plantdx.decision import DecisionRule
 from plantdx.exceptions import DatasetError
@@ -30,13 +31,13 @@ class EvaluateConfig:
     data: list[str] | str = ""
     # Photos of no class: how many the model abstains on (unknown_n, unknown_abstain_rate).
     unknown_data: list[str] | str | None = None
-    split: Literal["all", "test", "val"] = "all"
+    split: EvalSplit = "all"
     batch_size: int = 64
     # Replaces the checkpoint's abstention threshold (its temperature stays).
     threshold: float | None = None
     # Where report.json and confusion_matrix.png go (default: eval-SPLIT beside the checkpoint).
     out: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     # Overlays (class-activation heatmaps) of up to this many misclassified photos.
     explain: int = 0
     # Each photo's crop taken from its label folder: its answer is chosen among that crop's

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
+from plantdx.choices import Sampling
 from plantdx.data import UNKNOWN_LABEL
 from plantdx.exceptions import ConfigError
 
@@ -34,7 +34,7 @@ from plantdx.exceptions import ConfigError
 class SamplingConfig:
     # balanced: BalancedSampler with the shares below; concat: every photo once per epoch,
     # shuffled (unknown photos included), as one concatenated dataset.
-    mode: Literal["balanced", "concat"] = "balanced"
+    mode: Sampling = "balanced"
     source_balance: float = 0.5
     class_balance: float = 0.5
     unknown_share: float = 0.15

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from plantdx.choices import Driver, Protocol
 from plantdx.config import resolve
 from plantdx.exceptions import ConfigError
 
-from .choices import Driver, Protocol, value
 from .console import clock_bar, err, show_progress
 from .options import overrides as _overrides
 from .predict import default_url, parse_headers
@@ -179,13 +179,13 @@ def serve(
         ServeBenchConfig,
         config,
         _overrides(
-            url=url or (default_url(protocol.value) if protocol else None),
+            url=url or (default_url(protocol) if protocol else None),
             images=images,
-            protocol=value(protocol),
+            protocol=protocol,
             concurrency=_levels(concurrency),
             duration_s=duration,
             warmup_s=warmup,
-            driver=value(driver),
+            driver=driver,
             unique=unique,
             max_images=max_images,
             timeout_s=timeout,

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
+from plantdx.choices import Device
 from plantdx.config import resolve
 
-from .choices import Device, value
 from .options import overrides as _overrides
 
 
@@ -68,7 +68,7 @@ def train(
             num_workers=num_workers,
             cache_images=cache_images,
             freeze_blocks=freeze_blocks,
-            device=value(device),
+            device=device,
             mlflow=False,
         ),
     )

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .choices import RunSplit
-
-
-class Conflicts(str, Enum):
-    drop_all = "drop-all"
-    keep_first = "keep-first"
-
+from plantdx.choices import Conflicts, RunSplit
 
 app = typer.Typer(help="Generate and inspect ImageFolder datasets.", no_args_is_help=True)
 
@@ -50,9 +43,7 @@ def field_proxy(
         str, typer.Argument(help="Run directory, split.json or ImageFolder of held-out photos.")
     ],
     out: Annotated[str, typer.Argument(help="Folder to write the proxy ImageFolder into.")],
-    split: Annotated[
-        RunSplit, typer.Option("--split", help="Split of a run to stage.")
-    ] = RunSplit.test,
+    split: Annotated[RunSplit, typer.Option("--split", help="Split of a run to stage.")] = "test",
     seed: Annotated[int, typer.Option("--seed")] = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 384,
     per_photo: Annotated[int, typer.Option("--per-photo", help="Staged images per photo.")] = 1,
@@ -72,7 +63,7 @@ def field_proxy(
             source,
             out,
             seed,
-            split=split.value,
+            split=split,
             size=size,
             per_photo=per_photo,
             effects=EFFECTS if effects is None else [e for e in effects.split(",") if e],
@@ -109,7 +100,7 @@ def audit(
             help="One photo under two labels in two sources: keep the copy in the source named "
             "first (name the curated one first), or drop every copy.",
         ),
-    ] = Conflicts.keep_first,
+    ] = "keep_first",
     exclude_label_issues: Annotated[
         bool,
         typer.Option(
@@ -140,7 +131,7 @@ def audit(
         out=str(out),
         lab=list(lab or []),
         field=list(field or []),
-        conflicts="keep_first" if conflicts is Conflicts.keep_first else "drop_all",
+        conflicts=conflicts,
         exclude_label_issues=exclude_label_issues,
     )
     result = run_audit(cfg, reporter=Reporter(console=err, quiet=quiet or state.quiet))

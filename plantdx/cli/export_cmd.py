@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from plantdx.choices import ExportFormat, Kind, Precision, Target, VersionPolicy
 from plantdx.config import resolve
 from plantdx.exceptions import ConfigError
 
-from .choices import ExportFormat, Kind, Precision, Target, VersionPolicy, value
 from .console import show_progress, steps
 from .options import overrides as _overrides
 
@@ -33,7 +33,7 @@ def export(
             "(models:/plantdx/3, models:/plantdx@champion)."
         ),
     ],
-    to: Annotated[ExportFormat, typer.Option("--to", help="Model format.")] = ExportFormat.onnx,
+    to: Annotated[ExportFormat, typer.Option("--to", help="Model format.")] = "onnx",
     repository: Annotated[
         str | None, typer.Option("--repository", help="Triton model repository directory.")
     ] = None,
@@ -138,11 +138,11 @@ def export(
         config,
         _overrides(
             source=source,
-            to=to.value,
+            to=to,
             repository=repository,
-            precision=value(precision),
-            target=value(target),
-            kind=value(kind),
+            precision=precision,
+            target=target,
+            kind=kind,
             max_batch=max_batch,
             opt_batch=opt_batch,
             check_data=check_data,
@@ -155,7 +155,7 @@ def export(
             carry_plans=carry_plans,
             trt_accelerator=trt_accelerator,
             opset=opset,
-            version_policy=value(version_policy),
+            version_policy=version_policy,
             latest_versions=latest_n,
             specific_versions=_versions(specific),
             abstain_threshold=abstain_threshold,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .choices import Protocol
+from plantdx.choices import Protocol
 
 if TYPE_CHECKING:
     from plantdx.serving.control import ModelControl as ModelControlT
@@ -38,13 +38,13 @@ def _control(url: str, protocol: Protocol, key_env: str) -> ModelControlT:
 
     from plantdx.serving.control import ModelControl
 
-    return ModelControl(url, protocol=protocol.value, key=os.environ.get(key_env) or None)  # type: ignore[arg-type]
+    return ModelControl(url, protocol=protocol, key=os.environ.get(key_env) or None)
 
 
 @app.command("status")
 def status(
     url: Url = DEFAULT_URL,
-    protocol: ProtocolOpt = Protocol.http,
+    protocol: ProtocolOpt = "http",
     admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
     repository: Annotated[
         str | None,
@@ -98,7 +98,7 @@ def load(
         typer.Option("--version", help="Pin preprocess and classifier to this version (rollback)."),
     ] = None,
     url: Url = DEFAULT_URL,
-    protocol: ProtocolOpt = Protocol.http,
+    protocol: ProtocolOpt = "http",
     admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
 ) -> None:
     """Load or hot-update MODEL from the repository; the old version serves until the new one
@@ -115,7 +115,7 @@ def unload(
         bool, typer.Option("--with-dependents", help="Also unload the models an ensemble uses.")
     ] = False,
     url: Url = DEFAULT_URL,
-    protocol: ProtocolOpt = Protocol.http,
+    protocol: ProtocolOpt = "http",
     admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
 ) -> None:
     """Unload MODEL; in-flight requests to it finish first."""

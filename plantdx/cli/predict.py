@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from plantdx.choices import Protocol, Resize
 from plantdx.data import IMAGE_SUFFIXES, list_images
 from plantdx.exceptions import ConfigError
 
-from .choices import Protocol, Resize
 from .console import err, state
 
 if TYPE_CHECKING:
@@ -77,9 +77,7 @@ def predict(
             "--url", help="Server address (default localhost:8000, or localhost:8001 with grpc)."
         ),
     ] = None,
-    protocol: Annotated[
-        Protocol, typer.Option("--protocol", help="Wire protocol.")
-    ] = Protocol.http,
+    protocol: Annotated[Protocol, typer.Option("--protocol", help="Wire protocol.")] = "http",
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes to show per image.")] = 3,
     crop: Annotated[
         str | None,
@@ -137,7 +135,7 @@ def predict(
             help="How the served model made its square input (the model's "
             "preprocessing.json says): where the heatmap lies on the photo.",
         ),
-    ] = Resize.crop,
+    ] = "crop",
 ) -> None:
     """Classify leaf photos; exits non-zero when any image failed, with a reason per file."""
     from rich.console import Console
@@ -150,8 +148,8 @@ def predict(
         raise typer.BadParameter("no image files matched")
     start = time.perf_counter()
     with PlantDxClient(
-        url or default_url(protocol.value),
-        protocol.value,  # type: ignore[arg-type]
+        url or default_url(protocol),
+        protocol,
         timeout=timeout,
         retries=retries,
         headers=parse_headers(header or []),
@@ -167,7 +165,7 @@ def predict(
                 explain,
                 concurrency=concurrency,
                 top_k=top_k,
-                resize=explain_resize.value,
+                resize=explain_resize,
                 crop=crop,
             )
         else:

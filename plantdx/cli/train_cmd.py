@@ -8,18 +8,9 @@ from typing import Annotated
 
 import typer
 
+from plantdx.choices import Device, EvalSplit, Optimizer, Resize, Sampling, Scheduler, SelectOn
 from plantdx.config import resolve
 
-from .choices import (
-    Device,
-    EvalSplit,
-    Optimizer,
-    Resize,
-    Sampling,
-    Scheduler,
-    SelectOn,
-    value,
-)
 from .console import err, progress_bar, show_progress, state
 from .options import overrides as _overrides
 
@@ -180,8 +171,8 @@ def train(
         unknown_data=_one_or_many(unknown_data),
         exclude=exclude,
         domains=domains,
-        resize=value(resize),
-        select_on=value(select_on),
+        resize=resize,
+        select_on=select_on,
         out=out,
         model=model,
         epochs=epochs,
@@ -191,12 +182,12 @@ def train(
         pretrained=pretrained,
         weights=weights,
         time_budget_min=time_budget,
-        optimizer=value(optimizer),
-        scheduler=value(scheduler),
+        optimizer=optimizer,
+        scheduler=scheduler,
         freeze_backbone=freeze_backbone,
         unfreeze_after=unfreeze_after,
         freeze_blocks=freeze_blocks,
-        device=value(device),
+        device=device,
         seed=seed,
         num_workers=num_workers,
         weight_decay=weight_decay,
@@ -213,7 +204,7 @@ def train(
         mlflow=mlflow,
     )
     if sampling is not None:
-        overrides["sampling"] = {"mode": sampling.value}
+        overrides["sampling"] = {"mode": sampling}
     if resume:
         if config is not None:
             raise typer.BadParameter("--resume uses the run's config.yaml; drop --config")
@@ -255,7 +246,7 @@ def evaluate(
     split: Annotated[
         EvalSplit,
         typer.Option("--split", help="all: every image in --data; test, val: the run's split."),
-    ] = EvalSplit.all,
+    ] = "all",
     out: Annotated[
         str | None,
         typer.Option(
@@ -293,9 +284,9 @@ def evaluate(
             data=_one_or_many(data),
             unknown_data=_one_or_many(unknown_data),
             threshold=threshold,
-            split=split.value,
+            split=split,
             out=out,
-            device=value(device),
+            device=device,
             explain=explain or None,
             crop_from_labels=crop_from_labels or None,
         ),

@@ -4,7 +4,8 @@ thresholds (each measured on the shared photos: BENCHMARKS.md, "Data audit")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+
+from plantdx.choices import Conflicts
 
 
 @dataclass
@@ -19,7 +20,7 @@ class AuditConfig:
     # One photo under two labels in two sources: keep the copy in the source named first (the
     # curated source, named first, is trusted), or drop every copy. Copies in one source that
     # disagree are always all dropped.
-    conflicts: Literal["keep_first", "drop_all"] = "keep_first"
+    conflicts: Conflicts = "keep_first"
     # Photos cleanlab flags as mislabelled go into exclude.txt as comments only (their
     # precision by eye was too low to drop them by default); true: excluded.
     exclude_label_issues: bool = False
