@@ -24,14 +24,16 @@ FLOORS = {"exceptions": 0, "core": 1, "model_repository": 2, **dict.fromkeys(STA
 FLOORS.update({"promotion": 4, "bench": 4, "cli": 5})
 # The floors inside the core (README, "Architecture"), by top-level module or sub-package.
 CORE_FLOORS = {
-    # The basics: they import nothing else of the core.
-    **dict.fromkeys(("plantdx", "addresses", "config", "crops", "decision", "files"), 1),
-    **dict.fromkeys(("heatmap", "imagestats", "labels", "preprocessing"), 1),
-    **dict.fromkeys(("synth_paint", "tracking"), 1),
+    # The fixed choices of configs and options: imports nothing.
+    "choices": 1,
+    # The basics: they import nothing of the core but the choices.
+    **dict.fromkeys(("plantdx", "addresses", "config", "crops", "decision", "files"), 2),
+    **dict.fromkeys(("heatmap", "imagestats", "labels", "preprocessing"), 2),
+    **dict.fromkeys(("synth_paint", "tracking"), 2),
     # Built on the basics.
-    **dict.fromkeys(("capture", "data", "models", "overlay", "reference", "synth"), 2),
+    **dict.fromkeys(("capture", "data", "models", "overlay", "reference", "synth"), 3),
     # A trained model: its network (models), preprocessing, crops and files.
-    "checkpoint": 3,
+    "checkpoint": 4,
 }
 # The package's entry point (`python -m plantdx`) runs the CLI.
 ENTRY_POINTS = {"plantdx.__main__"}
@@ -167,6 +169,38 @@ def test_no_import_circle() -> None:
                     seen.add(nxt)
                     stack.append((nxt, [*path, nxt]))
     assert not circles, "\n".join(circles)
+
+
+def _string_choices(tree: ast.AST) -> Iterator[tuple[int, frozenset[str]]]:
+    """(line, values) of every Literal of strings, Enum of strings and literal tuple, list or
+    set of two or more strings."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith("Literal"):
+            elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        elif isinstance(node, ast.Tuple | ast.List | ast.Set) and len(node.elts) > 1:
+            elts = node.elts
+        elif isinstance(node, ast.ClassDef) and "Enum" in ast.unparse(node):
+            elts = [s.value for s in node.body if isinstance(s, ast.Assign)]
+        else:
+            continue
+        if all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in elts):
+            yield node.lineno, frozenset(e.value for e in elts if isinstance(e, ast.Constant))
+
+
+def test_each_choice_is_written_once() -> None:
+    """The fixed choices of the configs and the CLI (plantdx/choices.py) are imported, never
+    written again as another Literal, an Enum or a tuple of the same values."""
+    own = ROOT / "plantdx" / "choices.py"
+    choices = {values for _, values in _string_choices(ast.parse(own.read_text()))}
+    assert len(choices) >= 15
+    again = [
+        f"{path.relative_to(ROOT)}:{line} {sorted(values)}"
+        for _, path in modules()
+        if path != own
+        for line, values in _string_choices(ast.parse(path.read_text()))
+        if values in choices
+    ]
+    assert not again, "\n".join(again)
 
 
 def test_the_walk_sees_the_floors() -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import typing
 from collections.abc import Callable
-from enum import Enum
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from plantdx.cli import app, choices
+from plantdx import choices
+from plantdx.cli import app
 from plantdx.cli.console import log_level
 
 WIDE = {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
@@ -32,28 +32,29 @@ def _commands(typer_app: typer.Typer, path: list[str]) -> list[tuple[list[str], 
     return found
 
 
-def _enum_of(hint: object) -> type[Enum] | None:
+def _literal_of(hint: object) -> tuple[str, ...] | None:
+    """The values of a Literal type (or of an optional one)."""
     for arg in (hint, *typing.get_args(hint)):
-        if isinstance(arg, type) and issubclass(arg, Enum):
-            return arg
+        if typing.get_origin(arg) is typing.Literal:
+            return typing.get_args(arg)
     return None
 
 
 def _choice_options() -> list[tuple[list[str], str, list[str]]]:
-    """(command path, option, values) of every option whose type is an Enum."""
+    """(command path, option, values) of every option whose type is a Literal."""
     rows = []
     for path, fn in _commands(app, []):
         for hint in typing.get_type_hints(fn, include_extras=True).values():
             if typing.get_origin(hint) is not typing.Annotated:
                 continue
             base, *meta = typing.get_args(hint)
-            enum = _enum_of(base)
-            if enum is None:
+            values = _literal_of(base)
+            if values is None:
                 continue
             # In Annotated form typer takes a leading "--name" as the first declaration.
             names = [n for m in meta for n in (m.default, *m.param_decls) if isinstance(n, str)]
             decls = [n for n in names if n.startswith("--")]
-            rows.append((path, decls[0], [str(m.value) for m in enum]))
+            rows.append((path, decls[0], list(values)))
     return rows
 
 
@@ -73,6 +74,11 @@ def test_the_expected_options_are_choices() -> None:
         ("bench serve", "--protocol"),
         ("bench serve", "--driver"),
         ("bench train", "--device"),
+        ("train", "--device"),
+        ("train", "--resize"),
+        ("evaluate", "--split"),
+        ("data audit", "--conflicts"),
+        ("data field-proxy", "--split"),
         ("promote", "--metric"),
         ("compare", "--protocol"),
         ("models status", "--protocol"),
@@ -97,13 +103,26 @@ def test_a_value_outside_the_choices_is_a_usage_error() -> None:
     assert "ftp" in result.output
 
 
-def test_enum_values_are_the_stage_strings() -> None:
-    assert choices.Driver("async").value == "async"
-    assert choices.value(choices.Precision.fp16) == "fp16"
-    assert choices.value(None) is None
-    for enum in vars(choices).values():
-        if isinstance(enum, type) and issubclass(enum, Enum) and enum is not Enum:
-            assert all(isinstance(m.value, str) for m in enum)
+def test_every_choice_is_one_of_the_stage_choices() -> None:
+    """The options take the values the stage configs take: plantdx.choices, nothing else."""
+    shared = {
+        typing.get_args(v)
+        for v in vars(choices).values()
+        if typing.get_origin(v) is typing.Literal
+    }
+    assert len(shared) >= 15
+    for path, opt, values in CHOICES:
+        assert tuple(values) in shared, (path, opt, values)
+
+
+def test_a_choice_reaches_the_stage_as_its_string() -> None:
+    from unittest import mock
+
+    with mock.patch("plantdx.serving.control.ModelControl") as control:
+        control.return_value.status.side_effect = RuntimeError("stop here")
+        CliRunner().invoke(app, ["models", "status", "--protocol", "grpc"], env=WIDE)
+    assert control.call_args.kwargs["protocol"] == "grpc"
+    assert type(control.call_args.kwargs["protocol"]) is str
 
 
 def test_architectures_is_its_own_command() -> None:

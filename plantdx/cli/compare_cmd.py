@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
+from plantdx.choices import GateMetric, Protocol
 from plantdx.exceptions import ConfigError
-
-from .choices import GateMetric, Protocol
 
 # Options shared by compare and promote.
 Data = Annotated[
@@ -58,7 +57,7 @@ def compare(
     versions: Annotated[
         str | None, typer.Option("--versions", help="A,B: the server's versions to compare.")
     ] = None,
-    protocol: ProtocolOpt = Protocol.http,
+    protocol: ProtocolOpt = "http",
     admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
     limit: Limit = 0,
     concurrency: Concurrency = 4,
@@ -76,7 +75,7 @@ def compare(
         sources=list(sources or []),
         url=url,
         versions=_versions(versions),
-        protocol=protocol.value,
+        protocol=protocol,
         admin_key_env=admin_key_env,
         data=list(data),
         limit=limit,
@@ -99,7 +98,7 @@ def promote(
     ] = False,
     metric: Annotated[
         GateMetric, typer.Option("--metric", help="What must improve.")
-    ] = GateMetric.mean_source_accuracy,
+    ] = "mean_source_accuracy",
     min_gain: Annotated[float, typer.Option("--min-gain", help="By more than this.")] = 0.0,
     alpha: Annotated[
         float,
@@ -116,7 +115,7 @@ def promote(
     ] = "plantdx",
     alias: Annotated[str, typer.Option("--alias", help="The MLflow alias to move.")] = "champion",
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not touch MLflow.")] = False,
-    protocol: ProtocolOpt = Protocol.http,
+    protocol: ProtocolOpt = "http",
     admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
     limit: Limit = 0,
     concurrency: Concurrency = 4,
@@ -134,12 +133,12 @@ def promote(
 
     cfg = PromoteConfig(
         url=url,
-        protocol=protocol.value,
+        protocol=protocol,
         repository=repository,
         candidate=candidate,
         data=list(data),
         dry_run=dry_run,
-        gate=Gate(metric=metric.value, min_gain=min_gain, alpha=alpha, max_drop=max_drop),  # type: ignore[arg-type]
+        gate=Gate(metric=metric, min_gain=min_gain, alpha=alpha, max_drop=max_drop),
         limit=limit,
         concurrency=concurrency,
         admin_key_env=admin_key_env,
