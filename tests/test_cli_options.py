@@ -106,9 +106,7 @@ def test_a_value_outside_the_choices_is_a_usage_error() -> None:
 def test_every_choice_is_one_of_the_stage_choices() -> None:
     """The options take the values the stage configs take: plantdx.choices, nothing else."""
     shared = {
-        typing.get_args(v)
-        for v in vars(choices).values()
-        if typing.get_origin(v) is typing.Literal
+        typing.get_args(v) for v in vars(choices).values() if typing.get_origin(v) is typing.Literal
     }
     assert len(shared) >= 15
     for path, opt, values in CHOICES:
