@@ -101,11 +101,12 @@ def policy_versions(config_text: str, available: list[int]) -> list[int]:
 
 @dataclass(frozen=True)
 class Asked:
-    """What a repository asks to be served: `version`, and per paired model the versions its
-    policy serves."""
+    """What a repository asks to be served: `version`, per paired model the versions its
+    policy serves, and the versions it holds."""
 
     version: int
     served: dict[str, list[int]]
+    available: dict[str, list[int]] | None = None
 
 
 def asked_from(configs: dict[str, str], available: dict[str, list[int]], where: str) -> Asked:
@@ -116,4 +117,4 @@ def asked_from(configs: dict[str, str], available: dict[str, list[int]], where: 
             f"{where}: preprocess serves {served[PREPROCESS] or 'nothing'} and classifier "
             f"{served[CLASSIFIER] or 'nothing'}: no version in common (a change being written?)"
         )
-    return Asked(max(common), served)
+    return Asked(max(common), served, {name: sorted(available[name]) for name in PAIRED})

@@ -90,6 +90,10 @@ def sign(
     return headers
 
 
+class S3NotFoundError(RepositoryError):
+    """The object (or bucket) does not exist: HTTP 404."""
+
+
 @dataclass(frozen=True)
 class S3Location:
     endpoint: str  # scheme://host[:port], no trailing slash
@@ -146,7 +150,8 @@ class S3Location:
                 return bytes(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
-            raise RepositoryError(f"S3 {method} {self.bucket}/{key}: {exc.code} {detail}") from None
+            kind = S3NotFoundError if exc.code == 404 else RepositoryError
+            raise kind(f"S3 {method} {self.bucket}/{key}: {exc.code} {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise RepositoryError(f"S3 {method} {self.bucket}/{key}: {exc}") from None
 

@@ -7,6 +7,11 @@ gate passes on the same labelled photos.
        into the repository (every pod, every restart), move the MLflow alias, record the
        evidence; refused (or --dry-run): unload the candidate again, change nothing.
 
+A repository in a bucket (`--repository s3://...`) is written and nothing else: no local
+repository is needed, the server compared through is left as it was, and it switches to the
+candidate by itself like every other server following the bucket (`wait_s`: how long to watch
+it do so; the result's `followed` says whether it did).
+
 Every failure path ends in a known state: before the switch (a failed comparison, a refused
 gate) the server is restored on leaving the side-by-side; a switch that fails half way, even
 after the candidate was loaded and the ensemble moved, is put back (switch.py:
@@ -17,21 +22,21 @@ says so (PromotionUnrecordedError, exit code 5) and leaves the promotion in plac
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from plantdx.exceptions import ConfigError, PlantDxError
+from plantdx.model_repository.location import Repository, open_repository
 from plantdx.model_repository.names import CLASSIFIER, ENSEMBLE, PREPROCESS
-from plantdx.model_repository.repository import versions
 
 from .compare import Comparison
 from .gate import Gate, evaluate_gate
 from .photos import labelled_photos
 from .predictions import from_server
 from .record import candidate_provenance, record_in_mlflow, record_in_repository
-from .side_by_side import SideBySide, control_for
-from .switch import switch
+from .side_by_side import SideBySide, control_for, served_version
+from .switch import publish, switch
 
 
 class PromotionRefusedError(PlantDxError):
@@ -61,20 +66,24 @@ class PromoteConfig:
     registered_model: str = "plantdx"
     alias: str = "champion"
     mlflow: bool = True
+    # A repository the servers follow (s3://): seconds to watch the server at `url` switch.
+    wait_s: float = 60.0
 
 
-def _check(cfg: PromoteConfig) -> Path:
+def _check(cfg: PromoteConfig) -> Repository:
     cfg.gate.check()
     if not cfg.data:
         raise ConfigError("no labelled photos: pass --data DIR (repeatable, one per source)")
-    repo = Path(cfg.repository)
-    if not (repo / CLASSIFIER).is_dir():
-        raise ConfigError(f"{repo} is not a plantdx model repository (no {CLASSIFIER}/)")
-    for name in (PREPROCESS, CLASSIFIER):
-        if cfg.candidate not in versions(repo / name):
+    repo = open_repository(cfg.repository)
+    try:
+        repo.check()
+        held = {name: repo.versions(name) for name in (PREPROCESS, CLASSIFIER)}
+    except PlantDxError as exc:
+        raise ConfigError(str(exc)) from None
+    for name, have in held.items():
+        if cfg.candidate not in have:
             raise ConfigError(
-                f"{repo} has no version {cfg.candidate} of {name} "
-                f"(it holds {versions(repo / CLASSIFIER)})"
+                f"{repo.url} has no version {cfg.candidate} of {name} (it holds {held[CLASSIFIER]})"
             )
     return repo
 
@@ -104,7 +113,7 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
                 "champion": champion,
                 "candidate": cfg.candidate,
                 "server": cfg.url,
-                "repository": str(repo),
+                "repository": repo.url,
                 "data": list(cfg.data),
                 "gate": verdict,
                 "comparison": comparison,
@@ -131,21 +140,42 @@ def promote(cfg: PromoteConfig) -> dict[str, Any]:
                     error.result = result  # type: ignore[attr-defined]
                     raise error
                 return result
-            side.keep()
-            switch(side, cfg.candidate, repo)  # all or nothing: put back on any failure
-    result["promoted"] = True
-    _record(cfg, repo, evidence, result)
+            if not repo.is_remote:
+                side.keep()
+                switch(side, cfg.candidate, repo)  # all or nothing: put back on any failure
+        if repo.is_remote:  # the server is as it was; it follows the repository like the rest
+            publish(repo, cfg.candidate)
+        result["promoted"] = True
+        _record(cfg, repo, evidence, result)
+        if repo.is_remote:
+            result["followed"] = _wait_followed(control, cfg.candidate, cfg.wait_s)
     return result
 
 
+def _wait_followed(control: Any, candidate: int, wait_s: float) -> bool:
+    """Whether the server compared through serves the candidate within `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if served_version(control) == candidate and control.ready_versions(CLASSIFIER) == [
+                candidate
+            ]:
+                return True
+        except PlantDxError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
 def _record(
-    cfg: PromoteConfig, repo: Path, evidence: dict[str, Any], result: dict[str, Any]
+    cfg: PromoteConfig, repo: Repository, evidence: dict[str, Any], result: dict[str, Any]
 ) -> None:
     """The evidence, once the candidate serves: a failure here leaves the promotion complete
     and says what is missing."""
     result["recorded"] = {}
     try:
-        result["recorded"]["repository"] = str(record_in_repository(repo, cfg.candidate, evidence))
+        result["recorded"]["repository"] = record_in_repository(repo, cfg.candidate, evidence)
         if cfg.mlflow:
             run_id = candidate_provenance(repo, cfg.candidate).get("mlflow_run_id")
             result["recorded"]["mlflow"] = record_in_mlflow(
@@ -161,11 +191,20 @@ def _record(
         raise error from exc
 
 
-def _plan(champion: int, cfg: PromoteConfig, repo: Path) -> list[str]:
+def _plan(champion: int, cfg: PromoteConfig, repo: Repository) -> list[str]:
+    serve = (
+        f"serve version {cfg.candidate} from {repo.url} (version policy specific: "
+        f"[{cfg.candidate}])"
+    )
+    record = f"record the evidence in {CLASSIFIER}/{cfg.candidate}/promotion.json" + (
+        f" and MLflow (alias {cfg.alias!r} of {cfg.registered_model!r})" if cfg.mlflow else ""
+    )
+    if repo.is_remote:
+        follow = f"every server following {repo.url} switches to version {cfg.candidate} by itself"
+        return [serve, follow, record]
     return [
         f"move {ENSEMBLE} from version {champion} to version {cfg.candidate}",
         f"unload version {champion} of {CLASSIFIER} and {PREPROCESS}",
-        f"serve version {cfg.candidate} from {repo} (version policy specific: [{cfg.candidate}])",
-        f"record the evidence in {CLASSIFIER}/{cfg.candidate}/promotion.json"
-        + (f" and MLflow (alias {cfg.alias!r} of {cfg.registered_model!r})" if cfg.mlflow else ""),
+        serve,
+        record,
     ]

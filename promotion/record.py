@@ -11,31 +11,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from plantdx.model_repository.journal import atomic_write, locked
-from plantdx.model_repository.names import CLASSIFIER
-from plantdx.model_repository.repository import PROVENANCE_FILENAME, read_json
+from plantdx.model_repository.layout import PROVENANCE_FILENAME
+from plantdx.model_repository.location import Repository
 
 PROMOTION_FILENAME = "promotion.json"
 PROMOTION_EXPERIMENT = "plantdx-promotions"
 
 
-def candidate_provenance(repo: Path, version: int) -> dict[str, Any]:
-    return read_json(repo / CLASSIFIER / str(version) / PROVENANCE_FILENAME)
+def candidate_provenance(repo: Repository, version: int) -> dict[str, Any]:
+    return repo.version_json(version, PROVENANCE_FILENAME)
 
 
-def record_in_repository(repo: Path, version: int, evidence: dict[str, Any]) -> Path:
+def record_in_repository(repo: Repository, version: int, evidence: dict[str, Any]) -> str:
     """Append the decision to classifier/N/promotion.json (a list: a version may be promoted,
-    replaced and promoted again)."""
-    path = repo / CLASSIFIER / str(version) / PROMOTION_FILENAME
-    with locked(repo):
-        history = []
-        if path.is_file():
-            with contextlib.suppress(ValueError):
-                loaded = json.loads(path.read_text())
-                history = loaded if isinstance(loaded, list) else [loaded]
-        history.append(evidence)
-        atomic_write(path, (json.dumps(history, indent=2, default=str) + "\n").encode())
-    return path
+    replaced and promoted again), in a folder or in the bucket."""
+    return repo.append_record(version, PROMOTION_FILENAME, evidence)
 
 
 def registered_version(client: Any, name: str, run_id: str) -> str | None:

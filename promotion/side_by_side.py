@@ -106,6 +106,14 @@ class SideBySide:
         cfg = self.control.config(name)
         cfg["version_policy"] = {"specific": {"versions": [int(v) for v in versions]}}
         self.control.load_config(name, cfg, what or f"loading {name} versions {versions}")
+        # Triton loads the versions its repository holds and skips the others silently.
+        missing = sorted(set(versions) - set(self.control.ready_versions(name)))
+        if missing:
+            raise ClientError(
+                f"version {', '.join(map(str, missing))} of {name} did not load on "
+                f"{self.control.url}: its repository (or the view a following server serves) "
+                "does not hold it"
+            )
 
     def restore(self, also_loaded: list[int] | None = None) -> None:
         """Back to the versions held before, the ensemble as it was; every step is tried.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from plantdx.exceptions import PlantDxError
+from plantdx.model_repository.location import FolderRepository, Repository
 from plantdx.model_repository.names import CLASSIFIER, PREPROCESS
-from plantdx.model_repository.served import pin_served_version, restore_configs, saved_configs
 
 from .side_by_side import SideBySide
 
@@ -21,22 +21,23 @@ class PromotionFailedError(PlantDxError):
     exit_code = 4
 
 
-def switch(side: SideBySide, candidate: int, repo: Path) -> None:
+def switch(side: SideBySide, candidate: int, repository: Path | Repository) -> None:
     """Both versions are loaded and the ensemble is pinned to the champion: move the traffic,
     drop the champion, make it durable in the repository, reload the ensembles' own configs."""
-    configs = saved_configs(repo)
+    repo = FolderRepository(repository) if isinstance(repository, Path) else repository
+    configs = repo.saved_configs()
     try:
         side.pin_ensemble(candidate)
         for name in (CLASSIFIER, PREPROCESS):
             side.set_versions(name, [candidate], f"unloading the other versions of {name}")
-        pin_served_version(repo, candidate)
+        repo.pin(candidate)
         # The repository's own ensemble configs again (their steps follow the loaded version).
         for name in side.ensembles:
             side.control.load_config(name, None, f"reloading {name} from the repository")
     except BaseException as exc:
         problems = []
         try:  # whether or not the pin got through (an interrupt may follow it at once)
-            restore_configs(repo, configs)
+            repo.restore_configs(configs)
         except (PlantDxError, OSError) as undo:
             problems.append(f"the repository's version policy was not restored: {undo}")
         try:
@@ -49,4 +50,24 @@ def switch(side: SideBySide, candidate: int, repo: Path) -> None:
         raise PromotionFailedError(
             f"version {candidate} was not promoted: {exc}. Put back: {where}"
             + ("" if not problems else " (check `plantdx models status` and the repository)")
+        ) from exc
+
+
+def publish(repo: Repository, candidate: int) -> None:
+    """Only the repository moves (a repository the servers follow, such as `s3://`): its version
+    policy serves `candidate`, and each following server switches by itself. A pin that fails
+    half way (one config written) is put back."""
+    configs = repo.saved_configs()
+    try:
+        repo.pin(candidate)
+    except BaseException as exc:
+        try:
+            repo.restore_configs(configs)
+            where = "the repository's version policy is as it was"
+        except (PlantDxError, OSError) as undo:
+            where = f"the repository's version policy was not restored: {undo}"
+        if not isinstance(exc, Exception):
+            raise
+        raise PromotionFailedError(
+            f"version {candidate} was not promoted: {exc}. Put back: {where}"
         ) from exc

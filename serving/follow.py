@@ -109,6 +109,9 @@ def switch(
     ready = ready_versions(api)
     current = served_version(api, ready)
     if current == target and all(ready.get(n) == [target] for n in VERSIONED):
+        # Moved already (by model control, e.g. `plantdx promote` on a folder): the view's
+        # configs must say so too, or a reload (a dead stub's) would bring the old one back.
+        views.write_versions(location, view, [target])
         return False
     ensembles = [e for e in ENSEMBLES if ready.get(e)]
     configs = {e: api.config(e) for e in ensembles}
@@ -214,10 +217,12 @@ class Follower:
                     return False  # an export or pin in progress: the next look sees it whole
                 if state is not None:
                     raise PlantDxError("a change was interrupted (plantdx repo validate --repair)")
-            self.asked = asked_version(self.location).version
+            asked = asked_version(self.location)
+            self.asked = asked.version
         except PlantDxError as exc:
             self._say(logging.WARNING, f"not following {self.location} this time: {exc}")
             return False
+        self._add_new_versions(asked.available)
         target = self.target(self.asked)
         self._write_state(target)
         if target != self.asked:
@@ -253,6 +258,19 @@ class Follower:
             )
         self._write_state(target)
         return switched
+
+    def _add_new_versions(self, available: dict[str, list[int]] | None) -> None:
+        """New versions into the view, loadable beside the served one (a comparison, a
+        promotion, a canary); a failure is logged and tried again at the next look."""
+        if self.view is None or self.applied is None:
+            return
+        try:
+            added = views.add_new_versions(self.location, self.view, available, self.applied)
+        except (PlantDxError, OSError) as exc:
+            self._say(logging.WARNING, f"new versions of {self.location} not mirrored: {exc}")
+            return
+        if added:
+            log.info("mirrored version(s) %s of %s", ", ".join(map(str, added)), self.location)
 
     def _write_state(self, target: int) -> None:
         if self.http_port is None:

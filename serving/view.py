@@ -9,7 +9,13 @@ ensemble still pinned to it: failed requests). So a following server serves a vi
 - a folder repository: every model directory a symbolic link to the real one, except
   `preprocess` and `classifier`, which hold links to each version and their own config.pbtxt;
 - an `s3://` repository: a copy (a mirror) of the repository, `preprocess` and `classifier`
-  with only the versions served, the others downloaded when a switch needs them.
+  with the version served and every newer one (candidates a comparison or a canary loads
+  beside it), older ones downloaded when a switch needs them.
+
+`add_new_versions` keeps the view current between switches (the follower calls it at every
+look): a folder view links the versions published since it was built, an `s3://` view mirrors
+the new ones, so `plantdx compare --url` and `plantdx promote` can load a candidate beside the
+served version.
 
 `write_versions` rewrites the two configs from the repository's own text with `specific {
 versions: ... }`, step by step as the follower switches (follow.py); the repository is never
@@ -32,7 +38,8 @@ def is_s3(location: str | Path) -> bool:
 
 
 def build(location: str | Path, version: int) -> Path:
-    """A fresh view of `location` serving `version` of preprocess and classifier."""
+    """A fresh view of `location` serving `version` of preprocess and classifier (an s3://
+    view also holds every newer version)."""
     if not is_s3(location):
         return build_view(location, version)
     from plantdx.model_repository.s3 import S3Location
@@ -42,8 +49,9 @@ def build(location: str | Path, version: int) -> Path:
     try:
         for key in source.objects():
             head = key.split("/", 2)
-            if head[0] in PAIRED and len(head) > 2 and head[1].isdigit():
-                continue  # versions of the paired models: only the one served, below
+            versioned = head[0] in PAIRED and len(head) > 2 and head[1].isdigit()
+            if versioned and int(head[1]) <= version:
+                continue  # the one served: below; older ones: when a switch needs them
             if ".." in head or not key:
                 continue
             path = view / key
@@ -74,8 +82,35 @@ def add_version(location: str | Path, view: Path, version: int) -> None:
     source = S3Location.parse(str(location))
     for name in PAIRED:
         if not (view / name / str(version)).is_dir():
-            source.download(view, name, str(version))
-            (view / name / str(version)).mkdir(parents=True, exist_ok=True)  # an empty version
+            # Downloaded beside the view, then renamed in: Triton never sees half a version.
+            staging = Path(tempfile.mkdtemp(prefix=".plantdx-download-", dir=view.parent))
+            try:
+                source.download(staging, name, str(version))
+                (staging / name / str(version)).mkdir(parents=True, exist_ok=True)  # empty
+                (staging / name / str(version)).rename(view / name / str(version))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+
+def add_new_versions(
+    location: str | Path, view: Path, available: dict[str, list[int]] | None, served: int
+) -> list[int]:
+    """Make the versions published since the view was built loadable in it (a folder view: all
+    of them, by link; an `s3://` view: those newer than `served`, downloaded). `available` is
+    what the repository holds per paired model (model_repository.policy.Asked). Returns the
+    versions added to an `s3://` view."""
+    if not is_s3(location):
+        refresh_view(location, view)
+        return []
+    if not available:
+        return []
+    common = set.intersection(*(set(available.get(name, [])) for name in PAIRED))
+    added = []
+    for version in sorted(v for v in common if v > served):
+        if not all((view / name / str(version)).is_dir() for name in PAIRED):
+            add_version(location, view, version)
+            added.append(version)
+    return added
 
 
 def write_versions(location: str | Path, view: Path, versions: list[int]) -> None:
@@ -96,10 +131,11 @@ def write_versions(location: str | Path, view: Path, versions: list[int]) -> Non
 
 
 def drop_versions(location: str | Path, view: Path, keep: list[int]) -> None:
-    """Remove the mirrored versions no longer served (an s3:// view only; links stay)."""
+    """Remove the mirrored versions older than those served, `keep` (an s3:// view only; links
+    stay): newer ones stay for comparisons and canaries."""
     if not is_s3(location):
         return
     for name in PAIRED:
         for entry in (view / name).iterdir():
-            if entry.is_dir() and entry.name.isdigit() and int(entry.name) not in keep:
+            if entry.is_dir() and entry.name.isdigit() and int(entry.name) < min(keep):
                 shutil.rmtree(entry, ignore_errors=True)

@@ -16,8 +16,8 @@ import pytest
 
 from plantdx.exceptions import ClientError, RepositoryError
 from plantdx.export import ExportConfig, export
+from plantdx.model_repository.location import FolderRepository
 from plantdx.model_repository.served import served_by_policy
-from plantdx.promotion import switch as switch_mod
 from plantdx.promotion.side_by_side import SideBySide, pinned_version
 from plantdx.promotion.switch import PromotionFailedError, switch
 from plantdx.serving.control import ModelState
@@ -141,10 +141,10 @@ def test_a_failure_at_every_step_of_the_switch_puts_everything_back(
 def test_a_repository_that_cannot_be_pinned_puts_the_server_back(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full_disk(repo: Path, version: int) -> None:
+    def full_disk(self: FolderRepository, version: int) -> None:
         raise RepositoryError("No space left on device")
 
-    monkeypatch.setattr(switch_mod, "pin_served_version", full_disk)
+    monkeypatch.setattr(FolderRepository, "pin", full_disk)
     control = FakeControl()
     before = control.state()
     with pytest.raises(PromotionFailedError, match="No space left"):
@@ -155,13 +155,13 @@ def test_a_repository_that_cannot_be_pinned_puts_the_server_back(
 def test_an_interrupted_switch_is_put_back_then_interrupts(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = switch_mod.pin_served_version
+    real = FolderRepository.pin
 
-    def pinned_then_interrupted(repo: Path, version: int) -> None:
-        real(repo, version)
+    def pinned_then_interrupted(self: FolderRepository, version: int) -> None:
+        real(self, version)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(switch_mod, "pin_served_version", pinned_then_interrupted)
+    monkeypatch.setattr(FolderRepository, "pin", pinned_then_interrupted)
     before_repo = _configs(repo)
     control = FakeControl()
     before = control.state()

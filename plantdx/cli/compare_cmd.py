@@ -89,7 +89,14 @@ def compare(
 
 
 def promote(
-    repository: Annotated[str, typer.Option("--repository", help="The server's model repository.")],
+    repository: Annotated[
+        str,
+        typer.Option(
+            "--repository",
+            help="The server's model repository: a folder, or s3://... (then only the "
+            "repository is written; the servers following it switch by themselves).",
+        ),
+    ],
     candidate: Annotated[int, typer.Option("--candidate", help="The version to promote.")],
     data: Data,
     url: Annotated[str, typer.Option("--url", help="The server to promote on.")] = "127.0.0.1:8000",
@@ -119,6 +126,14 @@ def promote(
     admin_key_env: AdminKeyEnv = ADMIN_KEY_ENV,
     limit: Limit = 0,
     concurrency: Concurrency = 4,
+    wait_secs: Annotated[
+        float,
+        typer.Option(
+            "--wait-secs",
+            help="With an s3:// repository: how long to watch the --url server switch to the "
+            "candidate by itself (the result's `followed`).",
+        ),
+    ] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Serve and register the candidate as champion, only if the gate passes on --data."""
@@ -145,6 +160,7 @@ def promote(
         registered_model=registered_model,
         alias=alias,
         mlflow=not no_mlflow,
+        wait_s=wait_secs,
     )
     try:
         result = run(cfg)
@@ -169,6 +185,11 @@ def _show(result: dict, as_json: bool, format_table: object) -> None:
         typer.echo(f"  - {reason}")
     for step in result.get("steps", []):
         typer.echo(("" if result.get("dry_run") else "done: ") + step)
+    if result.get("followed") is False:
+        typer.echo(
+            "note: the server compared through did not serve the candidate in time; is it "
+            "following the repository (plantdx models status --url ... --json)?"
+        )
 
 
 def register(app: typer.Typer) -> None:
