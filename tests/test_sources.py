@@ -129,8 +129,11 @@ def test_source_weights_multiply_a_named_sources_share() -> None:
     # Equal shares (source_balance 1) times 1 and 3: a quarter and three quarters.
     assert w[sources == 0].sum() == pytest.approx(0.25)
     assert w[sources == 1].sum() == pytest.approx(0.75)
-    with pytest.raises(ConfigError, match="not a source of this run"):
-        SamplingConfig(source_weights={"nope": 2.0}).source_multipliers(["lab"])
+    # A name the run does not have is left out (the run reports it), not an error: the
+    # default recipe weighs a source by name that other runs do not have.
+    other = SamplingConfig(source_weights={"nope": 2.0, "lab": 2.0})
+    assert other.source_multipliers(["lab"]) == {0: 2.0}
+    assert other.not_sources(["lab"]) == ["nope"]
     with pytest.raises(ConfigError, match="> 0"):
         SamplingConfig(source_weights={"lab": 0.0}).source_multipliers(["lab"])
 

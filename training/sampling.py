@@ -42,16 +42,15 @@ class SamplingConfig:
     unknown_weight: float = 0.5
     # A source's share multiplied by this, by source name (a mixed source's lab-style part is
     # NAME:lab); unnamed sources keep 1. Used by the base epochs and the continuations alike.
+    # A name that is not a source of the run is ignored (the run says so when it starts).
     source_weights: dict[str, float] = field(default_factory=dict)
+
+    def not_sources(self, names: Sequence[str]) -> list[str]:
+        """The names in source_weights that are not among the run's sources."""
+        return sorted(set(self.source_weights) - set(names))
 
     def source_multipliers(self, names: Sequence[str]) -> dict[int, float]:
         """{source index: multiplier} for `names` (the run's sources, in order)."""
-        unknown = sorted(set(self.source_weights) - set(names))
-        if unknown:
-            raise ConfigError(
-                f"sampling.source_weights names {unknown}, not a source of this run "
-                f"(sources: {list(names)})"
-            )
         bad = {k: v for k, v in self.source_weights.items() if not v > 0}
         if bad:
             raise ConfigError(f"sampling.source_weights must be > 0: {bad}")

@@ -102,6 +102,12 @@ class _Run:
             self.budget.keep_share(cfg.crossfit.budget_share)
         for line in self.scan.audit.summary() if self.scan.audit else []:
             self.rep.info(line)
+        ignored = cfg.sampling.not_sources(self.scan.source_names)
+        if ignored:
+            self.rep.info(
+                f"sampling.source_weights: {', '.join(ignored)} not a source of this run "
+                f"(sources: {', '.join(self.scan.source_names)}): ignored"
+            )
         # Loads --weights: before the (slow) decoding, so errors come at once.
         self.trainee = build_trainee(
             cfg, len(self.scan.class_names), self.scan.meta, dist.device, self.resume
