@@ -33,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 DOCKER = ROOT / "docker"
+SCRIPTS = ROOT / "scripts"
 
 # The Kubernetes version every rendered object is validated against (kubernetes-validate,
 # strict mode: unknown fields are errors).
@@ -137,11 +138,12 @@ PLANTDX_METRICS = frozenset(
             for stat in DRIFT_STATISTICS
             for suffix in ("bucket", "count", "sum")
         ),
+        # Each loaded version's drift reference (its reference.json, as gauges of the
+        # preprocess: plantdx.reference_series), the other side of the drift rules.
+        "plantdx_reference_share",
+        "plantdx_reference_abstention_share",
     }
 )
-# Written by `plantdx drift rules` from the repository's reference.json files (constant
-# series loaded beside the rules), not by Triton: the drift rules compare with them.
-REFERENCE_METRICS = frozenset({"plantdx:reference_share", "plantdx:reference_abstention_share"})
 # Series that do not come from Triton, used only by alerts: `up` is written by Prometheus for
 # every target, kube_deployment_* by kube-state-metrics (part of kube-prometheus-stack).
 PLATFORM_METRICS = frozenset(
@@ -178,8 +180,8 @@ MANIFEST_METRICS = frozenset(
         "plantdx_preprocess_rejections_total",
         "plantdx_abstentions_total",
         *(f"plantdx_image_{stat}_bucket" for stat in DRIFT_STATISTICS),
-        "plantdx:reference_share",
-        "plantdx:reference_abstention_share",
+        "plantdx_reference_share",
+        "plantdx_reference_abstention_share",
         "up",
         "kube_deployment_spec_replicas",
         "kube_deployment_status_replicas_available",
@@ -187,7 +189,7 @@ MANIFEST_METRICS = frozenset(
 )
 # Everything a Triton /metrics scrape can contain that the manifests may use.
 SCRAPED_METRICS = TRITON_METRICS | GPU_ONLY_METRICS | PLANTDX_METRICS
-KNOWN_METRICS = SCRAPED_METRICS | PLATFORM_METRICS | REFERENCE_METRICS
+KNOWN_METRICS = SCRAPED_METRICS | PLATFORM_METRICS
 
 _PROMQL_KEYWORDS = frozenset(
     {
@@ -1360,12 +1362,30 @@ def test_metric_name_extraction() -> None:
     assert metric_names("plantdx:server_errors:rate5m > 0.05") == {"plantdx:server_errors:rate5m"}
 
 
-def test_rule_file_and_prometheus_rule_are_the_same(
+def test_prometheus_rule_is_generated_from_the_rule_file(
     renders: dict[str, list[dict[str, Any]]],
 ) -> None:
-    plain = yaml.safe_load((DOCKER / "prometheus" / "plantdx.rules.yaml").read_text())
+    """One source: docker/prometheus/plantdx.rules.yaml (compose's Prometheus loads it); the
+    PrometheusRule is what scripts/prometheus_rules.py generates from it, and every overlay
+    renders it unchanged."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "prometheus_rules", SCRIPTS / "prometheus_rules.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    source = (DOCKER / "prometheus" / "plantdx.rules.yaml").read_text()
+    generated = (K8S / "base" / "prometheusrule.yaml").read_text()
+    assert generated == script.prometheus_rule(source), "run scripts/prometheus_rules.py write"
+    assert script.main(["check"]) == 0
+    plain = yaml.safe_load(source)
     for name in (f"overlays/{o}" for o in OVERLAYS):
         assert find(renders[name], "PrometheusRule")["spec"] == plain
+    # A stale copy is caught: an edited source no longer matches the generated file.
+    edited = source.replace("interval: 1m", "interval: 2m", 1)
+    assert edited != source and script.prometheus_rule(edited) != generated
 
 
 def test_rules_cover_the_required_alerts(renders: dict[str, list[dict[str, Any]]]) -> None:
@@ -1512,7 +1532,7 @@ def test_metric_names_exist_in_live_scrape(
     scraped = scrape_metric_names(triton_metrics_text)
     assert "nv_inference_request_success" in scraped, "not a Triton scrape"
     used = manifest_metric_names(renders["overlays/gpu"], dashboard)
-    missing = sorted(used - scraped - GPU_ONLY_METRICS - PLATFORM_METRICS - REFERENCE_METRICS)
+    missing = sorted(used - scraped - GPU_ONLY_METRICS - PLATFORM_METRICS)
     assert not missing, f"used by the manifests but absent from a live Triton scrape: {missing}"
     assert 'model="plantdx"' in triton_metrics_text
     assert 'quantile="0.99"' in triton_metrics_text

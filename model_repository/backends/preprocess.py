@@ -12,7 +12,8 @@ version was sent emit [temperature, threshold]; the postprocess accepts both.)
 
 A random share of the decoded photos (config parameter `drift_sample_rate`) has its image
 statistics (`plantdx.imagestats`, on the pixels sent on) observed in one histogram each, `plantdx_image_<statistic>{model, version}`: the live side of
-drift monitoring, compared with the reference exported beside the classifier version.
+drift monitoring, compared with the reference exported beside the classifier version, which
+this model publishes as gauges while it is loaded (`plantdx.reference_series`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import PreprocessError
 from plantdx.imagestats import EDGES, METRIC_PREFIX, image_stats
 from plantdx.preprocessing import META_FILENAME, REJECTION_REASONS, PreprocessMeta, Preprocessor
+from plantdx.reference_series import publish_reference
 
 # What CALIBRATION holds per item; the postprocess reads the marker to tell this model.py from
 # one exported before the version was sent.
@@ -77,6 +79,13 @@ class TritonPythonModel:
         rate = (config.get("parameters", {}).get("drift_sample_rate") or {}).get("string_value")
         self.sample_rate = min(1.0, max(0.0, float(rate))) if rate else 1.0
         self.rng = np.random.default_rng()
+        # The other side of drift monitoring: this version's reference as gauges
+        # (plantdx.reference_series), published while the version is loaded.
+        try:
+            self.reference_metrics = publish_reference(pb_utils, version_dir, self.stat_labels)
+        except Exception as exc:  # serving goes on; the drift rules have no reference for it
+            self.reference_metrics = []
+            pb_utils.Logger.log_warn(f"version {version}: drift reference not published: {exc}")
 
     def execute(self, requests: list) -> list:
         try:

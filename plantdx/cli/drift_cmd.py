@@ -1,5 +1,5 @@
 """`plantdx drift`: captured photos against each version's reference; `plantdx drift rules`:
-the references as Prometheus rules for the drift alerts."""
+the references as a Prometheus rule file, for versions whose servers do not publish them."""
 
 from __future__ import annotations
 
@@ -74,13 +74,22 @@ def rules(
     kubernetes: Annotated[
         bool, typer.Option("--kubernetes", help="A PrometheusRule manifest instead of a rule file.")
     ] = False,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            help="The servers' Kubernetes namespace, which the drift rules match on (default "
+            "with --kubernetes: plantdx; none without).",
+        ),
+    ] = None,
 ) -> None:
-    """Every version's reference shares as constant Prometheus series
-    (plantdx:reference_share, plantdx:reference_abstention_share), read by the plantdx.drift
-    rules. Regenerate after every export."""
+    """Every version's reference shares as constant Prometheus series (plantdx_reference_share,
+    plantdx_reference_abstention_share), for versions exported before their servers published
+    them: versions exported now publish their own while loaded. Load it once beside the
+    plantdx.drift rules."""
     from plantdx.drift.rules import rules_text
 
-    text, missing = rules_text(repository, kubernetes=kubernetes)
+    text, missing = rules_text(repository, kubernetes=kubernetes, namespace=namespace)
     if out:
         out.write_text(text)
         typer.echo(f"wrote {out}", err=True)
