@@ -32,8 +32,9 @@ CORE_FLOORS = {
     **dict.fromkeys(("synth_paint", "tracking"), 2),
     # Built on the basics.
     **dict.fromkeys(("capture", "data", "models", "overlay", "reference", "synth"), 3),
-    # A trained model: its network (models), preprocessing, crops and files.
-    "checkpoint": 4,
+    # A trained model: its network (models), preprocessing, crops and files; a reference as
+    # the served series.
+    **dict.fromkeys(("checkpoint", "reference_series"), 4),
 }
 # The package's entry point (`python -m plantdx`) runs the CLI.
 ENTRY_POINTS = {"plantdx.__main__"}
