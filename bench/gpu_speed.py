@@ -74,7 +74,8 @@ def trt_speed(device: str, plans: dict[str, dict[str, Any]]) -> dict[str, float]
 
     from plantdx.export.tensorrt import PlanRunner
 
-    x = np.random.default_rng(0).standard_normal((64, 3, 224, 224)).astype(np.float32)
+    # The plans take the classifier's uint8 pixels (normalised inside the network).
+    x = np.random.default_rng(0).integers(0, 256, (64, 3, 224, 224), dtype=np.uint8)
     out = {}
     for precision, built in plans.items():
         plan = Path(built["repo"]) / "classifier" / str(built["version"]) / built["file"]

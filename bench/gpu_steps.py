@@ -112,19 +112,22 @@ class Steps:
                 "validate": validate_repository(repo) or "ok"}  # fmt: skip
 
     def check_batch(self, meta: Any) -> np.ndarray:
+        """The check photos as the exported classifier takes them (uint8 pixels)."""
         from plantdx.data import list_images
         from plantdx.preprocessing import Preprocessor
 
         pre = Preprocessor(meta)
-        return np.stack([pre(p.read_bytes()) for p in list_images(self.check_dir)])
+        return np.stack([pre.pixels(p.read_bytes()) for p in list_images(self.check_dir)])
 
     def compare_outputs(self) -> dict[str, Any]:
         from plantdx.checkpoint import load_checkpoint
+        from plantdx.export.onnx import torch_pixels
 
         from .gpu_speed import compare
 
         ckpt = load_checkpoint(self.checkpoint())
-        x = torch.from_numpy(self.check_batch(ckpt.preprocessing))
+        pixels = self.check_batch(ckpt.preprocessing)
+        x = torch.from_numpy(torch_pixels(pixels, ckpt.preprocessing))
         model = ckpt.build_model().eval()
         out: dict[str, Any] = {"model": ckpt.model_name, "images": len(x)}
         with torch.no_grad():
@@ -145,11 +148,11 @@ class Steps:
             ort = None
         if ort is not None and onnx_file.is_file():
             cpu_s = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-            ref = cpu_s.run(None, {"input": x.numpy()})[0]
+            ref = cpu_s.run(None, {"input": pixels})[0]
             out["onnxruntime_cpu_vs_torch_cpu"] = compare(cpu, ref)
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 cuda_s = ort.InferenceSession(str(onnx_file), providers=["CUDAExecutionProvider"])
-                got = cuda_s.run(None, {"input": x.numpy()})[0]
+                got = cuda_s.run(None, {"input": pixels})[0]
                 out["onnxruntime_cuda_vs_cpu"] = compare(ref, got)
             else:
                 out["onnxruntime_cuda_vs_cpu"] = "skipped: onnxruntime has no CUDAExecutionProvider"

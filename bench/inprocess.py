@@ -1,12 +1,16 @@
 """The machine's limit for plantdx's work: preprocessing + the ONNX model, in-process, no server.
 
 It runs exactly what a served request runs — `plantdx.preprocessing.Preprocessor` with the
-version's `preprocessing.json`, onnxruntime on `classifier/N/model.onnx`, the calibrated
+version's `preprocessing.json` (the uint8 pixels the classifier takes, or normalised float ones
+for a model exported before the graph normalised them), onnxruntime on
+`classifier/N/model.onnx`, the calibrated
 softmax and the decision of the version's `preprocess/N/decision.json` — in
 worker processes, for several layouts of the machine's cores (worker processes × onnxruntime
 threads × batch size). The best layout's throughput is the ceiling a server on this machine
 can approach; the layout with one worker using every core at batch 1 gives the single-image
-latency a server adds its overhead to.
+latency a server adds its overhead to. Each layout also reports the CPU its workers used per
+image (every thread, over the measured window): on a machine shared with other work, the
+steadiest figure to compare a server's CPU per image with.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class LayoutResult:
     mean_ms: float | None
     preprocess_ms_per_img: float
     model_ms_per_img: float
+    cpu_ms_per_img: float | None = None  # the workers' CPU (every thread) over the window
     best: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +130,8 @@ def _worker(
         str(Path(vdir) / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
     )
     name = session.get_inputs()[0].name
+    # What the classifier takes: uint8 pixels it normalises itself, or (older exports) floats.
+    prepare = pre.pixels if session.get_inputs()[0].type == "tensor(uint8)" else pre
     images = [Path(p).read_bytes() for p in paths]
     k = offset
 
@@ -136,7 +143,7 @@ def _worker(
             data = images[k % len(images)]
             k += 1
             try:
-                pixels.append(pre(data))
+                pixels.append(prepare(data))
             except Exception:
                 errors += 1
         t1 = time.perf_counter()
@@ -151,6 +158,7 @@ def _worker(
         one_batch()
     barrier.wait()
     start = time.perf_counter()
+    cpu0 = time.process_time()
     end = start + duration_s
     lat, pre_s, model_s, n, errors = [], 0.0, 0.0, 0, 0
     last = start
@@ -159,7 +167,7 @@ def _worker(
         last = time.perf_counter()
         lat.append(p + m)
         pre_s, model_s, errors, n = pre_s + p, model_s + m, errors + e, n + batch - e
-    results.put((n, last - start, lat, pre_s, model_s, errors))
+    results.put((n, last - start, lat, pre_s, model_s, errors, time.process_time() - cpu0))
 
 
 def _collect(procs: list[Any], results: Any, deadline: float) -> list[Any]:
@@ -241,6 +249,7 @@ def _run_layout(
         mean_ms=round(float(lat.mean()), 2) if lat.size else None,
         preprocess_ms_per_img=round(1000 * sum(part[3] for part in parts) / max(n, 1), 3),
         model_ms_per_img=round(1000 * sum(part[4] for part in parts) / max(n, 1), 3),
+        cpu_ms_per_img=round(1000 * sum(part[6] for part in parts) / max(n, 1), 3),
     )
 
 

@@ -20,8 +20,9 @@ from plantdx.heatmap import HEATMAP_TOLERANCE, class_heatmaps
 from plantdx.model_repository.names import ONNX_CAMS, ONNX_INPUT, ONNX_OUTPUT
 from plantdx.models.cam import CamModel as CamModel
 from plantdx.models.cam import cam_model, cam_supported
+from plantdx.preprocessing import PreprocessMeta
 
-from .onnx import onnx_session
+from .onnx import onnx_session, torch_pixels
 
 UNAVAILABLE_NOTE = (
     "explanations are unavailable for architecture {arch}: its head is not global pooling + "
@@ -80,8 +81,10 @@ def check_heatmap_parity(
     source: str,
     tolerance: float = HEATMAP_TOLERANCE,
     chunk: int = 16,
+    meta: PreprocessMeta | None = None,
 ) -> HeatmapParityReport:
-    """PyTorch's and onnxruntime's normalised top-class heatmaps on the same images."""
+    """PyTorch's and onnxruntime's normalised top-class heatmaps on the same images (`batch`
+    as the ONNX model takes it; uint8 pixels reach PyTorch normalised by `meta`)."""
     session = onnx_session(onnx_path)
     worst = 0.0
     shape: list[int] = []
@@ -89,7 +92,8 @@ def check_heatmap_parity(
     with torch.no_grad():
         for i in range(0, len(batch), chunk):
             x = batch[i : i + chunk]
-            t_logits, t_cams = (t.numpy() for t in model(torch.from_numpy(x)))
+            t_in = torch_pixels(x, meta) if meta is not None else x
+            t_logits, t_cams = (t.numpy() for t in model(torch.from_numpy(t_in)))
             (o_cams,) = session.run([ONNX_CAMS], {ONNX_INPUT: x})
             top = t_logits.argmax(axis=1)
             diff = np.abs(

@@ -19,6 +19,7 @@ from plantdx.config import resolve, to_dict
 from plantdx.decision import DecisionRule, check_threshold
 from plantdx.exceptions import ConfigError, DatasetError, ExportError
 from plantdx.model_repository.config import ServingOptions
+from plantdx.model_repository.layout import repository_pixels
 from plantdx.model_repository.repository import (
     PARITY_FILENAME,
     StagedVersion,
@@ -64,7 +65,11 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
     model = ckpt.build_model()
     explained = explain_export.plan(model, ckpt.model_name, to=cfg.to, target=cfg.target or "local")
     limit = max(cfg.check_images, cfg.gate_images if trt else 0)
-    images, where = check_images(ckpt, cfg.check_data, source_path, limit)
+    # The classifier takes uint8 pixels and normalises them in its graph, unless the
+    # repository's versions take float ones (made before that): one config serves them all.
+    pixels = repository_pixels(Path(cfg.repository))
+    uint8 = pixels == "uint8"
+    images, where = check_images(ckpt, cfg.check_data, source_path, limit, uint8=uint8)
     notes: list[str] = [explained.note] if explained.note else []
     if where == SYNTHETIC_CHECK:
         notes.append(
@@ -86,6 +91,7 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
             image_size=ckpt.preprocessing.image_size,
             opset=cfg.opset,
             output_names=explained.output_names,
+            normalize=ckpt.preprocessing if uint8 else None,
         )
         simplification = simplify_onnx(onnx_path) if cfg.simplify else None
         if simplification and simplification.note:
@@ -100,13 +106,14 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
             source=where,
             max_abs=cfg.max_abs_diff,
             min_agreement=cfg.min_top1_agreement,
+            meta=ckpt.preprocessing,
         )
         require_parity(report)
         heatmap = None
         if isinstance(explained.module, explain_export.CamModel):
             step("heatmap parity")
             heatmap = explain_export.check_heatmap_parity(
-                explained.module, onnx_path, checked, source=where
+                explained.module, onnx_path, checked, source=where, meta=ckpt.preprocessing
             )
             explain_export.require_heatmap_parity(heatmap)
         heatmap_doc = heatmap.to_dict() if heatmap else None
@@ -163,6 +170,7 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
             decision=decision,
             cams_dims=tuple(heatmap.cam_shape) if heatmap else None,
             crops=crops,
+            pixels=pixels,
         )
     return ExportResult(
         Path(cfg.repository),

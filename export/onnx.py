@@ -14,12 +14,32 @@ from torch import nn
 
 from plantdx.exceptions import ExportError, ParityError
 from plantdx.model_repository.names import ONNX_INPUT, ONNX_OUTPUT
+from plantdx.preprocessing import Normalizer, PreprocessMeta
 
 DEFAULT_OPSET = 17
 
 # torch.onnx keeps its export state in module globals: two exports in one process at once
 # fail with "GLOBALS.in_onnx_export must be False".
 _EXPORT_LOCK = threading.Lock()
+
+
+class NormalizedInput(nn.Module):
+    """The classifier as served: uint8 [N, 3, H, W] pixels in, normalised inside the graph
+    (Cast, then Mul and Add with `Normalizer`'s float32 scale and offset: the same two
+    operations, so the same floats), then the model."""
+
+    scale: torch.Tensor
+    offset: torch.Tensor
+
+    def __init__(self, model: nn.Module, meta: PreprocessMeta) -> None:
+        super().__init__()
+        self.model = model
+        norm = Normalizer(meta)
+        self.register_buffer("scale", torch.from_numpy(norm.scale.reshape(1, 3, 1, 1).copy()))
+        self.register_buffer("offset", torch.from_numpy(norm.offset.reshape(1, 3, 1, 1).copy()))
+
+    def forward(self, pixels: torch.Tensor) -> Any:
+        return self.model(pixels.to(torch.float32) * self.scale + self.offset)
 
 
 def export_onnx(
@@ -29,16 +49,22 @@ def export_onnx(
     image_size: int,
     opset: int = DEFAULT_OPSET,
     output_names: tuple[str, ...] = (ONNX_OUTPUT,),
+    normalize: PreprocessMeta | None = None,
 ) -> Path:
     """Write one self-contained ONNX file with a dynamic batch axis and named tensors.
 
     A model with several outputs (logits, then class-activation maps) names them
-    `output_names`, in order."""
+    `output_names`, in order. With `normalize`, the graph takes uint8 pixels and normalises
+    them itself (`NormalizedInput`); without, normalised float32 pixels (repositories made
+    before that)."""
     import onnx
 
     path = Path(path)
     model = model.eval().to(memory_format=torch.contiguous_format)
     dummy = torch.zeros(2, 3, image_size, image_size)
+    if normalize is not None:
+        model = NormalizedInput(model, normalize).eval()
+        dummy = dummy.to(torch.uint8)
     with _EXPORT_LOCK, warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of dynamo, which takes 15 s here and
         # writes external weights; the classic exporter is exact for these CNNs and ViTs.
@@ -147,6 +173,22 @@ def simplify_onnx(path: str | Path) -> Simplification:
     return Simplification(tool, before, len(simplified.graph.node))
 
 
+def takes_uint8(path: str | Path) -> bool:
+    """Whether an exported classifier takes uint8 pixels (and normalises them in its graph)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    first = next(v for v in graph.input if v.name not in initializers)
+    return bool(first.type.tensor_type.elem_type == onnx.TensorProto.UINT8)
+
+
+def torch_pixels(batch: np.ndarray, meta: PreprocessMeta) -> np.ndarray:
+    """What the PyTorch model takes for a batch of the classifier's pixels: uint8 ones
+    normalised as the graph does it (`Normalizer.chw`), float ones as they are."""
+    return Normalizer(meta).chw(batch) if batch.dtype == np.uint8 else batch
+
+
 def onnx_session(path: str | Path, threads: int = 0) -> Any:
     import onnxruntime as ort
 
@@ -201,15 +243,21 @@ def check_parity(
     max_abs: float = 1e-4,
     min_agreement: float = 1.0,
     chunk: int = 16,
+    meta: PreprocessMeta | None = None,
 ) -> ParityReport:
-    """Compare PyTorch and onnxruntime on the same preprocessed images."""
+    """Compare PyTorch and onnxruntime on the same preprocessed images: `batch` as the ONNX
+    model takes it; uint8 pixels reach PyTorch normalised by `meta` (`torch_pixels`), so the
+    in-graph normalisation is checked too."""
+    if batch.dtype == np.uint8 and meta is None:
+        raise ExportError("uint8 parity images need the preprocessing metadata to normalise them")
     session = onnx_session(onnx_path)
     torch_logits, onnx_logits = [], []
     model = model.eval()
     with torch.no_grad():
         for i in range(0, len(batch), chunk):
             x = batch[i : i + chunk]
-            torch_logits.append(model(torch.from_numpy(x)).numpy())
+            t_in = torch_pixels(x, meta) if meta is not None else x
+            torch_logits.append(model(torch.from_numpy(t_in)).numpy())
             onnx_logits.append(session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0])
     t = np.concatenate(torch_logits).astype(np.float64)
     o = np.concatenate(onnx_logits).astype(np.float64)

@@ -20,7 +20,7 @@ from plantdx.data import load_split
 from plantdx.decision import UNCERTAIN, DecisionRule
 from plantdx.exceptions import DatasetError, PreprocessError
 from plantdx.imagestats import EDGES, bucket_counts, image_stats
-from plantdx.preprocessing import Preprocessor
+from plantdx.preprocessing import Preprocessor, to_chw
 from plantdx.reference import (
     CLASS,
     CONFIDENCE,
@@ -30,7 +30,7 @@ from plantdx.reference import (
     Reference,
 )
 
-from .onnx import onnx_logits
+from .onnx import onnx_logits, takes_uint8
 from .sources import check_paths, run_split_file
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ def build_reference(
     if not stats_paths:
         return None
     pre = Preprocessor(ckpt.preprocessing)
+    # The classifier's own input: uint8 pixels it normalises itself, or (older repositories)
+    # normalised float32 pixels.
+    feed = to_chw if takes_uint8(onnx_path) else pre.normalize
     values: dict[str, list[float]] = {name: [] for name in EDGES}
     inputs: dict[Path, np.ndarray] = {}
     wanted = set(predict_paths)
@@ -93,7 +96,7 @@ def build_reference(
             skipped += 1
             continue
         if path in wanted:
-            inputs[path] = pre.normalize(pixels)
+            inputs[path] = feed(pixels)
         for name, value in image_stats(pixels, size).to_dict().items():
             values[name].append(value)
     ref = Reference(sources={"statistics": where})

@@ -85,10 +85,13 @@ SYNTHETIC_CHECK = "generated leaf images (no real images found)"
 
 
 def check_images(
-    ckpt: Checkpoint, check_data: str | None, source_path: Path, limit: int
+    ckpt: Checkpoint, check_data: str | None, source_path: Path, limit: int, *, uint8: bool = True
 ) -> tuple[np.ndarray, str]:
-    """Preprocessed real images for the checks: --check-data, else the run's own held-out split."""
-    pre = Preprocessor(ckpt.preprocessing)
+    """Preprocessed real images for the checks: --check-data, else the run's own held-out split;
+    as the classifier takes them: uint8 pixels (`Preprocessor.pixels`), or normalised float32
+    ones for a repository made before the graph normalised them (`uint8=False`)."""
+    base = Preprocessor(ckpt.preprocessing)
+    pre = base.pixels if uint8 else base
     paths, where = check_paths(ckpt, check_data, source_path)
     arrays = []
     for p in spread(paths, limit):

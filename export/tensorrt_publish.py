@@ -22,7 +22,7 @@ from plantdx.model_repository.repository import (
 
 from . import tensorrt as trt_export
 from .config import ExportConfig
-from .onnx import onnx_logits
+from .onnx import onnx_logits, takes_uint8
 
 CALIBRATION_CACHE_FILENAME = "calibration.cache"
 
@@ -55,7 +55,12 @@ def build_and_gate(
             else trt_export.calibration_cache_path(onnx_sha, calibration_paths, ckpt.preprocessing)
         )
         calibration = trt_export.Calibration(
-            tuple(calibration_paths), ckpt.preprocessing, cfg.opt_batch, cache, str(cfg.calibration)
+            tuple(calibration_paths),
+            ckpt.preprocessing,
+            cfg.opt_batch,
+            cache,
+            str(cfg.calibration),
+            uint8=takes_uint8(onnx_path),
         )
     settings = trt_export.BuildSettings(
         precision=cfg.precision,

@@ -63,10 +63,16 @@ class Calibration:
     batch_size: int
     cache_path: Path
     source: str
+    # The network takes uint8 pixels and normalises them itself (export.onnx.NormalizedInput);
+    # False: normalised float32 pixels (a repository made before that).
+    uint8: bool = False
 
     def batches(self) -> Iterator[np.ndarray]:
-        """Full batches of preprocessed images; unreadable files are skipped."""
-        pre = Preprocessor(self.meta)
+        """Full batches of preprocessed images, as the network takes them; unreadable files
+        are skipped."""
+        base = Preprocessor(self.meta)
+        pre = base.pixels if self.uint8 else base
+        dtype = np.uint8 if self.uint8 else np.float32
         batch: list[np.ndarray] = []
         for path in self.images:
             try:
@@ -75,7 +81,7 @@ class Calibration:
                 log.warning("calibration skips %s: %s", path, exc)
                 continue
             if len(batch) == self.batch_size:
-                yield np.ascontiguousarray(np.stack(batch), dtype=np.float32)
+                yield np.ascontiguousarray(np.stack(batch), dtype=dtype)
                 batch = []
 
 

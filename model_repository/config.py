@@ -131,11 +131,27 @@ def _apply_version_policy(cfg: mc.ModelConfig, opts: ServingOptions) -> None:
         cfg.version_policy.specific.versions.extend(opts.specific_versions)
 
 
-def preprocess_config(image_size: int, opts: ServingOptions) -> mc.ModelConfig:
+# The classifier's pixels (RepositoryInfo.pixels) as a Triton data type.
+PIXEL_TYPES = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}
+
+
+def pixel_type(pixels: str) -> int:
+    try:
+        return PIXEL_TYPES[pixels]
+    except KeyError:
+        raise RepositoryError(f"pixels {pixels!r} is not one of {sorted(PIXEL_TYPES)}") from None
+
+
+def preprocess_config(
+    image_size: int, opts: ServingOptions, pixels: str = "uint8"
+) -> mc.ModelConfig:
+    """Encoded image → PIXELS, [3, size, size]: uint8 that the classifier's graph normalises
+    (a quarter of the bytes of float32 through the stubs' shared memory), or normalised
+    float32 in repositories made before that (RepositoryInfo.pixels)."""
     cfg = mc.ModelConfig(name=PREPROCESS, backend="python")
     cfg.input.append(mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
     cfg.output.append(
-        mc.ModelOutput(name=PIXELS, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
+        mc.ModelOutput(name=PIXELS, data_type=pixel_type(pixels), dims=[3, image_size, image_size])
     )
     # Per item: the version's decision rule and number, [temperature, threshold, version];
     # [-1], since versions exported before the number was sent emit [temperature, threshold].
@@ -196,6 +212,7 @@ def classifier_config(
     trt_fp16: bool = False,
     cc_model_filenames: dict[str, str] | None = None,
     cams_dims: tuple[int, ...] | None = None,
+    pixels: str = "uint8",
 ) -> mc.ModelConfig:
     """The classifier: onnxruntime inside a Python backend (local) or a native backend (triton).
 
@@ -225,9 +242,8 @@ def classifier_config(
         else:
             cfg.default_model_filename = "model.plan"
         in_name, out_name = ONNX_INPUT, ONNX_OUTPUT
-    cfg.input.append(
-        mc.ModelInput(name=in_name, data_type=mc.TYPE_FP32, dims=[3, image_size, image_size])
-    )
+    dtype = pixel_type(pixels)
+    cfg.input.append(mc.ModelInput(name=in_name, data_type=dtype, dims=[3, image_size, image_size]))
     cfg.output.append(mc.ModelOutput(name=out_name, data_type=mc.TYPE_FP32, dims=[num_classes]))
     if cams_dims and target == "local":  # class-activation maps [C, h, w], only when asked
         cfg.output.append(mc.ModelOutput(name=CAMS, data_type=mc.TYPE_FP32, dims=cams_dims))
@@ -236,7 +252,7 @@ def classifier_config(
         cfg.input.append(
             mc.ModelInput(
                 name=EXPLAIN_PIXELS,
-                data_type=mc.TYPE_FP32,
+                data_type=dtype,
                 dims=[3, image_size, image_size],
                 optional=True,
             )
@@ -251,7 +267,7 @@ def classifier_config(
         w = cfg.model_warmup.add()
         w.name = "zeros"
         w.batch_size = 1
-        w.inputs[in_name].data_type = mc.TYPE_FP32
+        w.inputs[in_name].data_type = dtype
         w.inputs[in_name].dims.extend([3, image_size, image_size])
         w.inputs[in_name].zero_data = True
     return cfg

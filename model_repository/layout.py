@@ -7,7 +7,8 @@ description, and listing what it holds. Read-only: publishing is `repository.py`
     REPO/classifier/config.pbtxt, N/model.onnx [N/model.py] [N/model_smXY.plan, N/engines.json]
                                   N/provenance.json, N/parity.json [N/precision_gate.json]
     REPO/postprocess/config.pbtxt, labels.txt, 1/model.py
-    REPO/plantdx-repository.json   what the repository serves (classes, size, target, platform)
+    REPO/plantdx-repository.json   what the repository serves (classes, size, target, platform,
+                                    the classifier's pixel type)
     REPO/.plantdx-journal           only while a change is under way, or after one was killed:
                                     its intent log (journal.py; `plantdx repo validate --repair`)
 """
@@ -68,6 +69,10 @@ class RepositoryInfo:
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
     platform: str = "onnx"
+    # What the classifier takes (plantdx.preprocessing.PIXEL_DTYPES): uint8 pixels that its
+    # graph normalises, or, in repositories made before that, normalised float32 pixels. One
+    # config serves every version, so every version of a repository takes the same.
+    pixels: str = "uint8"
 
     @classmethod
     def load(cls, repo: Path) -> RepositoryInfo | None:
@@ -84,6 +89,7 @@ class RepositoryInfo:
             d["kind"],
             d.get("options", {}),
             d.get("platform", "onnx"),
+            d.get("pixels", "float32"),  # absent: written before the classifier took uint8
         )
 
     def to_json(self) -> str:
@@ -93,9 +99,16 @@ class RepositoryInfo:
             "target": self.target,
             "kind": self.kind,
             "platform": self.platform,
+            "pixels": self.pixels,
             "options": self.options,
         }
         return json.dumps(doc, indent=2) + "\n"
+
+
+def repository_pixels(repo: Path) -> str:
+    """What the classifier of `repo` takes (RepositoryInfo.pixels); "uint8" for a new one."""
+    info = RepositoryInfo.load(repo)
+    return info.pixels if info is not None else "uint8"
 
 
 def plan_filenames(version_dir: Path) -> dict[str, str]:

@@ -91,6 +91,7 @@ def _check_fits(
     meta: PreprocessMeta,
     target: str,
     platform: str,
+    pixels: str,
 ) -> None:
     if info is None:
         return
@@ -113,6 +114,12 @@ def _check_fits(
         raise RepositoryError(
             f"{repo} serves {info.platform} classifiers; a {platform} export needs its own "
             "repository"
+        )
+    if info.pixels != pixels:
+        # One config serves every version: they all take the same pixels.
+        raise RepositoryError(
+            f"{repo} serves classifiers that take {info.pixels} pixels; this version takes "
+            f"{pixels} (export follows the repository's own: plantdx export does this itself)"
         )
 
 
@@ -139,13 +146,16 @@ def publish_version(
     decision: DecisionRule | None = None,
     cams_dims: tuple[int, ...] | None = None,
     crops: CropMap | None = None,
+    pixels: str = "uint8",
 ) -> int:
     """Add the next version of preprocess + classifier; returns its number.
 
     `decision` is the version's rule (`preprocess/N/decision.json`); None writes the identity
     rule (temperature 1, everything answered). `crops` is the crop of each class
     (`preprocess/N/crops.json`, what the served `CROP` input chooses among); None: read from
-    the class names. `cams_dims` ([C, h, w]): the classifier has
+    the class names. `pixels` is what the classifier takes (`RepositoryInfo.pixels`: uint8 that
+    its graph normalises, or float32 in repositories made before that); it must be the
+    repository's own. `cams_dims` ([C, h, w]): the classifier has
     class-activation maps, so its config declares CAMS and the `heatmap` model and the
     `plantdx_explain` ensemble are written too.
 
@@ -179,6 +189,7 @@ def publish_version(
                 decision=decision or DecisionRule(),
                 cams_dims=cams_dims,
                 crops=crops or CropMap.derive(class_names),
+                pixels=pixels,
             )
     except BaseException:
         for d in created:  # innermost first; only if the rollback left them empty
@@ -202,11 +213,12 @@ def _publish_locked(
     decision: DecisionRule,
     cams_dims: tuple[int, ...] | None = None,
     crops: CropMap,
+    pixels: str = "uint8",
 ) -> int:
     if list(crops.classes) != class_names:
         raise RepositoryError("the crops mapping was made for other classes")
     recover(repo)  # an export or pin that was killed: rolled back or completed first
-    _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform)
+    _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform, pixels)
     existing = set(versions(repo / CLASSIFIER)) | set(versions(repo / PREPROCESS))
     number = max(existing, default=0) + 1
     if opts.version_policy == "specific":
@@ -254,7 +266,7 @@ def _publish_locked(
 
         configs = {
             ENSEMBLE: ensemble_config(len(class_names), opts, target=target),
-            PREPROCESS: preprocess_config(meta.image_size, opts),
+            PREPROCESS: preprocess_config(meta.image_size, opts, pixels),
             CLASSIFIER: classifier_config(
                 meta.image_size,
                 len(class_names),
@@ -265,6 +277,7 @@ def _publish_locked(
                 trt_fp16=trt_fp16,
                 cc_model_filenames=cc_files or None,
                 cams_dims=cams_dims,
+                pixels=pixels,
             ),
             POSTPROCESS: postprocess_config(len(class_names), opts),
         }
@@ -273,7 +286,7 @@ def _publish_locked(
             configs.update(explain_configs(len(class_names), cams_dims, opts))
         labels = (clf_dir / LABELS_FILENAME).read_bytes()
         info = RepositoryInfo(
-            class_names, meta.image_size, target, opts.kind, _options_dict(opts), platform
+            class_names, meta.image_size, target, opts.kind, _options_dict(opts), platform, pixels
         )
 
         # Commit: versions first, then what points at them.

@@ -17,6 +17,9 @@ from .layout import ENGINES_FILENAME, PROVENANCE_FILENAME, read_json
 from .names import CAMS, EXPLAIN_PIXELS
 
 _ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT
+# onnx.TensorProto element types and the Triton types that carry them: the outputs are FP32,
+# the input uint8 pixels (or float32 in repositories made before the graph normalised them).
+_ONNX_TYPES = {1: (mc.TYPE_FP32, "FP32"), 2: (mc.TYPE_UINT8, "UINT8")}
 
 
 def version_problems(vdir: Path, clf: mc.ModelConfig, served: bool) -> list[str]:
@@ -127,8 +130,13 @@ def _onnx_problems(path: Path, clf: mc.ModelConfig) -> list[str]:
         for (name, elem, dims), t in zip(onnx_side, config_side, strict=True):
             if by_name and name != t.name:
                 problems.append(f"{path.name} {kind} is named {name!r}; the config says {t.name!r}")
-            if elem != _ONNX_FLOAT or t.data_type != mc.TYPE_FP32:
-                problems.append(f"{path.name} {kind} {name!r} is not FP32 on both sides")
+            allowed = _ONNX_TYPES if kind == "input" else {_ONNX_FLOAT: _ONNX_TYPES[_ONNX_FLOAT]}
+            triton_type, type_name = allowed.get(elem, (None, f"ONNX type {elem}"))
+            if triton_type is None or t.data_type != triton_type:
+                problems.append(
+                    f"{path.name} {kind} {name!r} is {type_name} in the graph but "
+                    f"{mc.DataType.Name(t.data_type)[5:]} in the config"
+                )
             want = [int(d) for d in t.dims]
             if clf.max_batch_size > 0:
                 if not dims or dims[0] != -1:

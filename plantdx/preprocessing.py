@@ -112,6 +112,18 @@ class PreprocessMeta:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+# What the exported classifier takes: uint8 NCHW pixels (it normalises inside its graph, with
+# the same two float32 operations as `Normalizer`), or, in repositories exported before that,
+# the normalised float32 NCHW pixels.
+PIXEL_DTYPES = ("uint8", "float32")
+
+
+def to_chw(pixels: np.ndarray) -> np.ndarray:
+    """uint8 HWC → uint8 CHW (NHWC → NCHW), contiguous: the served hand-over to the classifier."""
+    axes = (2, 0, 1) if pixels.ndim == 3 else (0, 3, 1, 2)
+    return np.ascontiguousarray(pixels.transpose(axes))
+
+
 class Normalizer:
     """uint8 HWC → float32 CHW (or NHWC → NCHW), normalised.
 
@@ -143,6 +155,13 @@ class Normalizer:
         if out is None:
             out = np.empty((n, 3, height, width), dtype=np.float32)
         np.multiply(pixels.transpose(0, 3, 1, 2), self._scale, out=out, dtype=np.float32)
+        out += self._offset
+        return out
+
+    def chw(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 CHW (or NCHW), as the classifier takes it → float32, normalised: what the
+        exported graph computes from it (Cast, Mul, Add), bit for bit."""
+        out = np.multiply(pixels, self._scale, dtype=np.float32)
         out += self._offset
         return out
 
@@ -317,6 +336,14 @@ class Preprocessor:
         if isinstance(image, Image.Image):
             return self.normalize(self.resize(image))
         return self.normalize(np.asarray(image, dtype=np.uint8))
+
+    def pixels(self, image: bytes | Image.Image | np.ndarray) -> np.ndarray:
+        """The uint8 CHW pixels the classifier takes (`__call__` is them normalised)."""
+        if isinstance(image, bytes | bytearray | memoryview):
+            return to_chw(self.decode(bytes(image)))
+        if isinstance(image, Image.Image):
+            return to_chw(self.resize(image))
+        return to_chw(np.asarray(image, dtype=np.uint8))
 
     def decode_batch(
         self, images: Sequence[bytes], sizes: list[tuple[int, int]] | None = None

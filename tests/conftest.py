@@ -158,7 +158,9 @@ def onnx_probabilities(repo: Path, images: list[bytes], version: int = 1) -> np.
     vdir = repo / "classifier" / str(version)
     pre = Preprocessor(PreprocessMeta.load(vdir / "preprocessing.json"))
     session = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
-    logits = session.run(None, {"input": np.stack([pre(b) for b in images])})[0]
+    # The classifier takes uint8 pixels (normalised in its graph), or, exported before, floats.
+    prepare = pre.pixels if session.get_inputs()[0].type == "tensor(uint8)" else pre
+    logits = session.run(None, {"input": np.stack([prepare(b) for b in images])})[0]
     rule = DecisionRule.load(repo / "preprocess" / str(version) / DECISION_FILENAME)
     return np.asarray(rule.probabilities(logits), dtype=np.float64)
 

@@ -151,9 +151,10 @@ def test_int8_calibrates_with_plantdx_preprocessing_and_caches(
     assert fake_trt.values("flags") == [["FP16", "INT8", "TF32"]]
     first = sorted(p for p in synth_dir.rglob("*") if is_image_file(p))[0]
     meta = PreprocessMeta.load(repo / "classifier" / "1" / "preprocessing.json")
-    expected = Preprocessor(meta)(first.read_bytes())
+    # The network takes uint8 pixels and normalises them itself: calibrated on those.
+    expected = Preprocessor(meta).pixels(first.read_bytes())
     batch = fake_trt.calibration_batches[0]
-    assert batch.shape == (4, 3, 64, 64) and batch.dtype == np.float32
+    assert batch.shape == (4, 3, 64, 64) and batch.dtype == np.uint8
     np.testing.assert_array_equal(batch[0], expected)
     calib = json.loads((repo / "classifier" / "1" / "engines.json").read_text())["plans"]["9.0"][
         "calibration"

@@ -379,7 +379,7 @@ def test_validate_finds_wiring_batching_and_warmup_problems(repo: Path) -> None:
     for sample in (repo / "preprocess" / "warmup").iterdir():
         sample.unlink()
     problems = "\n".join(validate_repository(repo))
-    assert "tensor 'pixels' is TYPE_FP32 [3, 32, 32] but classifier expects" in problems
+    assert "tensor 'pixels' is TYPE_UINT8 [3, 32, 32] but classifier expects" in problems
     assert "preprocess: warm-up 'sample_leaf_jpeg' reads warmup/sample_leaf_jpeg" in problems
     assert "allows batches of 64 but preprocess only 32" in problems
     assert "warm-up 'zeros' batch 99 exceeds max_batch_size 32" in problems

@@ -60,7 +60,8 @@ def _onnx_logits(repo: Path, images: list[bytes]) -> np.ndarray:
     vdir = repo / "classifier" / "1"
     pre = Preprocessor(PreprocessMeta.load(vdir / "preprocessing.json"))
     session = ort.InferenceSession(str(vdir / "model.onnx"), providers=["CPUExecutionProvider"])
-    return np.asarray(session.run(None, {"input": np.stack([pre(b) for b in images])})[0])
+    prepare = pre.pixels if session.get_inputs()[0].type == "tensor(uint8)" else pre
+    return np.asarray(session.run(None, {"input": np.stack([prepare(b) for b in images])})[0])
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,11 @@
-"""Triton Python backend: encoded image bytes → normalised pixels, and the version's decision rule.
+"""Triton Python backend: image bytes → the classifier's pixels, and the version's decision rule.
 
 Runs `plantdx.preprocessing` — the same code training evaluation uses — with the metadata
 that export wrote beside this file. All images of a dynamic batch are decoded into one buffer
-and normalised in one vectorised pass; a bad image fails its own request only, with its reason.
+and sent on as uint8 [3, size, size] (the classifier normalises them inside its graph, with the
+same two float32 operations as `Normalizer`: a quarter of the bytes of float pixels through the
+stubs' shared memory); a config whose PIXELS are FP32 (a repository made before that) gets them
+normalised here, in one vectorised pass. A bad image fails its own request only, with its reason.
 
 Every item also carries CALIBRATION, [temperature, threshold, version]: the decision rule
 exported beside this version (`decision.json`; the identity rule when absent), which the
@@ -28,7 +31,13 @@ import triton_python_backend_utils as pb_utils
 from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import PreprocessError
 from plantdx.imagestats import EDGES, METRIC_PREFIX, image_stats
-from plantdx.preprocessing import META_FILENAME, REJECTION_REASONS, PreprocessMeta, Preprocessor
+from plantdx.preprocessing import (
+    META_FILENAME,
+    REJECTION_REASONS,
+    PreprocessMeta,
+    Preprocessor,
+    to_chw,
+)
 from plantdx.reference_series import publish_reference
 
 # What CALIBRATION holds per item; the postprocess reads the marker to tell this model.py from
@@ -45,6 +54,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         outputs = {o["name"]: o for o in config["output"]}
         self.output_name = config["output"][0]["name"]
+        # uint8 pixels for the classifier to normalise, or (configs from before) float32 ones.
+        self.float_pixels = config["output"][0].get("data_type") == "TYPE_FP32"
         # A config written before decision rules has no CALIBRATION output; one written before
         # the version was sent declares exactly [2] values.
         self.calibration_name = "CALIBRATION" if "CALIBRATION" in outputs else None
@@ -96,7 +107,9 @@ class TritonPythonModel:
             images = [bytes(data) for batch in batches for data in batch]
             sizes: list[tuple[int, int]] = []
             pixels, errors = self.preprocessor.decode_batch(images, sizes)
-            normalized = self.preprocessor.normalize.batch(pixels)
+            sent = (
+                self.preprocessor.normalize.batch(pixels) if self.float_pixels else to_chw(pixels)
+            )
         except Exception as exc:  # nothing decodable: every request gets the reason, none hangs
             error = pb_utils.TritonError(f"preprocessing failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
@@ -104,7 +117,7 @@ class TritonPythonModel:
         start = 0
         for batch in batches:
             end = start + len(batch)
-            responses.append(self._response(normalized[start:end], errors[start:end]))
+            responses.append(self._response(sent[start:end], errors[start:end]))
             start = end
         self._observe_stats(pixels, errors, sizes)
         return responses
