@@ -181,3 +181,34 @@ def _checks(
                 f"agreement within 15%: {'yes' if abs(diff) <= 0.15 else 'no'})"
             )
     return out
+
+
+def peers_markdown(summary: dict[str, Any]) -> str:
+    """`plantdx bench peers`' summary as Markdown: each system's figures (median and range over
+    the rounds), then each Triton repository's ratios to the others."""
+
+    def fmt(s: dict[str, float] | None, digits: int = 1) -> str:
+        if not s:
+            return "–"
+        mid = f"{s['median']:.{digits}f}"
+        if s["n"] < 2 or s["min"] == s["max"]:
+            return mid
+        return f"{mid} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+    lines = [
+        "| system | img/s | p50 ms | p99 ms | server CPU ms/img | load generator CPU ms/img "
+        "| errors | load (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in summary["systems"].items():
+        layouts = f" `{', '.join(s['layouts'])}`" if s.get("layouts") else ""
+        lines.append(
+            f"| {name}{layouts} | {fmt(s['img_per_s'])} | {fmt(s['p50_ms'])} | {fmt(s['p99_ms'])} "
+            f"| {fmt(s['server_cpu_ms_per_img'], 2)} | {fmt(s['client_cpu_ms_per_img'], 2)} "
+            f"| {s['errors']} | {fmt(s['load_1min'])} |"
+        )
+    for triton, ratios in summary["ratios"].items():
+        lines += ["", f"| {triton}, c={summary['concurrency']} | median (range over rounds) |"]
+        lines.append("|---|---:|")
+        lines += [f"| {name} | {fmt(s, 3)} |" for name, s in ratios.items()]
+    return "\n".join(lines) + "\n"

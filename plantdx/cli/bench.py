@@ -12,10 +12,11 @@ app = typer.Typer(
 
 
 def register_all() -> None:
-    from . import bench_kill, bench_serve, bench_serving, bench_tools, bench_train
+    from . import bench_kill, bench_peers, bench_serve, bench_serving, bench_tools, bench_train
 
     bench_train.register(app)
     bench_serve.register(app)
     bench_serving.register(app)
     bench_tools.register(app)
     bench_kill.register(app)
+    bench_peers.register(app)
