@@ -17,7 +17,7 @@ from plantdx.exceptions import RepositoryError
 from .journal import atomic_write, locked
 from .layout import read_json, versions
 from .names import CLASSIFIER
-from .policy import CONFIG, PAIRED
+from .policy import CONFIG
 
 
 class FolderRepository:
@@ -88,7 +88,7 @@ class S3Repository:
         return self.location.versions(model)
 
     def saved_configs(self) -> dict[str, bytes]:
-        return {name: self.location.get(name, CONFIG) for name in PAIRED}
+        return {name: self.location.get(name, CONFIG) for name in self.location.pinned_models()}
 
     def pin(self, version: int) -> None:
         self.location.pin(version)

@@ -46,6 +46,11 @@ HEATMAP = "HEATMAP"
 CLASS_INDEX = "CLASS"
 # The second ensemble: IMAGE → preprocess → classifier → {postprocess, heatmap}.
 EXPLAIN_ENSEMBLE = "plantdx_explain"
+# --target triton: the classifier with its class-activation maps (input → LOGITS and CAMS), a
+# model of its own published beside preprocess and classifier as version N, which only
+# `plantdx_explain` runs: Triton's native backends have no optional second input name
+# (EXPLAIN_PIXELS), and a model of its own keeps the response cache apart by its name.
+CAMS_CLASSIFIER = "classifier_cams"
 # Preprocess config parameter: the share of photos whose image statistics are observed.
 DRIFT_SAMPLE_RATE = "drift_sample_rate"
 

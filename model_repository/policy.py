@@ -14,13 +14,26 @@ itself, comments and strings kept (the serving view and the pin of an `s3://` re
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from plantdx.exceptions import RepositoryError
 
-from .names import CLASSIFIER, PREPROCESS
+from .names import CAMS_CLASSIFIER, CLASSIFIER, PREPROCESS
 
 PAIRED = (PREPROCESS, CLASSIFIER)  # published together as version N
+# Published beside the pair as version N when an export has them (the class-activation maps of
+# --target triton): pinned and switched with the pair, but the pair alone decides what is
+# asked for, and a version without one still serves (without explanations).
+FOLLOWERS = (CAMS_CLASSIFIER,)
+
+
+def versioned_models(present: Iterable[str]) -> tuple[str, ...]:
+    """The models pinned and switched as version N, of the model names `present`."""
+    have = set(present)
+    return PAIRED + tuple(m for m in FOLLOWERS if m in have)
+
+
 CONFIG = "config.pbtxt"
 _FIELD = re.compile(r"\bversion_policy\s*:?\s*\{")
 

@@ -25,7 +25,16 @@ from dataclasses import dataclass
 
 from plantdx.exceptions import RepositoryError
 
-from .policy import CONFIG, PAIRED, Asked, asked_from, pin_config_text, policy_versions
+from .policy import (
+    CONFIG,
+    FOLLOWERS,
+    PAIRED,
+    Asked,
+    asked_from,
+    pin_config_text,
+    policy_versions,
+    versioned_models,
+)
 
 _ENDPOINT = re.compile(r"^s3://(?:(https?)://)?([0-9a-zA-Z\-.]+):([0-9]+)/(.*)$")
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -222,20 +231,25 @@ class S3Location:
         available = {name: self.versions(name) for name in PAIRED}
         return asked_from(configs, available, self.url)
 
+    def pinned_models(self) -> tuple[str, ...]:
+        """The models a pin writes: the pair and the followers the repository has."""
+        present = set(self.folders())
+        return versioned_models(m for m in FOLLOWERS if m in present)
+
     def pin(self, version: int) -> list[int]:
         """Write `specific { versions: N }` into preprocess's then classifier's config (a
-        follower seeing one written and not the other waits); returns what the repository
-        serves then."""
+        follower seeing one written and not the other waits), then the followers' (a follower
+        without N: no explanations for N); returns what the repository serves then."""
         configs = {}
-        for name in PAIRED:
+        for name in self.pinned_models():
             have = self.versions(name)
-            if version not in have:
+            if version not in have and name in PAIRED:
                 raise RepositoryError(
                     f"{self.url} has no version {version} of {name} (it has "
                     f"{', '.join(map(str, have)) or 'none'})"
                 )
             configs[name] = pin_config_text(self.get(name, CONFIG).decode(), version)
-        for name in PAIRED:
-            self.put(configs[name].encode(), name, CONFIG)
+        for name, text in configs.items():
+            self.put(text.encode(), name, CONFIG)
         check = self.get(PAIRED[-1], CONFIG).decode()
         return policy_versions(check, self.versions(PAIRED[-1]))

@@ -1,6 +1,7 @@
 """Which version a repository serves, written into the repository itself: preprocess and
-classifier get the version policy `specific: [N]`, so every server started on it (every pod,
-every restart) serves version N until the next export or pin changes the policy."""
+classifier (and classifier_cams, when the repository has it) get the version policy
+`specific: [N]`, so every server started on it (every pod, every restart) serves version N
+until the next export or pin changes the policy."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from .config import parse_pbtxt, to_pbtxt
 from .journal import Journal, locked, recover
 from .layout import model_policy, served_versions, versions
 from .names import CLASSIFIER, PREPROCESS
+from .policy import FOLLOWERS, versioned_models
 from .validate import validate_repository
+
+
+def pinned_models(repo: Path) -> tuple[str, ...]:
+    """The models a pin writes: preprocess, classifier and the followers the repository has."""
+    present = [name for name in FOLLOWERS if (repo / name / "config.pbtxt").is_file()]
+    return versioned_models(present)
 
 
 def pin_served_version(repo: str | Path, version: int) -> None:
@@ -26,7 +34,7 @@ def pin_served_version(repo: str | Path, version: int) -> None:
             if version not in versions(repo / name):
                 raise RepositoryError(f"{repo} has no version {version} of {name}")
         new = {}
-        for name in (PREPROCESS, CLASSIFIER):
+        for name in pinned_models(repo):  # a follower without N: no explanations for N
             path = repo / name / "config.pbtxt"
             cfg = parse_pbtxt(path.read_text())
             cfg.ClearField("version_policy")
@@ -59,9 +67,10 @@ def restore_configs(repo: str | Path, configs: dict[str, bytes]) -> None:
 
 
 def saved_configs(repo: str | Path) -> dict[str, bytes]:
-    """The preprocess and classifier configs as they are now (for `restore_configs`)."""
+    """The configs a pin writes, as they are now (for `restore_configs`)."""
     return {
-        name: (Path(repo) / name / "config.pbtxt").read_bytes() for name in (PREPROCESS, CLASSIFIER)
+        name: (Path(repo) / name / "config.pbtxt").read_bytes()
+        for name in pinned_models(Path(repo))
     }
 
 

@@ -21,6 +21,7 @@ from plantdx.choices import Protocol
 from plantdx.exceptions import ClientError
 from plantdx.model_repository.config import CLASSIFIER, ENSEMBLE, PREPROCESS
 from plantdx.model_repository.names import ADMIN_HEADER, EXPLAIN_ENSEMBLE
+from plantdx.model_repository.policy import FOLLOWERS
 
 from .admin_key import find_key
 
@@ -202,10 +203,18 @@ class ModelControl:
         if not self._client.is_model_ready(ENSEMBLE):
             self._load(ENSEMBLE)
             steps.append(f"loaded {ENSEMBLE}")
-        if EXPLAIN_ENSEMBLE in {s.name for s in self.status()}:  # explanations, when published
-            self._load(EXPLAIN_ENSEMBLE)
-            steps.append(f"loaded {EXPLAIN_ENSEMBLE}")
+        present = {s.name for s in self.status()}
+        for name in (*(m for m in FOLLOWERS if m in present), EXPLAIN_ENSEMBLE):
+            if name in present:  # explanations, when published; a failure leaves plantdx as is
+                steps.append(self._load_explanations(name))
         return steps
+
+    def _load_explanations(self, name: str, config: dict[str, Any] | None = None) -> str:
+        try:
+            self._load(name, config)
+        except ClientError as exc:
+            return f"{name} did not load (no explanations): {exc}"
+        return f"loaded {name} {self._ready_versions(name)}"
 
     def pin(self, version: int, model: str = ENSEMBLE) -> list[str]:
         """Serve exactly `version` of preprocess and classifier (rollback), without a restart."""
@@ -224,6 +233,15 @@ class ModelControl:
         if model == ENSEMBLE and not self._client.is_model_ready(ENSEMBLE):
             self._load(ENSEMBLE)
             steps.append(f"loaded {ENSEMBLE}")
+        if model == ENSEMBLE:  # the explanations' classifier follows, when there is one
+            present = {s.name for s in self.status()}
+            for name in (m for m in FOLLOWERS if m in present):
+                try:
+                    cfg = self.config(name)
+                except ClientError:
+                    continue  # never loaded: nothing serves explanations to pin
+                cfg["version_policy"] = {"specific": {"versions": [int(version)]}}
+                steps.append(self._load_explanations(name, cfg))
         return steps
 
     def unload(self, model: str = ENSEMBLE, *, dependents: bool = False) -> list[str]:

@@ -7,7 +7,8 @@ the follower writes, so Triton sees each step only when it is asked to load it:
 1. every ensemble (`plantdx`, `plantdx_explain`) is pinned to the version it serves now (a
    config override naming the version of its preprocess and classifier steps),
 2. the view serves both versions and classifier, then preprocess, are loaded: the new version
-   beside the old one,
+   beside the old one (then classifier_cams, the explanations' classifier of a --target triton
+   repository, when it has one: a version without it serves without explanations),
 3. the ensembles are pinned to the new version (Triton swaps a reloaded model only once the
    new one is ready: requests in flight finish on the old one),
 4. after a grace period for requests still inside the old steps, the view serves the new
@@ -39,6 +40,7 @@ from typing import Any
 from plantdx.exceptions import PlantDxError
 from plantdx.model_repository.asked import asked_version
 from plantdx.model_repository.names import CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, PREPROCESS
+from plantdx.model_repository.policy import FOLLOWERS
 
 from . import view as views
 from .admin_key import key_dir
@@ -69,10 +71,11 @@ def read_state(http_port: int | None) -> dict[str, Any] | None:
 
 
 def with_steps(config: dict[str, Any], version: int | None) -> dict[str, Any]:
-    """An ensemble config whose preprocess and classifier steps name `version` (None: -1)."""
+    """An ensemble config whose preprocess and classifier steps (and classifier_cams's) name
+    `version` (None: -1)."""
     cfg = copy.deepcopy(config)
     for step in cfg.get("ensemble_scheduling", {}).get("step", []):
-        if step.get("model_name") in VERSIONED:
+        if step.get("model_name") in (*VERSIONED, *FOLLOWERS):
             step["model_version"] = -1 if version is None else int(version)
     return cfg
 
@@ -115,26 +118,45 @@ def switch(
         return False
     ensembles = [e for e in ENSEMBLES if ready.get(e)]
     configs = {e: api.config(e) for e in ensembles}
+    followers = [m for m in views.pinned(view) if m in FOLLOWERS]
     views.add_version(location, view, target)
     if current is not None and all(current in ready.get(n, []) for n in VERSIONED):
         # The view is as loaded: pinning the ensembles reloads none of their steps.
         for e in ensembles:
-            api.load(e, with_steps(configs[e], current))
+            _load(api, e, with_steps(configs[e], current))
         views.write_versions(location, view, [current, target])
     else:
         views.write_versions(location, view, [target])
     for name in VERSIONED:
         api.load(name)
+    for name in followers:
+        _load(api, name)
     for e in ensembles:
-        api.load(e, with_steps(configs[e], target))
+        _load(api, e, with_steps(configs[e], target))
     time.sleep(grace_s)  # requests already past the old ensemble finish in the old steps
     views.write_versions(location, view, [target])
     for name in VERSIONED:
         api.load(name)
+    for name in followers:
+        _load(api, name)
     for e in ensembles:
-        api.load(e, with_steps(configs[e], None))
+        _load(api, e, with_steps(configs[e], None))
+    if followers and EXPLAIN_ENSEMBLE not in ensembles and (view / EXPLAIN_ENSEMBLE).is_dir():
+        _load(api, EXPLAIN_ENSEMBLE)  # explanations again (the old version had none)
     views.drop_versions(location, view, [target])
     return True
+
+
+def _load(api: RepositoryApi, name: str, config: dict[str, Any] | None = None) -> None:
+    """Load `name`; only `plantdx` must load: explanations (`plantdx_explain` and a follower
+    such as classifier_cams) fail alone, logged, and the version serves without them."""
+    if name == ENSEMBLE:
+        api.load(name, config)
+        return
+    try:
+        api.load(name, config)
+    except CallError as exc:
+        log.warning("%s did not load (explanations unavailable): %s", name, exc)
 
 
 class Follower:

@@ -1,7 +1,8 @@
 """A view of a repository on a file system that serves one version of preprocess and
-classifier: every model directory a symbolic link to the real one, except those two, which hold
-links to each version and their own config.pbtxt pinned to the version (`plantdx serve
---served-version`, and the folder view a following server serves: view.py)."""
+classifier: every model directory a symbolic link to the real one, except those two (and
+classifier_cams, when the repository has it), which hold links to each version and their own
+config.pbtxt pinned to the version (`plantdx serve --served-version`, and the folder view a
+following server serves: view.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,13 @@ from plantdx.exceptions import RepositoryError, ServerError
 from plantdx.model_repository import policy
 
 VIEW_PREFIX = "plantdx-served-"  # views live in the temp directory
-PINNED_MODELS = ("preprocess", "classifier")  # published together as version N
+PINNED_MODELS = policy.PAIRED  # published together as version N
 CONFIG = "config.pbtxt"
+
+
+def pinned_models(repo: Path) -> tuple[str, ...]:
+    """The models a view pins: the pair and the followers `repo` has (policy.FOLLOWERS)."""
+    return policy.versioned_models(m for m in policy.FOLLOWERS if (repo / m / CONFIG).is_file())
 
 
 def pin_config_text(text: str, version: int) -> str:
@@ -58,8 +64,9 @@ def build_view(repository: str | Path, version: int, dest: str | Path | None = N
     if view.exists():
         shutil.rmtree(view)
     view.mkdir(parents=True)
+    models = pinned_models(repo)
     for entry in sorted(repo.iterdir()):
-        if entry.name not in PINNED_MODELS:
+        if entry.name not in models:
             (view / entry.name).symlink_to(entry)
             continue
         (view / entry.name).mkdir()
@@ -75,7 +82,7 @@ def build_view(repository: str | Path, version: int, dest: str | Path | None = N
 def refresh_view(repository: str | Path, view: str | Path) -> None:
     """Link the versions published since `view` was built (a follower may switch to them)."""
     repo, view = Path(repository).resolve(), Path(view)
-    for name in PINNED_MODELS:
+    for name in pinned_models(repo):
         if not (view / name).is_dir():
             continue
         for item in sorted((repo / name).iterdir()):

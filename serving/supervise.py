@@ -34,6 +34,10 @@ overrides it: `N@S` serves N only while the repository asks for S (the canary co
 form: a promotion or roll-back in the repository wins), `N` serves N whatever it asks
 (serving/served_version.py); a pinned start is ready only once N is loaded.
 
+Explanations: when the repository has `plantdx_explain` and the command line does not load it,
+the supervisor loads it once Triton is ready (explicit model control), and a failure leaves
+`plantdx` serving: a version exported without class-activation maps has no explanations.
+
 Capture for relabelling is configured by environment variables, which Triton's stubs inherit:
 PLANTDX_CAPTURE (a folder or s3://BUCKET/PREFIX; unset: off), PLANTDX_CAPTURE_RATE,
 PLANTDX_CAPTURE_LOW_CONFIDENCE, PLANTDX_CAPTURE_MAX_MB, PLANTDX_CAPTURE_MAX_PER_S,
@@ -54,13 +58,15 @@ from typing import Any
 
 from plantdx.capture import CaptureSettings
 from plantdx.exceptions import PlantDxError, ServerError
+from plantdx.model_repository.names import EXPLAIN_ENSEMBLE
 
 from . import admin_key as keys
 from . import served_version
 from .flags import parse_flags
 from .follow import DEFAULT_POLL_S, Follower
-from .repository_api import RepositoryApi
+from .repository_api import CallError, RepositoryApi
 from .server import TritonServer
+from .startup import default_models
 
 log = logging.getLogger("plantdx.supervise")
 
@@ -130,11 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         server = TritonServer.wrapping(command[0], command[1:], admin_key=key)
+        served = served_version.repository_of(command[1:])  # the view, when there is one
         follow = None
         if following:
-            view = Path(served_version.repository_of(command[1:]))
+            view = Path(served)
             follow = {"location": repository, "poll_s": args.poll_secs, "spec": spec, "view": view}
-        return _run(server, args.startup_timeout, pinned, follow)
+        return _run(server, args.startup_timeout, pinned, follow, served)
     except ServerError as exc:
         log.error("%s", exc)
         return 2
@@ -147,6 +154,7 @@ def _run(
     startup_timeout: float,
     pinned: int | None,
     follow: dict[str, Any] | None = None,
+    served: str | None = None,
 ) -> int:
     stop = threading.Event()
 
@@ -176,6 +184,8 @@ def _run(
         if server.model_control == "explicit"
         else " is off: needs --model-control-mode=explicit",
     )
+    if served is not None:
+        load_explanations(server, served)
     follower = None
     if follow is not None:
         api = RepositoryApi(server.http_url, server.admin_key, timeout_s=300.0)
@@ -195,6 +205,22 @@ def _run(
     code = server.stop()
     log.info("stopped; tritonserver exit code %s", code)
     return code or 0
+
+
+def load_explanations(server: TritonServer, repository: str) -> bool:
+    """Load `plantdx_explain` when `repository` has it and the command line left it out; True
+    when it is loaded. A failure is logged: `plantdx` serves on without explanations."""
+    if server.model_control != "explicit" or EXPLAIN_ENSEMBLE in server.load_models:
+        return EXPLAIN_ENSEMBLE in server.load_models
+    try:
+        if EXPLAIN_ENSEMBLE not in default_models(repository):
+            return False
+        RepositoryApi(server.http_url, server.admin_key, timeout_s=300.0).load(EXPLAIN_ENSEMBLE)
+    except (*CallError, PlantDxError) as exc:
+        log.warning("%s did not load (no explanations): %s", EXPLAIN_ENSEMBLE, exc)
+        return False
+    log.info("loaded %s (explanations)", EXPLAIN_ENSEMBLE)
+    return True
 
 
 if __name__ == "__main__":

@@ -28,7 +28,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from plantdx.model_repository.policy import CONFIG, PAIRED, pin_config_text
+from plantdx.model_repository.policy import (
+    CONFIG,
+    FOLLOWERS,
+    PAIRED,
+    pin_config_text,
+    versioned_models,
+)
 
 from .local_view import VIEW_PREFIX, build_view, refresh_view
 
@@ -47,9 +53,10 @@ def build(location: str | Path, version: int) -> Path:
     source = S3Location.parse(str(location))
     view = Path(tempfile.mkdtemp(prefix=VIEW_PREFIX))
     try:
+        pinned = source.pinned_models()
         for key in source.objects():
             head = key.split("/", 2)
-            versioned = head[0] in PAIRED and len(head) > 2 and head[1].isdigit()
+            versioned = head[0] in pinned and len(head) > 2 and head[1].isdigit()
             if versioned and int(head[1]) <= version:
                 continue  # the one served: below; older ones: when a switch needs them
             if ".." in head or not key:
@@ -62,7 +69,7 @@ def build(location: str | Path, version: int) -> Path:
             path.write_bytes(source.get(key))
         for model in (p for p in view.iterdir() if p.is_dir()):  # S3 holds no empty folder:
             bare = not any(p.is_dir() and p.name.isdigit() for p in model.iterdir())
-            if (model / CONFIG).is_file() and model.name not in PAIRED and bare:
+            if (model / CONFIG).is_file() and model.name not in pinned and bare:
                 (model / "1").mkdir()  # an ensemble's (empty) version folder
         add_version(location, view, version)
         write_versions(location, view, [version])
@@ -80,16 +87,25 @@ def add_version(location: str | Path, view: Path, version: int) -> None:
     from plantdx.model_repository.s3 import S3Location
 
     source = S3Location.parse(str(location))
-    for name in PAIRED:
+    for name in pinned(view):
         if not (view / name / str(version)).is_dir():
             # Downloaded beside the view, then renamed in: Triton never sees half a version.
             staging = Path(tempfile.mkdtemp(prefix=".plantdx-download-", dir=view.parent))
             try:
-                source.download(staging, name, str(version))
+                found = source.download(staging, name, str(version))
+                if not found and name not in PAIRED:
+                    continue  # a follower without this version: no explanations for it
                 (staging / name / str(version)).mkdir(parents=True, exist_ok=True)  # empty
                 (staging / name / str(version)).rename(view / name / str(version))
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+
+
+def pinned(view: Path) -> tuple[str, ...]:
+    """The models the view pins: the pair and the followers it holds with configs of its own
+    (policy.FOLLOWERS; never one linked to the repository, whose config is not the view's)."""
+    own = [m for m in FOLLOWERS if not (view / m).is_symlink() and (view / m / CONFIG).is_file()]
+    return versioned_models(own)
 
 
 def add_new_versions(
@@ -114,16 +130,18 @@ def add_new_versions(
 
 
 def write_versions(location: str | Path, view: Path, versions: list[int]) -> None:
-    """The view's preprocess and classifier configs: the repository's, serving `versions`."""
+    """The view's preprocess and classifier configs (and its followers'): the repository's,
+    serving `versions`."""
+    names = pinned(view)
     if is_s3(location):
         from plantdx.model_repository.s3 import S3Location
 
         source = S3Location.parse(str(location))
-        texts = {name: source.get(name, CONFIG).decode() for name in PAIRED}
+        texts = {name: source.get(name, CONFIG).decode() for name in names}
     else:
         repo = Path(location)
-        texts = {name: (repo / name / CONFIG).read_text() for name in PAIRED}
-    for name in PAIRED:
+        texts = {name: (repo / name / CONFIG).read_text() for name in names}
+    for name in names:
         path = view / name / CONFIG
         tmp = path.with_name(CONFIG + ".tmp")
         tmp.write_text(pin_config_text(texts[name], versions))
@@ -135,7 +153,7 @@ def drop_versions(location: str | Path, view: Path, keep: list[int]) -> None:
     stay): newer ones stay for comparisons and canaries."""
     if not is_s3(location):
         return
-    for name in PAIRED:
+    for name in pinned(view):
         for entry in (view / name).iterdir():
             if entry.is_dir() and entry.name.isdigit() and int(entry.name) < min(keep):
                 shutil.rmtree(entry, ignore_errors=True)
