@@ -263,7 +263,7 @@ def test_benchmarks_state_the_defaults() -> None:
     """Every row of the recipe table in BENCHMARKS.md matches TrainConfig()."""
     text = (ROOT / "BENCHMARKS.md").read_text()
     section = text.split("### Accuracy", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
-    rows = re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", section, flags=re.M)
+    rows = re.findall(r"^\| `([a-z_.-]+)` \| `([^`]*)` \|", section, flags=re.M)
     assert len(rows) >= 10, "the recipe table in BENCHMARKS.md (### Accuracy) is missing"
     defaults = _flat(to_dict(TrainConfig()))
     for key, value in rows:

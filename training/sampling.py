@@ -43,7 +43,9 @@ class SamplingConfig:
     # A source's share multiplied by this, by source name (a mixed source's lab-style part is
     # NAME:lab); unnamed sources keep 1. Used by the base epochs and the continuations alike.
     # A name that is not a source of the run is ignored (the run says so when it starts).
-    source_weights: dict[str, float] = field(default_factory=dict)
+    # The default halves the cleaned tomato-mixed-extra photos of the default command, so that
+    # PlantDoc's photos get most of the field draws (BENCHMARKS.md, "Field recipe candidates").
+    source_weights: dict[str, float] = field(default_factory=lambda: {"tomato-mixed-extra": 0.5})
 
     def not_sources(self, names: Sequence[str]) -> list[str]:
         """The names in source_weights that are not among the run's sources."""
