@@ -1,6 +1,12 @@
 """Explanations in an export: the classifier's class-activation maps as a second ONNX output,
 and the heatmap parity check that gates publication beside the probability parity.
 
+`--target local` exports one graph with both outputs (the Python backend computes the maps
+only when asked). `--target triton` keeps the classifier's graph (or its TensorRT plan) as it
+is and exports the class-activation graph beside it, `cams.onnx`, for `classifier_cams`
+(model_repository/explain.py says why): its logits are checked against PyTorch like the
+classifier's, and its maps by the same heatmap parity.
+
 The heatmap compared is the one users see: the top class's map (by the PyTorch logits, so both
 sides show the same class), normalised by `plantdx.heatmap.normalize_heatmap`.
 """
@@ -22,39 +28,45 @@ from plantdx.models.cam import CamModel as CamModel
 from plantdx.models.cam import cam_model, cam_supported
 from plantdx.preprocessing import PreprocessMeta
 
-from .onnx import onnx_session, torch_pixels
+from .onnx import (
+    check_parity,
+    export_onnx,
+    onnx_session,
+    require_parity,
+    torch_pixels,
+)
 
 UNAVAILABLE_NOTE = (
     "explanations are unavailable for architecture {arch}: its head is not global pooling + "
     "one linear layer, so the classifier was exported without class-activation maps and no "
     "plantdx_explain ensemble was published"
 )
-TRITON_TARGET_NOTE = (
-    "explanations are exported for --target local only: this version has no "
-    "class-activation maps and no plantdx_explain ensemble was published"
-)
+CAMS_GRAPH = "cams.onnx"  # --target triton: the class-activation graph, for classifier_cams
+CAMS_OUTPUTS = (ONNX_OUTPUT, ONNX_CAMS)
 
 
 @dataclass
 class ExplainPlan:
-    """What the export writes: the module to export, its ONNX outputs, and why there are no
-    maps when there are none."""
+    """What the export writes: the module to export, its ONNX outputs, the class-activation
+    module exported as a graph of its own (--target triton), and why there are no maps when
+    there are none."""
 
     module: nn.Module
     output_names: tuple[str, ...]
     note: str | None = None
+    separate: CamModel | None = None
 
     @property
     def cams(self) -> bool:
-        return isinstance(self.module, CamModel)
+        return isinstance(self.module, CamModel) or self.separate is not None
 
 
 def plan(model: nn.Module, arch: str, *, to: str, target: str = "local") -> ExplainPlan:
-    if (to != "onnx" or target != "local") and cam_supported(arch):
-        return ExplainPlan(model, (ONNX_OUTPUT,), TRITON_TARGET_NOTE)
     if not cam_supported(arch):
         return ExplainPlan(model, (ONNX_OUTPUT,), UNAVAILABLE_NOTE.format(arch=arch))
-    return ExplainPlan(cam_model(model, arch).eval(), (ONNX_OUTPUT, ONNX_CAMS))
+    if to != "onnx" or target != "local":
+        return ExplainPlan(model, (ONNX_OUTPUT,), separate=cam_model(model, arch).eval())
+    return ExplainPlan(cam_model(model, arch).eval(), CAMS_OUTPUTS)
 
 
 @dataclass
@@ -111,3 +123,47 @@ def require_heatmap_parity(report: HeatmapParityReport) -> None:
             f"from {report.source}: max |Δ| = {report.max_abs_diff_heatmap:.2e} (limit "
             f"{report.tolerance:.0e}); nothing was published"
         )
+
+
+@dataclass
+class CamsGraph:
+    """The class-activation graph of a --target triton export, checked."""
+
+    path: Path
+    parity: dict[str, Any]
+    heatmap: HeatmapParityReport
+
+
+def cams_graph(
+    explained: ExplainPlan,
+    plain: nn.Module,
+    tmpdir: Path,
+    batch: np.ndarray,
+    *,
+    image_size: int,
+    opset: int,
+    normalize: PreprocessMeta | None,
+    meta: PreprocessMeta,
+    source: str,
+    max_abs: float,
+    min_agreement: float,
+) -> CamsGraph:
+    """Export `explained.separate` as `cams.onnx` (the classifier's input, then `logits` and
+    `cams`) and check it as the classifier is checked: its logits against PyTorch's (the
+    probability parity) and its maps by the heatmap parity; raises ParityError on a miss."""
+    assert explained.separate is not None
+    path = export_onnx(
+        explained.separate,
+        tmpdir / CAMS_GRAPH,
+        image_size=image_size,
+        opset=opset,
+        output_names=CAMS_OUTPUTS,
+        normalize=normalize,
+    )
+    logits = check_parity(
+        plain, path, batch, source=source, max_abs=max_abs, min_agreement=min_agreement, meta=meta
+    )
+    require_parity(logits)
+    heatmap = check_heatmap_parity(explained.separate, path, batch, source=source, meta=meta)
+    require_heatmap_parity(heatmap)
+    return CamsGraph(path, logits.to_dict(), heatmap)

@@ -109,13 +109,29 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
             meta=ckpt.preprocessing,
         )
         require_parity(report)
-        heatmap = None
+        heatmap = cams = None
         if isinstance(explained.module, explain_export.CamModel):
             step("heatmap parity")
             heatmap = explain_export.check_heatmap_parity(
                 explained.module, onnx_path, checked, source=where, meta=ckpt.preprocessing
             )
             explain_export.require_heatmap_parity(heatmap)
+        elif explained.separate is not None:  # --target triton: a graph for classifier_cams
+            step("class-activation graph: parity and heatmap parity")
+            cams = explain_export.cams_graph(
+                explained,
+                model,
+                tmpdir,
+                checked,
+                image_size=ckpt.preprocessing.image_size,
+                opset=cfg.opset,
+                normalize=ckpt.preprocessing if uint8 else None,
+                meta=ckpt.preprocessing,
+                source=where,
+                max_abs=cfg.max_abs_diff,
+                min_agreement=cfg.min_top1_agreement,
+            )
+            heatmap = cams.heatmap
         heatmap_doc = heatmap.to_dict() if heatmap else None
         onnx_sha = file_sha256(onnx_path)
         trt_build = None
@@ -139,6 +155,11 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
         provenance["crops"] = crops.to_dict()
         parity_doc = provenance["parity"] = {**report.to_dict(), "heatmap": heatmap_doc}
         provenance["explain"] = {"heatmap_parity": heatmap_doc, "note": explained.note}
+        if cams is not None:
+            provenance["explain"]["classifier_cams"] = {
+                "parity": cams.parity,
+                "sha256": file_sha256(cams.path),
+            }
         step("drift reference")
         reference, provenance["reference"] = export_reference(
             ckpt, decision, onnx_path, cfg.check_data, source_path, cfg.reference_photos
@@ -171,6 +192,7 @@ def export(cfg: ExportConfig, on_step: Callable[[str], None] | None = None) -> E
             cams_dims=tuple(heatmap.cam_shape) if heatmap else None,
             crops=crops,
             pixels=pixels,
+            cams_onnx=cams.path if cams else None,
         )
     return ExportResult(
         Path(cfg.repository),

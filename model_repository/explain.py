@@ -7,20 +7,31 @@
                                        fed into its LOGITS: the crop's top class with a CROP)
 
 Both ensembles run the latest loaded preprocess and classifier (model_version -1), so an
-explanation always comes from the version that answers `plantdx`. Explanations are served by
-`--target local` repositories (onnxruntime in the Python backend): the ensemble feeds the
-classifier's EXPLAIN_PIXELS so that Triton's response cache, which ignores the requested
-outputs, never answers an explanation with a plain request's cached logits.
+explanation always comes from the version that answers `plantdx`. Triton's response cache keys
+a request on its model, version and inputs but not on the outputs it asks for, so explanations
+must never reach a plain request's cached entry:
+
+- `--target local` (onnxruntime in a Python backend): the ensemble feeds the classifier's
+  second, optional input name, EXPLAIN_PIXELS, and the classifier computes the maps only then;
+- `--target triton` (Triton's native onnxruntime and TensorRT backends, which have no optional
+  second input name): `classifier_cams`, a model of its own published beside the classifier as
+  version N, runs the class-activation graph (ONNX `input` → `logits`, `cams`) with Triton's
+  onnxruntime backend, also when the classifier is a TensorRT plan (its explanations then come
+  from the FP32 graph, which the precision gate compared with the plan). Its own name keeps its
+  cache entries apart, and `plantdx` never runs it.
 """
 
 from __future__ import annotations
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .config import ServingOptions, _apply_batching, ensemble_base
+from plantdx.exceptions import RepositoryError
+
+from .config import ServingOptions, Target, _apply_batching, ensemble_base
 from .names import (
     CALIBRATION,
     CAMS,
+    CAMS_CLASSIFIER,
     CLASS_INDEX,
     CLASSIFIER,
     CROP,
@@ -32,6 +43,9 @@ from .names import (
     HEATMAP,
     HEATMAP_MODEL,
     LOGITS,
+    ONNX_CAMS,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
     PIXELS,
     POSTPROCESS,
     PREPROCESS,
@@ -56,12 +70,36 @@ def heatmap_config(
     return cfg
 
 
+def cams_classifier_config(
+    classifier: mc.ModelConfig, cams_dims: tuple[int, ...]
+) -> mc.ModelConfig:
+    """`classifier_cams` (--target triton): the classifier's config (its input, batching,
+    instances, version policy, warm-up and response cache) under its own name, run by Triton's
+    onnxruntime backend on the class-activation graph (`model.onnx`: `logits` and `cams`)."""
+    cfg = mc.ModelConfig()
+    cfg.CopyFrom(classifier)
+    cfg.name = CAMS_CLASSIFIER
+    cfg.ClearField("backend")
+    cfg.platform = "onnxruntime_onnx"
+    cfg.ClearField("cc_model_filenames")
+    cfg.default_model_filename = "model.onnx"
+    cfg.ClearField("optimization")  # FP32 onnxruntime, not a plan's or the accelerator's FP16
+    if [o.name for o in cfg.output] != [ONNX_OUTPUT]:
+        raise RepositoryError(
+            f"{CAMS_CLASSIFIER} is made from a --target triton classifier config (one output, "
+            f"{ONNX_OUTPUT!r}); this one has {[o.name for o in cfg.output]}"
+        )
+    cfg.output.append(mc.ModelOutput(name=ONNX_CAMS, data_type=mc.TYPE_FP32, dims=cams_dims))
+    return cfg
+
+
 def explain_ensemble_config(
     num_classes: int,
     cams_dims: tuple[int, ...],
     opts: ServingOptions,
     *,
     labels_filename: str = "labels.txt",
+    target: Target = "local",
 ) -> mc.ModelConfig:
     cfg = ensemble_base(EXPLAIN_ENSEMBLE, num_classes, opts, labels_filename)
     cfg.output.append(
@@ -72,10 +110,16 @@ def explain_ensemble_config(
     pre.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT
     pre.output_map[PIXELS] = "pixels"
     pre.output_map[CALIBRATION] = "calibration"
-    clf = steps.add(model_name=CLASSIFIER, model_version=-1)
-    clf.input_map[EXPLAIN_PIXELS] = "pixels"
-    clf.output_map[LOGITS] = "logits"
-    clf.output_map[CAMS] = "cams"
+    if target == "local":
+        clf = steps.add(model_name=CLASSIFIER, model_version=-1)
+        clf.input_map[EXPLAIN_PIXELS] = "pixels"
+        clf.output_map[LOGITS] = "logits"
+        clf.output_map[CAMS] = "cams"
+    else:  # a model of its own: Triton's native backends take no second input name
+        clf = steps.add(model_name=CAMS_CLASSIFIER, model_version=-1)
+        clf.input_map[ONNX_INPUT] = "pixels"
+        clf.output_map[ONNX_OUTPUT] = "logits"
+        clf.output_map[ONNX_CAMS] = "cams"
     post = steps.add(model_name=POSTPROCESS, model_version=-1)
     post.input_map[LOGITS] = "logits"
     post.input_map[CALIBRATION] = "calibration"
@@ -92,10 +136,21 @@ def explain_ensemble_config(
 
 
 def explain_configs(
-    num_classes: int, cams_dims: tuple[int, ...], opts: ServingOptions
+    num_classes: int,
+    cams_dims: tuple[int, ...],
+    opts: ServingOptions,
+    *,
+    target: Target = "local",
+    classifier: mc.ModelConfig | None = None,
 ) -> dict[str, mc.ModelConfig]:
-    """The configs `publish_version` writes beside the others when the classifier has maps."""
-    return {
+    """The configs `publish_version` writes beside the others when the version has maps (with
+    --target triton, `classifier_cams`'s too, made from the `classifier` config)."""
+    configs = {
         HEATMAP_MODEL: heatmap_config(num_classes, cams_dims, opts),
-        EXPLAIN_ENSEMBLE: explain_ensemble_config(num_classes, cams_dims, opts),
+        EXPLAIN_ENSEMBLE: explain_ensemble_config(num_classes, cams_dims, opts, target=target),
     }
+    if target != "local":
+        if classifier is None:
+            raise RepositoryError(f"{CAMS_CLASSIFIER} is made from the classifier's config")
+        configs[CAMS_CLASSIFIER] = cams_classifier_config(classifier, cams_dims)
+    return configs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,15 @@ from .layout import (
     versions,
     write_json,
 )
-from .names import CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, HEATMAP_MODEL, POSTPROCESS, PREPROCESS
+from .names import (
+    CAMS_CLASSIFIER,
+    CLASSIFIER,
+    ENSEMBLE,
+    EXPLAIN_ENSEMBLE,
+    HEATMAP_MODEL,
+    POSTPROCESS,
+    PREPROCESS,
+)
 from .validate import validate_repository
 
 log = logging.getLogger(__name__)
@@ -147,6 +156,7 @@ def publish_version(
     cams_dims: tuple[int, ...] | None = None,
     crops: CropMap | None = None,
     pixels: str = "uint8",
+    cams_onnx: Path | None = None,
 ) -> int:
     """Add the next version of preprocess + classifier; returns its number.
 
@@ -157,7 +167,8 @@ def publish_version(
     its graph normalises, or float32 in repositories made before that); it must be the
     repository's own. `cams_dims` ([C, h, w]): the classifier has
     class-activation maps, so its config declares CAMS and the `heatmap` model and the
-    `plantdx_explain` ensemble are written too.
+    `plantdx_explain` ensemble are written too; with --target triton the maps come from
+    `cams_onnx`, the class-activation graph, published as version N of `classifier_cams`.
 
     `write_classifier_files` fills the staged classifier version (model.onnx, plans and their
     engines.json, reports). On any error the repository is left exactly as it was, including
@@ -190,6 +201,7 @@ def publish_version(
                 cams_dims=cams_dims,
                 crops=crops or CropMap.derive(class_names),
                 pixels=pixels,
+                cams_onnx=cams_onnx,
             )
     except BaseException:
         for d in created:  # innermost first; only if the rollback left them empty
@@ -214,9 +226,13 @@ def _publish_locked(
     cams_dims: tuple[int, ...] | None = None,
     crops: CropMap,
     pixels: str = "uint8",
+    cams_onnx: Path | None = None,
 ) -> int:
     if list(crops.classes) != class_names:
         raise RepositoryError("the crops mapping was made for other classes")
+    separate = cams_dims is not None and target != "local"  # classifier_cams (explain.py)
+    if separate and cams_onnx is None:
+        raise RepositoryError(f"--target {target} explanations need the graph of {CAMS_CLASSIFIER}")
     recover(repo)  # an export or pin that was killed: rolled back or completed first
     _check_fits(RepositoryInfo.load(repo), repo, class_names, meta, target, platform, pixels)
     existing = set(versions(repo / CLASSIFIER)) | set(versions(repo / PREPROCESS))
@@ -234,9 +250,11 @@ def _publish_locked(
     known_problems = set(validate_repository(repo)) if previous is not None else set()
     with Journal(repo, f"export of version {number}") as journal:
         staged: dict[str, Path] = {}
-        for name in (PREPROCESS, CLASSIFIER):
+        for name in (PREPROCESS, CLASSIFIER, *((CAMS_CLASSIFIER,) if separate else ())):
             journal.mkdir(repo / name)
             staged[name] = journal.stage(repo / name)
+        if separate and cams_onnx is not None:
+            shutil.copyfile(cams_onnx, staged[CAMS_CLASSIFIER] / "model.onnx")
         (staged[PREPROCESS] / "model.py").write_text(backend_source("preprocess"))
         meta.save(staged[PREPROCESS] / META_FILENAME)
         decision.save(staged[PREPROCESS] / DECISION_FILENAME)
@@ -283,14 +301,18 @@ def _publish_locked(
         }
         explain = (HEATMAP_MODEL, EXPLAIN_ENSEMBLE) if cams_dims else ()
         if cams_dims:
-            configs.update(explain_configs(len(class_names), cams_dims, opts))
+            configs.update(
+                explain_configs(
+                    len(class_names), cams_dims, opts, target=target, classifier=configs[CLASSIFIER]
+                )
+            )
         labels = (clf_dir / LABELS_FILENAME).read_bytes()
         info = RepositoryInfo(
             class_names, meta.image_size, target, opts.kind, _options_dict(opts), platform, pixels
         )
 
         # Commit: versions first, then what points at them.
-        for name in (PREPROCESS, CLASSIFIER):
+        for name in staged:
             journal.move_dir(staged[name], repo / name / str(number))
         for name in (ENSEMBLE, POSTPROCESS, *explain):
             journal.mkdir(repo / name / "1")

@@ -2,8 +2,10 @@
 ensemble, when a repository has them (one without them is valid and serves as before).
 
 Checks: both are present or neither, their configs parse as Triton's ModelConfig, the ensemble's
-tensors connect (the classifier must declare CAMS), batch limits fit, the ensemble's labels are
-the `plantdx` ensemble's, and the heatmap's model.py is there.
+tensors connect (the classifier must declare CAMS; with --target triton, `classifier_cams`),
+batch limits fit, the ensemble's labels are the `plantdx` ensemble's, and the heatmap's
+model.py is there. `classifier_cams`'s versions each hold its model.onnx and are versions of
+the classifier (published together); a served version without one has no explanations.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from plantdx.exceptions import RepositoryError
 from plantdx.labels import LABELS_FILENAME, read_labels
 
 from .layout import versions
-from .names import CAMS, CLASSIFIER, ENSEMBLE, EXPLAIN_ENSEMBLE, HEATMAP_MODEL, ONNX_CAMS
+from .names import (
+    CAMS,
+    CAMS_CLASSIFIER,
+    CLASSIFIER,
+    ENSEMBLE,
+    EXPLAIN_ENSEMBLE,
+    HEATMAP_MODEL,
+    ONNX_CAMS,
+)
 from .wiring import check_wiring, load_configs
 
 Configs = dict[str, mc.ModelConfig]
@@ -34,11 +44,18 @@ def explain_problems(repo: Path, configs: Configs) -> list[str]:
     extra = load_configs(repo, EXPLAIN_MODELS, problems)
     if problems:
         return problems
-    clf = configs.get(CLASSIFIER)
+    steps = {step.model_name for step in extra[EXPLAIN_ENSEMBLE].ensemble_scheduling.step}
+    maps = CAMS_CLASSIFIER if CAMS_CLASSIFIER in steps else CLASSIFIER
+    if maps == CAMS_CLASSIFIER:
+        extra.update(load_configs(repo, (CAMS_CLASSIFIER,), problems))
+        if problems:
+            return problems
+        problems += _cams_versions(repo)
+    clf = {**configs, **extra}.get(maps)
     if clf is not None and not {CAMS, ONNX_CAMS} & {t.name for t in clf.output}:
         problems.append(
             f"{EXPLAIN_ENSEMBLE} needs the classifier's class-activation maps, but the "
-            "classifier config has no CAMS output (a model without them was exported into a "
+            f"{maps} config has no CAMS output (a model without them was exported into a "
             f"repository that serves explanations): export it to its own repository, or "
             f"remove {EXPLAIN_ENSEMBLE}/ and {HEATMAP_MODEL}/"
         )
@@ -57,6 +74,19 @@ def explain_problems(repo: Path, configs: Configs) -> list[str]:
     for v in versions(repo / HEATMAP_MODEL):
         if not (repo / HEATMAP_MODEL / str(v) / "model.py").is_file():
             problems.append(f"{HEATMAP_MODEL}/{v}: model.py is missing")
+    return problems
+
+
+def _cams_versions(repo: Path) -> list[str]:
+    problems = []
+    pair = set(versions(repo / CLASSIFIER))
+    for v in versions(repo / CAMS_CLASSIFIER):
+        if not (repo / CAMS_CLASSIFIER / str(v) / "model.onnx").is_file():
+            problems.append(f"{CAMS_CLASSIFIER}/{v}: model.onnx is missing")
+        if v not in pair:
+            problems.append(
+                f"{CAMS_CLASSIFIER}/{v} has no classifier version {v}: they are published together"
+            )
     return problems
 
 
