@@ -49,8 +49,13 @@ class VersionedClient(PlantDxClient):
         )
         pixels = pre.as_numpy(PIXELS)
         calibration = pre.as_numpy(CALIBRATION)
-        pix = m.InferInput(PIXELS, list(pixels.shape), "FP32")
-        pix.set_data_from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+        # As the version's preprocess sent them: uint8 that its classifier normalises, or
+        # float32 in repositories made before that.
+        dtype = "UINT8" if pixels.dtype == np.uint8 else "FP32"
+        pix = m.InferInput(PIXELS, list(pixels.shape), dtype)
+        pix.set_data_from_numpy(
+            np.ascontiguousarray(pixels, dtype=np.uint8 if dtype == "UINT8" else np.float32)
+        )
         out = self._call(
             "infer",
             model_name=CLASSIFIER,

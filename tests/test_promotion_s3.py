@@ -47,6 +47,10 @@ def moto(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Any]]:
     for name, value in CREDS.items():
         monkeypatch.setenv(name, value)
     try:
+        # moto keeps its state per process, not per server: start from an empty one.
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")
+        ).close()
         client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
         client.create_bucket(Bucket="models")
         yield f"127.0.0.1:{port}", client
