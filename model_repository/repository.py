@@ -29,6 +29,7 @@ from plantdx.exceptions import RepositoryError
 from plantdx.files import file_sha256
 from plantdx.labels import LABELS_FILENAME, write_labels
 from plantdx.preprocessing import META_FILENAME, PreprocessMeta
+from plantdx.reference import REFERENCE_FILENAME
 
 from .config import (
     ServingOptions,
@@ -264,6 +265,8 @@ def _publish_locked(
         write_classifier_files(
             StagedVersion(clf_dir, number, repo / CLASSIFIER / str(previous) if previous else None)
         )
+        if (clf_dir / REFERENCE_FILENAME).is_file():  # the preprocess publishes it (drift)
+            shutil.copyfile(clf_dir / REFERENCE_FILENAME, staged[PREPROCESS] / REFERENCE_FILENAME)
         if target == "local":
             (clf_dir / "model.py").write_text(backend_source("classifier_onnx"))
         meta.save(clf_dir / META_FILENAME)

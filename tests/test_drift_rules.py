@@ -401,6 +401,10 @@ def test_a_new_export_publishes_its_reference_when_it_loads(
         alt = alt_checkpoint(tiny_run / "best.pt", tmp_path / "alt.pt")
         done = export(ExportConfig(source=str(alt), repository=str(repo), check_data=str(mini_dir)))
         assert done.version == 2
+        # A copy beside the preprocess that publishes it (a Triton reading s3:// itself copies
+        # each model apart).
+        copy = repo / "preprocess" / "2" / REFERENCE_FILENAME
+        assert copy.read_bytes() == (repo / "classifier" / "2" / REFERENCE_FILENAME).read_bytes()
         expected = _expected(repo, "2")
         assert expected != {("2", *k[1:]): v for k, v in _expected(repo, "1").items()}
         with ModelControl(server.http_url) as control:
