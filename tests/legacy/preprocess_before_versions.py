@@ -19,7 +19,13 @@ import triton_python_backend_utils as pb_utils
 
 from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import PreprocessError
-from plantdx.preprocessing import META_FILENAME, REJECTION_REASONS, PreprocessMeta, Preprocessor
+from plantdx.preprocessing import (
+    META_FILENAME,
+    REJECTION_REASONS,
+    PreprocessMeta,
+    Preprocessor,
+    to_chw,
+)
 
 
 class TritonPythonModel:
@@ -31,7 +37,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         outputs = [o["name"] for o in config["output"]]
         self.output_name = outputs[0]
-        # A config written before decision rules has no CALIBRATION output.
+        # A config written before decision rules has no CALIBRATION output. The one config of
+        # the repository decides the pixels: float32 in repositories of that time, uint8 (what
+        # the classifier normalises itself) when this file sits in a repository made since.
+        self.float_pixels = config["output"][0].get("data_type") == "TYPE_FP32"
         self.calibration_name = "CALIBRATION" if "CALIBRATION" in outputs else None
         # Keep the family alive as long as its metrics: the stub frees both together.
         self.rejection_family = family = pb_utils.MetricFamily(
@@ -52,7 +61,9 @@ class TritonPythonModel:
             ]
             images = [bytes(data) for batch in batches for data in batch]
             pixels, errors = self.preprocessor.decode_batch(images)
-            normalized = self.preprocessor.normalize.batch(pixels)
+            normalized = (
+                self.preprocessor.normalize.batch(pixels) if self.float_pixels else to_chw(pixels)
+            )
         except Exception as exc:  # nothing decodable: every request gets the reason, none hangs
             error = pb_utils.TritonError(f"preprocessing failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
