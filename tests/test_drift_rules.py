@@ -329,11 +329,12 @@ def test_served_histograms_have_the_reference_buckets(triton_metrics_text: str) 
         les = [re.search(r'le="([^"]+)"', labels).group(1) for labels, _ in found]  # type: ignore[union-attr]
         assert [re.sub(r"\.0$", "", le) for le in les] == bucket_labels(edges)
         assert all('version="1"' in labels for labels, _ in found)
-        # A sample of the photos the fixture sent (drift_sample_rate): at most the 4 decoded.
+        # A sample of the photos sent (drift_sample_rate); the session's server has also served
+        # other tests, so the count is checked against its own +Inf bucket, not a number.
         count = re.search(
             rf"^{METRIC_PREFIX}{name}_count\{{[^}}]*\}} (\S+)", triton_metrics_text, re.M
         )
-        assert count and float(found[-1][1]) == float(count.group(1)) <= 4
+        assert count and float(found[-1][1]) == float(count.group(1))
 
 
 def _scraped_references(text: str) -> dict[tuple[str, ...], float]:
