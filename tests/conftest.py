@@ -103,6 +103,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_st
 
 
 @pytest.fixture(scope="session")
+def weak_run(tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_store: str) -> Path:
+    """test_tiny trained for one epoch at a tiny learning rate: a real model, but a poor one."""
+    return train_tiny(
+        tmp_path_factory.mktemp("weak_run"), mini_dir, mlflow_store, epochs=1, lr=1e-5
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path, mini_dir: Path) -> Path:
     from plantdx.export import ExportConfig, export
 

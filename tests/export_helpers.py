@@ -36,3 +36,21 @@ def snapshot(root: Path) -> dict[str, str]:
         rel = str(p.relative_to(root))
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
     return out
+
+
+def two_versions(tmp: Path, first: Path, second: Path) -> Path:
+    """TMP/repo: version 1 from run `first` (served), version 2 from run `second` (published,
+    not served: the policy names version 1)."""
+    from plantdx.export import ExportConfig, export
+
+    repo = tmp / "repo"
+    export(ExportConfig(source=str(first / "best.pt"), repository=str(repo)))
+    export(
+        ExportConfig(
+            source=str(second / "best.pt"),
+            repository=str(repo),
+            version_policy="specific",
+            specific_versions=[1],
+        )
+    )
+    return repo

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from conftest import train_tiny
+from export_helpers import two_versions
 
 KEY = "pdx-" + secrets.token_hex(12)
 CREDS = {
@@ -184,31 +184,6 @@ def test_a_following_view_mirrors_new_versions(moto: tuple[str, Any], tmp_path: 
 # -- a real promotion through a server that follows the bucket -------------------------------
 
 
-@pytest.fixture(scope="module")
-def weak_run(
-    tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_store: str
-) -> Iterator[Path]:
-    """test_tiny trained for one epoch at a tiny learning rate: a real model, but a poor one."""
-    yield train_tiny(tmp_path_factory.mktemp("weak_run"), mini_dir, mlflow_store, epochs=1, lr=1e-5)
-
-
-def _two_versions(tmp: Path, first: Path, second: Path) -> Path:
-    """Version 1 from `first` (served), version 2 from `second` (staged, not served)."""
-    from plantdx.export import ExportConfig, export
-
-    repo = tmp / "repo"
-    export(ExportConfig(source=str(first / "best.pt"), repository=str(repo)))
-    export(
-        ExportConfig(
-            source=str(second / "best.pt"),
-            repository=str(repo),
-            version_policy="specific",
-            specific_versions=[1],
-        )
-    )
-    return repo
-
-
 def _serve(url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`plantdx serve` on the bucket (it follows it, every second); (process, its address)."""
     from plantdx.serving.server import free_port
@@ -257,7 +232,7 @@ def test_promote_writes_only_the_bucket_and_the_server_follows(
     from plantdx.model_repository.asked import asked_version
 
     endpoint, client = moto
-    source = _two_versions(tmp_path, weak_run, tiny_run)
+    source = two_versions(tmp_path, weak_run, tiny_run)
     _upload(client, source)
     before = {p: p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()}
     url = f"s3://{endpoint}/models/repo"

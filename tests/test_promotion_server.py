@@ -7,44 +7,18 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import train_tiny
+from export_helpers import two_versions
 from serving_helpers import start_server
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 KEY = "pdx-" + secrets.token_hex(12)
 LIMIT = 120  # photos per source
-
-
-@pytest.fixture(scope="module")
-def weak_run(
-    tmp_path_factory: pytest.TempPathFactory, mini_dir: Path, mlflow_store: str
-) -> Iterator[Path]:
-    """test_tiny trained for one epoch at a tiny learning rate: a real model, but a poor one."""
-    yield train_tiny(tmp_path_factory.mktemp("weak_run"), mini_dir, mlflow_store, epochs=1, lr=1e-5)
-
-
-def _repo(tmp: Path, first: Path, second: Path) -> Path:
-    """Version 1 from `first`, version 2 from `second`, served: version 1 only."""
-    from plantdx.export import ExportConfig, export
-
-    repo = tmp / "repo"
-    export(ExportConfig(source=str(first / "best.pt"), repository=str(repo)))
-    export(
-        ExportConfig(
-            source=str(second / "best.pt"),
-            repository=str(repo),
-            version_policy="specific",
-            specific_versions=[1],
-        )
-    )
-    return repo
 
 
 def _ready(url: str, model: str) -> list[int]:
@@ -69,7 +43,7 @@ def test_a_worse_challenger_is_refused_and_nothing_changes(
 ) -> None:
     from plantdx.promotion.promote import PromoteConfig, PromotionRefusedError, promote
 
-    repo = _repo(tmp_path, tiny_run, weak_run)
+    repo = two_versions(tmp_path, tiny_run, weak_run)
     before = _configs(repo)
     server = start_server(repo, tmp_path / "triton.log", admin_key=KEY)
     try:
@@ -113,7 +87,7 @@ def test_compare_through_the_server_then_promote_under_load(
     from plantdx.promotion.promote import PromoteConfig, promote
     from plantdx.tracking import configure
 
-    repo = _repo(tmp_path, weak_run, tiny_run)
+    repo = two_versions(tmp_path, weak_run, tiny_run)
     server = start_server(repo, tmp_path / "triton.log", admin_key=KEY)
     try:
         # compare --url: both versions judged through the server, then version 2 unloaded.
