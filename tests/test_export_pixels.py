@@ -199,3 +199,30 @@ def test_the_preprocess_backend_sends_what_its_config_declares(
     assert response.error is None
     assert response.outputs["PIXELS"].dtype == expected.dtype
     assert np.array_equal(response.outputs["PIXELS"], expected)
+
+
+@pytest.mark.triton
+def test_uint8_and_float_repositories_serve_the_same_probabilities(
+    tmp_path: Path, tiny_ckpt: Path, mini_photos: list[Path]
+) -> None:
+    """The same checkpoint in a new repository (uint8 pixels) and in one of float pixels (as
+    made before) answers every photo alike, and as the in-process reference does."""
+    from conftest import onnx_probabilities
+    from serving_helpers import infer, start_server
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    old.mkdir()
+    doc = {"class_names": ["a", "b", "c"], "image_size": 64, "target": "local", "kind": "cpu"}
+    (old / "plantdx-repository.json").write_text(json.dumps(doc))
+    for repo in (new, old):
+        export(ExportConfig(source=str(tiny_ckpt), repository=str(repo)))
+    photos = [p.read_bytes() for p in mini_photos[:8]]
+    served = []
+    for repo in (new, old):
+        server = start_server(repo, tmp_path / f"{repo.name}.log")
+        try:
+            served.append(infer(server.grpc_url, photos, timeout_s=60).astype(np.float64))
+        finally:
+            server.stop()
+        assert np.abs(served[-1] - onnx_probabilities(repo, photos)).max() <= 1e-6
+    assert np.abs(served[0] - served[1]).max() <= 1e-5
