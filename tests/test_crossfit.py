@@ -128,11 +128,11 @@ def test_a_run_fits_its_rule_on_out_of_fold_predictions_of_every_field_photo(
     assert len(split["cv"]) == 28
 
 
-def test_the_flip_wrapper_averages_the_logits_of_the_image_and_its_mirror() -> None:
-    from plantdx.training.tta import HFlipMean
+def test_the_flip_wrapper_runs_the_model_on_the_mirror_image() -> None:
+    from plantdx.training.tta import Mirrored
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 3 * 4, 5))
     x = torch.randn(3, 2, 3, 4)
-    want = (net(x) + net(x[..., torch.arange(3, -1, -1)])) / 2
-    assert torch.allclose(HFlipMean(net)(x), want, atol=1e-6)
-    assert not torch.allclose(HFlipMean(net)(x), net(x), atol=1e-3)
+    want = net(x[..., torch.arange(3, -1, -1)])
+    assert torch.allclose(Mirrored(net)(x), want, atol=1e-6)
+    assert not torch.allclose(Mirrored(net)(x), net(x), atol=1e-3)

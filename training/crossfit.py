@@ -31,7 +31,7 @@ from .engine import EvalResult, evaluate, train_one_epoch
 from .loading import PreparedData, eval_loader
 from .progress import Reporter
 from .sampling import sample_weights
-from .tta import HFlipMean
+from .tta import Mirrored
 
 
 @dataclass
@@ -45,7 +45,7 @@ class CrossfitResult:
     steps: int
     seconds: float
     fold_seconds: list[float] = field(default_factory=list)
-    # The same out-of-fold predictions with a left-right flip averaged in (HFlipMean).
+    # The same out-of-fold predictions with the mirrored image's logits averaged in.
     hflip_logits: np.ndarray | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -144,13 +144,14 @@ def run_crossfit(
                 channels_last=trainee.channels_last,
             )
             oof_logits[idx] = res.logits
-            flip_logits[idx] = evaluate(
-                HFlipMean(trainee.net),
+            mirrored = evaluate(
+                Mirrored(trainee.net),
                 eval_loader(Subset(cv_eval, idx.tolist())),
                 trainee.criterion,
                 trainee.device,
                 channels_last=trainee.channels_last,
-            ).logits
+            )
+            flip_logits[idx] = (res.logits + mirrored.logits) / 2
         fold_seconds.append(time.perf_counter() - t0)
     probs = torch.from_numpy(oof_logits).softmax(1).numpy()
     pred = probs.argmax(1)
