@@ -13,9 +13,11 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from plantdx.choices import ExportFormat, Kind, Target, VersionPolicy
+from plantdx.cores import usable_cores
 from plantdx.decision import parse_threshold
 from plantdx.exceptions import RepositoryError
 
+from .instances import AUTO, GPU_INSTANCES, INSTANCES_PARAMETER, InstancePlan, plan_for
 from .names import (
     ABSTAIN_THRESHOLD,
     CALIBRATION,
@@ -48,7 +50,9 @@ class Batching:
     max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 500  # the sweep in BENCHMARKS.md: best at concurrency 1 and 8
-    instances: int = 1
+    # None: sized by the cores (instances.plan_for), and re-sized by the server that serves it;
+    # a number: exactly that many, wherever it is served.
+    instances: int | None = None
     # Overload is refused quickly instead of letting latency grow without bound.
     max_queue_size: int = 256
     queue_timeout_us: int = 30_000_000
@@ -57,11 +61,13 @@ class Batching:
 @dataclass(frozen=True)
 class ServingOptions:
     kind: Kind = "cpu"
-    preprocess: Batching = field(default_factory=lambda: Batching(max_batch_size=32, instances=2))
-    # Two classifier instances, each with its share of the cores for onnxruntime (the backend
-    # divides them): on 2 cores ~12% more throughput than one instance on both (BENCHMARKS.md).
-    classifier: Batching = field(default_factory=lambda: Batching(max_batch_size=32, instances=2))
-    postprocess: Batching = field(default_factory=lambda: Batching(max_batch_size=64, instances=1))
+    # Instances from the cores (model_repository/instances.py has the rule and why): each
+    # classifier instance gets its share of them for onnxruntime (the backend divides them).
+    preprocess: Batching = field(default_factory=lambda: Batching(max_batch_size=32))
+    classifier: Batching = field(default_factory=lambda: Batching(max_batch_size=32))
+    postprocess: Batching = field(default_factory=lambda: Batching(max_batch_size=64))
+    # The cores the counts are sized for; None: this machine's (servers re-size them: instances).
+    cores: int | None = None
     # Images one request may hold (the ensembles' max_batch_size, under the composing models'):
     # with the 16 MP / 20 MiB input caps the costliest image measured takes about 0.5 s of
     # preprocess CPU, so one request costs at most ~4 s (32 such images took 15-30 s). Clients
@@ -82,7 +88,12 @@ class ServingOptions:
     # is plenty for shares over hours of traffic. 1.0: every photo, 0: none.
     drift_sample_rate: float = 0.25
 
+    def plan(self) -> InstancePlan:
+        return plan_for(self.cores if self.cores is not None else usable_cores())
+
     def __post_init__(self) -> None:
+        if self.cores is not None and self.cores < 1:
+            raise RepositoryError(f"cores must be at least 1, got {self.cores}")
         if self.max_images_per_request < 1:
             raise RepositoryError(
                 f"max_images_per_request must be at least 1, got {self.max_images_per_request}"
@@ -100,7 +111,10 @@ def _tensor(cls: type, name: str, dtype: int, dims: tuple[int, ...], **extra: ob
     return t
 
 
-def _apply_batching(cfg: mc.ModelConfig, b: Batching, kind: Kind, python: bool) -> None:
+def _apply_batching(
+    cfg: mc.ModelConfig, b: Batching, opts: ServingOptions, python: bool, model: str
+) -> None:
+    kind = opts.kind
     cfg.max_batch_size = b.max_batch_size
     db = cfg.dynamic_batching
     db.preferred_batch_size.extend(b.preferred_batch_sizes)
@@ -111,13 +125,16 @@ def _apply_batching(cfg: mc.ModelConfig, b: Batching, kind: Kind, python: bool) 
     qp.allow_timeout_override = True
     qp.timeout_action = mc.ModelQueuePolicy.REJECT
     group = cfg.instance_group.add()
-    group.count = b.instances
     # Python-backend models run on the CPU even on GPU nodes; the native classifier does not.
-    group.kind = (
-        mc.ModelInstanceGroup.KIND_GPU
-        if kind == "gpu" and not python
-        else mc.ModelInstanceGroup.KIND_CPU
-    )
+    gpu = kind == "gpu" and not python
+    group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+    if b.instances is not None:
+        group.count = b.instances
+    elif gpu:
+        group.count = GPU_INSTANCES
+    else:
+        group.count = opts.plan().count(model) or 1
+        cfg.parameters[INSTANCES_PARAMETER].string_value = AUTO  # re-sized where it is served
 
 
 def _apply_version_policy(cfg: mc.ModelConfig, opts: ServingOptions) -> None:
@@ -159,7 +176,7 @@ def preprocess_config(
     if not 0.0 <= opts.drift_sample_rate <= 1.0:
         raise RepositoryError(f"drift_sample_rate must be in [0, 1], got {opts.drift_sample_rate}")
     cfg.parameters[DRIFT_SAMPLE_RATE].string_value = repr(float(opts.drift_sample_rate))
-    _apply_batching(cfg, opts.preprocess, opts.kind, python=True)
+    _apply_batching(cfg, opts.preprocess, opts, python=True, model=PREPROCESS)
     _apply_version_policy(cfg, opts)
     # No response cache here: Triton 2.51 caches a Python model's error response as an empty
     # success, so a bad image sent twice would get a confusing error the second time.
@@ -257,7 +274,7 @@ def classifier_config(
                 optional=True,
             )
         )
-    _apply_batching(cfg, opts.classifier, opts.kind, python=(target == "local"))
+    _apply_batching(cfg, opts.classifier, opts, python=(target == "local"), model=CLASSIFIER)
     _apply_version_policy(cfg, opts)
     if opts.response_cache:
         # Keyed on this model's name, version and pixels: a new version never meets an old
@@ -308,7 +325,7 @@ def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig
     threshold = "" if opts.abstain_threshold is None else repr(float(opts.abstain_threshold))
     check_abstain_threshold(threshold)
     cfg.parameters[ABSTAIN_THRESHOLD].string_value = threshold
-    _apply_batching(cfg, opts.postprocess, opts.kind, python=True)
+    _apply_batching(cfg, opts.postprocess, opts, python=True, model=POSTPROCESS)
     cfg.version_policy.latest.num_versions = 1
     return cfg
 

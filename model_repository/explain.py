@@ -65,7 +65,7 @@ def heatmap_config(
     cfg.output.append(
         mc.ModelOutput(name=HEATMAP, data_type=mc.TYPE_FP32, dims=list(cams_dims[-2:]))
     )
-    _apply_batching(cfg, opts.postprocess, opts.kind, python=True)
+    _apply_batching(cfg, opts.postprocess, opts, python=True, model=HEATMAP_MODEL)
     cfg.version_policy.latest.num_versions = 1
     return cfg
 

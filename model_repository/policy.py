@@ -36,14 +36,19 @@ def versioned_models(present: Iterable[str]) -> tuple[str, ...]:
 
 CONFIG = "config.pbtxt"
 _FIELD = re.compile(r"\bversion_policy\s*:?\s*\{")
+_FIELDS: dict[str, re.Pattern[str]] = {"version_policy": _FIELD}
 
 
 class RepositoryChangingError(RepositoryError):
     """preprocess and classifier serve no version in common now (a change is half written)."""
 
 
-def top_level_spans(text: str) -> list[tuple[int, int]]:
-    """Spans of every top-level `version_policy { ... }` field (comments and strings aware)."""
+def top_level_spans(text: str, name: str = "version_policy") -> list[tuple[int, int]]:
+    """Spans of every top-level `version_policy { ... }` field, or of the message field `name`
+    (comments and strings aware)."""
+    if name not in _FIELDS:
+        _FIELDS[name] = re.compile(rf"\b{re.escape(name)}\s*:?\s*\{{")
+    field_re = _FIELDS[name]
     spans, depth, i, start = [], 0, 0, -1
     while i < len(text):
         ch = text[i]
@@ -58,7 +63,7 @@ def top_level_spans(text: str) -> list[tuple[int, int]]:
             i = end + 1
             continue
         if depth == 0 and start < 0:
-            m = _FIELD.match(text, i)
+            m = field_re.match(text, i)
             if m and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")):
                 start, i, depth = i, m.end(), 1
                 continue

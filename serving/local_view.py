@@ -2,7 +2,12 @@
 classifier: every model directory a symbolic link to the real one, except those two (and
 classifier_cams, when the repository has it), which hold links to each version and their own
 config.pbtxt pinned to the version (`plantdx serve --served-version`, and the folder view a
-following server serves: view.py)."""
+following server serves: view.py).
+
+Every config the view writes has its instances sized for the cores this server may use
+(`sized_config`: model_repository/instances.py, plantdx.cores), and so does every other model
+whose config asks for it (the postprocess): such a model gets a folder of links and its own
+config too, instead of a link. The repository is never written."""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from plantdx.cores import usable_cores
 from plantdx.exceptions import RepositoryError, ServerError
 from plantdx.model_repository import policy
+from plantdx.model_repository.instances import adapt_config_text, is_auto
 
 VIEW_PREFIX = "plantdx-served-"  # views live in the temp directory
 PINNED_MODELS = policy.PAIRED  # published together as version N
@@ -29,6 +36,21 @@ def pin_config_text(text: str, version: int) -> str:
         return policy.pin_config_text(text, version)
     except RepositoryError as exc:
         raise ServerError(str(exc)) from None
+
+
+def sized_config(text: str, model: str) -> str:
+    """config.pbtxt text with its instances sized for this server's cores, when it asks for
+    that (the `instances: auto` mark); else unchanged."""
+    return adapt_config_text(text, usable_cores(), model)
+
+
+def _sized(entry: Path) -> str | None:
+    """The sized config of a model directory that asks to be sized, else None."""
+    config = entry / CONFIG
+    if not entry.is_dir() or not config.is_file():
+        return None
+    text = config.read_text()
+    return sized_config(text, entry.name) if is_auto(text) else None
 
 
 def _versions(model_dir: Path) -> list[int]:
@@ -66,14 +88,15 @@ def build_view(repository: str | Path, version: int, dest: str | Path | None = N
     view.mkdir(parents=True)
     models = pinned_models(repo)
     for entry in sorted(repo.iterdir()):
-        if entry.name not in models:
+        sized = None if entry.name in models else _sized(entry)
+        if entry.name not in models and sized is None:
             (view / entry.name).symlink_to(entry)
             continue
         (view / entry.name).mkdir()
         for item in sorted(entry.iterdir()):
             if item.name == CONFIG:
-                pinned = pin_config_text(item.read_text(), version)
-                (view / entry.name / CONFIG).write_text(pinned)
+                text = sized or sized_config(pin_config_text(item.read_text(), version), entry.name)
+                (view / entry.name / CONFIG).write_text(text)
             else:
                 (view / entry.name / item.name).symlink_to(item)
     return view

@@ -38,6 +38,10 @@ Explanations: when the repository has `plantdx_explain` and the command line doe
 the supervisor loads it once Triton is ready (explicit model control), and a failure leaves
 `plantdx` serving: a version exported without class-activation maps has no explanations.
 
+Instances: the view the supervisor serves sizes each model that the repository exported with
+sized instances for the cores the container may use (its CPU limit, read from its cgroup;
+PLANTDX_CORES replaces that): model_repository/instances.py has the rule.
+
 Capture for relabelling is configured by environment variables, which Triton's stubs inherit:
 PLANTDX_CAPTURE (a folder or s3://BUCKET/PREFIX; unset: off), PLANTDX_CAPTURE_RATE,
 PLANTDX_CAPTURE_LOW_CONFIDENCE, PLANTDX_CAPTURE_MAX_MB, PLANTDX_CAPTURE_MAX_PER_S,
@@ -57,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from plantdx.capture import CaptureSettings
-from plantdx.exceptions import PlantDxError, ServerError
+from plantdx.exceptions import ConfigError, PlantDxError, ServerError
 from plantdx.model_repository.names import EXPLAIN_ENSEMBLE
 
 from . import admin_key as keys
@@ -131,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         make = served_version.followed_command if following else served_version.pinned_command
         pinned, command = make(args.served_version, command)
-    except ServerError as exc:
+    except (ServerError, ConfigError) as exc:  # ConfigError: a PLANTDX_CORES that is no count
         log.error("%s", exc)
         return 2
     try:

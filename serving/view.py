@@ -19,7 +19,9 @@ served version.
 
 `write_versions` rewrites the two configs from the repository's own text with `specific {
 versions: ... }`, step by step as the follower switches (follow.py); the repository is never
-written. Models other than preprocess and classifier are read once, at start.
+written. Models other than preprocess and classifier are read once, at start. Every config the
+view writes or mirrors is sized for this server's cores when it asks for that
+(local_view.sized_config, model_repository/instances.py).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from plantdx.model_repository.policy import (
     versioned_models,
 )
 
-from .local_view import VIEW_PREFIX, build_view, refresh_view
+from .local_view import VIEW_PREFIX, build_view, refresh_view, sized_config
 
 
 def is_s3(location: str | Path) -> bool:
@@ -66,7 +68,10 @@ def build(location: str | Path, version: int) -> Path:
                 path.mkdir(parents=True, exist_ok=True)
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(source.get(key))
+            data = source.get(key)
+            if len(head) == 2 and head[1] == CONFIG:  # a model's config: sized for this server
+                data = sized_config(data.decode(), head[0]).encode()
+            path.write_bytes(data)
         for model in (p for p in view.iterdir() if p.is_dir()):  # S3 holds no empty folder:
             bare = not any(p.is_dir() and p.name.isdigit() for p in model.iterdir())
             if (model / CONFIG).is_file() and model.name not in pinned and bare:
@@ -144,7 +149,7 @@ def write_versions(location: str | Path, view: Path, versions: list[int]) -> Non
     for name in names:
         path = view / name / CONFIG
         tmp = path.with_name(CONFIG + ".tmp")
-        tmp.write_text(pin_config_text(texts[name], versions))
+        tmp.write_text(sized_config(pin_config_text(texts[name], versions), name))
         tmp.replace(path)
 
 

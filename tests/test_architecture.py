@@ -28,7 +28,7 @@ CORE_FLOORS = {
     "choices": 1,
     # The basics: they import nothing of the core but the choices.
     **dict.fromkeys(("plantdx", "addresses", "config", "crops", "decision", "files"), 2),
-    **dict.fromkeys(("heatmap", "imagestats", "labels", "preprocessing"), 2),
+    **dict.fromkeys(("cores", "heatmap", "imagestats", "labels", "preprocessing"), 2),
     **dict.fromkeys(("synth_paint", "tracking"), 2),
     # Built on the basics.
     **dict.fromkeys(("capture", "data", "models", "overlay", "reference", "synth"), 3),

@@ -38,9 +38,23 @@ def test_threads_are_the_cores_shared_between_instances(
     groups: list[dict[str, int]],
     threads: int,
 ) -> None:
+    monkeypatch.delenv("PLANTDX_CORES", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cores)))
+    monkeypatch.setattr("plantdx.cores.cgroup_quota", lambda *_: None)
     assert backend._default_threads({"instance_group": groups}) == threads
 
 
-def test_the_cpu_default_is_two_classifier_instances() -> None:
-    assert ServingOptions().classifier.instances == 2
+def test_threads_follow_the_cgroup_quota_and_plantdx_cores(
+    backend: types.ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PLANTDX_CORES", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(64)))
+    monkeypatch.setattr("plantdx.cores.cgroup_quota", lambda *_: 4.0)  # a pod's CPU limit
+    assert backend._default_threads({"instance_group": [{"count": 2}]}) == 2
+    monkeypatch.setenv("PLANTDX_CORES", "16")
+    assert backend._default_threads({"instance_group": [{"count": 4}]}) == 4
+
+
+def test_two_cores_get_two_classifier_instances() -> None:
+    assert ServingOptions().classifier.instances is None  # sized by the cores
+    assert ServingOptions(cores=2).plan().classifier == 2

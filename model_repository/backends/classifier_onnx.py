@@ -12,22 +12,22 @@ a plain request (PIXELS) that asks for every output, as Triton's warm-up does, g
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from plantdx.cores import usable_cores
+
 
 def _default_threads(config: dict) -> int:
-    """The cores this process may use, shared out between the model's instances. Each instance
-    is a process of its own: instances with more threads than their share of the cores fight
-    over them (BENCHMARKS.md: 2 single-thread instances beat 1 two-thread instance by ~12% on
-    2 cores)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The cores this process may use (a cgroup's CPU quota and PLANTDX_CORES included:
+    plantdx.cores), shared out between the model's instances. Each instance is a process of its
+    own: instances with more threads than their share of the cores fight over them
+    (BENCHMARKS.md: 2 single-thread instances beat 1 two-thread instance by ~12% on 2 cores)."""
     instances = sum(int(g.get("count", 1) or 1) for g in config.get("instance_group", [])) or 1
-    return max(1, (cores or 1) // instances)
+    return max(1, usable_cores() // instances)
 
 
 class TritonPythonModel:

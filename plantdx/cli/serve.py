@@ -72,6 +72,17 @@ def serve(
             "asks for without a restart (0: only at start).",
         ),
     ] = 2.0,
+    cores: Annotated[
+        int | None,
+        typer.Option(
+            "--cores",
+            envvar="PLANTDX_CORES",
+            min=1,
+            help="Size the server for this many cores: the instances of each model a repository "
+            "exported with sized instances gets, and the classifier's onnxruntime threads "
+            "(default: the cores this process may use, a cgroup's CPU limit included).",
+        ),
+    ] = None,
     capture: Annotated[
         str | None,
         typer.Option(
@@ -142,6 +153,12 @@ def serve(
 
     if poll_secs < 0:
         raise ConfigError("--poll-secs must be 0 (off) or positive")
+    from plantdx.cores import CORES_ENV, usable_cores
+    from plantdx.model_repository.instances import plan_for
+
+    if cores is not None:  # read by the view's configs and by the stubs (plantdx.cores)
+        os.environ[CORES_ENV] = str(cores)
+    plan = plan_for(usable_cores())
     spec = parse_spec(served_version)
     pinned = start_version(spec, repository)
     view = None
@@ -205,6 +222,8 @@ def serve(
         f"plantdx is ready\n  HTTP     http://{server.http_url}\n  gRPC     {server.grpc_url}"
     )
     typer.echo(f"  metrics  {server.metrics_url}")
+    if view is not None:  # sized configs are those of a view (model_repository/instances.py)
+        typer.echo(f"  sized    for {plan.describe()} (where the repository asks for it)")
     if pinned is not None:
         typer.echo(f"  serving  version {pinned} only (--served-version {spec})")
     if follower is not None:
