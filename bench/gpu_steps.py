@@ -181,7 +181,7 @@ class Steps:
     def pytest_gpu(self) -> dict[str, Any]:
         need("pytest")
         root = self.check.root
-        tests = [str(root / "tests" / "test_export_tensorrt.py")]
+        tests = [str(root / "tests" / "export" / "test_export_tensorrt.py")]
         r = subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "gpu", *tests],
             capture_output=True, text=True, cwd=root, timeout=max(10, self.check.left() - 5),

@@ -7,7 +7,8 @@
 docker/prometheus/plantdx.rules.yaml is the source: Prometheus (docker/compose.yaml) and
 promtool read it as it is. Kustomize cannot wrap a plain rule file into a PrometheusRule's
 `spec`, so k8s/base/prometheusrule.yaml is this file's `groups`, comments kept, under the
-resource's header; tests/test_k8s.py fails while it is not what `write` would write.
+resource's header; tests/k8s/test_k8s_monitoring.py fails while it is not what `write`
+would write.
 Standard library only.
 """
 
@@ -22,7 +23,8 @@ TARGET = ROOT / "k8s" / "base" / "prometheusrule.yaml"
 
 HEADER = """\
 # GENERATED from docker/prometheus/plantdx.rules.yaml by `python3 scripts/prometheus_rules.py
-# write`: edit that file, not this one (tests/test_k8s.py fails while they differ).
+# write`: edit that file, not this one (tests/k8s/test_k8s_monitoring.py fails while they
+# differ).
 #
 # Recording rules and alerts for the plantdx ensemble, evaluated by the Prometheus Operator;
 # the comments of the rule file explain how the Triton counters are combined and where the

@@ -1,0 +1,138 @@
+"""Cross-fitting the field photos: folds, which sources, the continuations' draws, and a whole
+run whose decision rule is fitted on out-of-fold predictions of every field photo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from plantdx.checkpoint import load_checkpoint
+from plantdx.data import scan_sources
+from plantdx.exceptions import ConfigError
+from plantdx.training.crossfit import continuation_weights
+from plantdx.training.crossfit_data import CrossfitConfig, assign_folds, field_sources, move_to_cv
+
+from helpers.common import train_tiny
+
+
+def _folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            base = rng.integers(0, 255, 3)
+            pixels = np.clip(base + rng.integers(-40, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(d / f"{name}_{i}.png")
+    return root
+
+
+def _domains(path: Path, rows: list[tuple[Path, str]]) -> Path:
+    lines = ["path\tdomain\tscore"] + [f"{p.resolve()}\t{d}\t0.5" for p, d in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_folds_are_stratified_deterministic_and_cover_every_photo(tmp_path: Path) -> None:
+    folder = scan_sources([_folder(tmp_path / "f", {"a": 13, "b": 8, "c": 3})])
+    folds = assign_folds(folder.samples, 4, seed=1)
+    assert set(folds) == {s.path for s in folder.samples}
+    assert folds == assign_folds(folder.samples, 4, seed=1)
+    assert folds != assign_folds(folder.samples, 4, seed=2)
+    for label, n in ((0, 13), (1, 8)):
+        per_fold = np.bincount([folds[s.path] for s in folder.samples if s.label == label], None, 4)
+        assert per_fold.sum() == n and per_fold.max() - per_fold.min() <= 1
+
+
+def test_field_sources_come_from_the_audit_or_are_named(tmp_path: Path) -> None:
+    lab = _folder(tmp_path / "lab", {"a": 6, "b": 6})
+    field = _folder(tmp_path / "field", {"a": 5, "b": 5}, seed=1)
+    folder = scan_sources([lab, field])
+    cfg = CrossfitConfig()
+    assert field_sources(folder, cfg, None)[0] == []
+    rows = [(s.path, "field" if s.source == 1 else "lab") for s in folder.samples]
+    # One field source photo called lab-style does not change the majority.
+    rows[-1] = (rows[-1][0], "lab")
+    picked, how = field_sources(folder, cfg, str(_domains(tmp_path / "d.tsv", rows)))
+    assert picked == [1] and "d.tsv" in how
+    assert field_sources(folder, CrossfitConfig(sources=["lab"]), None)[0] == [0]
+    with pytest.raises(ConfigError, match="names no --data source"):
+        field_sources(folder, CrossfitConfig(sources=["nope"]), None)
+
+
+def test_move_to_cv_takes_every_photo_of_the_field_sources_out_of_the_split(
+    tmp_path: Path,
+) -> None:
+    folder = scan_sources(
+        [_folder(tmp_path / "lab", {"a": 5, "b": 5}), _folder(tmp_path / "field", {"a": 9}, seed=1)]
+    )
+    s = folder.samples
+    split = {"train": s[:12], "val": s[12:16], "test": s[16:]}
+    out, folds = move_to_cv(split, [1], 3, seed=0)
+    assert all(s.source == 0 for k in ("train", "val", "test") for s in out[k])
+    assert sorted(s.path for s in out["cv"]) == sorted(s.path for s in folder.samples[10:])
+    assert set(folds.values()) == {0, 1, 2}
+
+
+def test_a_continuation_never_draws_its_held_out_fold() -> None:
+    train_w = np.array([0.5, 0.25, 0.25])
+    field_w = np.array([0.1, 0.2, 0.3, 0.4])
+    held = np.array([False, True, False, True])
+    w = continuation_weights(train_w, field_w, held, 0.5)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[:3].sum() == pytest.approx(0.5) and w[3:].sum() == pytest.approx(0.5)
+    assert w[3 + 1] == 0 and w[3 + 3] == 0 and w[3] > 0
+    draws = torch.multinomial(torch.as_tensor(w), 4000, True, generator=torch.manual_seed(0))
+    assert not set(draws.tolist()) & {4, 6}
+
+
+def test_a_run_fits_its_rule_on_out_of_fold_predictions_of_every_field_photo(
+    tmp_path: Path,
+) -> None:
+    lab = _folder(tmp_path / "lab", {"a": 24, "b": 24, "c": 24})
+    field = _folder(tmp_path / "field", {"a": 10, "b": 10, "c": 8}, seed=1)
+    folder = scan_sources([lab, field])
+    domains = _domains(
+        tmp_path / "domains.tsv",
+        [(s.path, "field" if s.source == 1 else "lab") for s in folder.samples],
+    )
+    run = train_tiny(
+        tmp_path / "run",
+        [lab, field],
+        domains=str(domains),
+        crossfit=CrossfitConfig(folds=3, epochs=1.0),
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    cf = metrics["crossfit"]
+    assert cf["continuations"]["folds"] == 3 and cf["continuations"]["photos"] == 28
+    src = cf["sources"]["field"]
+    assert src["without_crop"]["n"] == 28 and src["with_crop"]["n"] == 28
+    assert 0 <= src["without_crop"]["accuracy_folds"]["min"] <= 1
+    assert set(src["hflip"]) == {"accuracy", "accuracy_with_crop"}
+    assert all(0 <= v <= 1 for v in src["hflip"].values())
+    # The field source has no val/test photos: its figures are the out-of-fold ones.
+    assert set(metrics["sources"]["field"]) == {"cv"}
+    assert metrics["sources"]["field"]["cv"]["n"] == 28
+    best, base = load_checkpoint(run / "best.pt"), load_checkpoint(run / "base.pt")
+    assert best.decision["fitted"]["val_n"] == metrics["n_val"] + 28
+    # The shipped model is the final continuation, not the base.
+    assert any(not torch.equal(best.state_dict[k], base.state_dict[k]) for k in best.state_dict)
+    folds = json.loads((run / "crossfit.json").read_text())["folds"]
+    assert len(folds) == 28 and set(folds.values()) == {0, 1, 2}
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["cv"]) == 28
+
+
+def test_the_flip_wrapper_runs_the_model_on_the_mirror_image() -> None:
+    from plantdx.training.tta import Mirrored
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 3 * 4, 5))
+    x = torch.randn(3, 2, 3, 4)
+    want = net(x[..., torch.arange(3, -1, -1)])
+    assert torch.allclose(Mirrored(net)(x), want, atol=1e-6)
+    assert not torch.allclose(Mirrored(net)(x), net(x), atol=1e-3)
