@@ -18,8 +18,11 @@ from plantdx.choices import Protocol
 from .options import ClientOptions
 from .results import (
     CROP,
+    CROP_DATATYPE,
     DECISION,
+    IMAGE_DATATYPE,
     INPUT,
+    MODEL,
     OUTPUT,
     ImageLike,
     PredictOutcome,
@@ -41,7 +44,7 @@ class ClientBase:
         retries: int = 3,
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
-        model: str = "plantdx",
+        model: str = MODEL,
         model_version: str = "",
         ssl: bool = False,
         root_certificates: str | None = None,
@@ -120,7 +123,7 @@ class ClientBase:
         """The arguments of tritonclient's `infer` for one batch of encoded images (all of
         `crop` when given: one CROP element per image)."""
         m = self._module()
-        inp = m.InferInput(INPUT, [len(images), 1], "BYTES")
+        inp = m.InferInput(INPUT, [len(images), 1], IMAGE_DATATYPE)
         inp.set_data_from_numpy(np.array([[b] for b in images], dtype=np.object_))
         inputs = [inp]
         if crop is not None:
@@ -150,7 +153,7 @@ def crop_input(module: Any, crop: str, n: int) -> Any:
     matches the name and refuses one it does not know)."""
     if not isinstance(crop, str):
         raise TypeError(f"crop must be a str, got {type(crop).__name__}")
-    tensor = module.InferInput(CROP, [n, 1], "BYTES")
+    tensor = module.InferInput(CROP, [n, 1], CROP_DATATYPE)
     tensor.set_data_from_numpy(np.array([[crop.encode()]] * n, dtype=np.object_))
     return tensor
 

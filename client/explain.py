@@ -11,11 +11,13 @@ from typing import Any
 import numpy as np
 
 from plantdx.exceptions import ClientError
+from plantdx.model_repository import names
 
 from .base import crop_input, source_name
 from .options import error_kind
 from .results import (
     DECISION,
+    IMAGE_DATATYPE,
     INPUT,
     OUTPUT,
     ImageLike,
@@ -25,8 +27,8 @@ from .results import (
     to_prediction,
 )
 
-EXPLAIN_MODEL = "plantdx_explain"
-HEATMAP = "HEATMAP"
+EXPLAIN_MODEL = names.EXPLAIN_ENSEMBLE
+HEATMAP = names.HEATMAP
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ def lacks_explain(error: BaseException) -> bool:
 def explain_request(
     module: Any, image: bytes, class_count: int, crop: str | None = None
 ) -> dict[str, Any]:
-    inp = module.InferInput(INPUT, [1, 1], "BYTES")
+    inp = module.InferInput(INPUT, [1, 1], IMAGE_DATATYPE)
     inp.set_data_from_numpy(np.array([[image]], dtype=np.object_))
     inputs = [inp] if crop is None else [inp, crop_input(module, crop, 1)]
     outputs = [

@@ -9,18 +9,23 @@ from pathlib import Path
 from typing import Any
 
 from plantdx.decision import UNCERTAIN
+from plantdx.model_repository import names
 
-MODEL = "plantdx"
+# The served names are the repository's (model_repository/names.py), under the client's words.
+MODEL = names.ENSEMBLE
 # The ensemble's composing model whose version changes on export and hot update.
-CLASSIFIER = "classifier"
-INPUT = "IMAGE"
-OUTPUT = "PROBABILITIES"
-# Optional input beside IMAGE: the crop the photo shows (TYPE_STRING [1]); the answer is then
-# restricted to that crop's classes. Servers exported before crops do not have it.
-CROP = "CROP"
+CLASSIFIER = names.CLASSIFIER
+INPUT = names.ENSEMBLE_INPUT
+OUTPUT = names.ENSEMBLE_OUTPUT
+# Optional input beside INPUT: the crop the photo shows; the answer is then restricted to that
+# crop's classes. Servers exported before crops do not have it.
+CROP = names.CROP
 # The served decision: the class label, or UNCERTAIN when the calibrated top-1 probability is
 # under the threshold. Servers exported before decision rules do not have it.
-DECISION = "DECISION"
+DECISION = names.DECISION
+# The inference protocol's data types of the encoded image and of the crop (BYTES).
+IMAGE_DATATYPE = names.TENSORS[INPUT].datatype
+CROP_DATATYPE = names.TENSORS[CROP].datatype
 
 # A path, encoded bytes or a PIL image (anything with `.save(buffer, format=...)`).
 ImageLike = str | Path | bytes | bytearray | memoryview | Any

@@ -16,6 +16,7 @@ from plantdx.model_repository.names import (
     LOGITS,
     PIXELS,
     PREPROCESS,
+    TENSORS,
 )
 
 from .client import PlantDxClient
@@ -38,7 +39,7 @@ class VersionedClient(PlantDxClient):
     def classify_version(self, image: bytes, version: int) -> VersionAnswer:
         m = self._module()
         start = time.perf_counter()
-        inp = m.InferInput(ENSEMBLE_INPUT, [1, 1], "BYTES")
+        inp = m.InferInput(ENSEMBLE_INPUT, [1, 1], TENSORS[ENSEMBLE_INPUT].datatype)
         inp.set_data_from_numpy(np.array([[image]], dtype=np.object_))
         pre = self._call(
             "infer",

@@ -26,7 +26,6 @@ from .names import (
     CROP,
     DECISION,
     DRIFT_SAMPLE_RATE,
-    ENSEMBLE,
     ENSEMBLE_INPUT,
     ENSEMBLE_OUTPUT,
     EXPLAIN_PIXELS,
@@ -38,6 +37,7 @@ from .names import (
     PREPROCESS,
 )
 from .names import COMPOSING as COMPOSING
+from .tensors import Sizes, model_input, model_output, warmup_input
 
 # Where the ONNX Runtime TensorRT execution accelerator keeps the engines it builds at load.
 TRT_ENGINE_CACHE_PATH = "/tmp/plantdx-trt-cache"
@@ -100,17 +100,6 @@ class ServingOptions:
             )
 
 
-def _dims(shape: tuple[int, ...]) -> list[int]:
-    return list(shape)
-
-
-def _tensor(cls: type, name: str, dtype: int, dims: tuple[int, ...], **extra: object) -> object:
-    t = cls(name=name, data_type=dtype, dims=_dims(dims))
-    for k, v in extra.items():
-        setattr(t, k, v)
-    return t
-
-
 def _apply_batching(
     cfg: mc.ModelConfig, b: Batching, opts: ServingOptions, python: bool, model: str
 ) -> None:
@@ -148,31 +137,18 @@ def _apply_version_policy(cfg: mc.ModelConfig, opts: ServingOptions) -> None:
         cfg.version_policy.specific.versions.extend(opts.specific_versions)
 
 
-# The classifier's pixels (RepositoryInfo.pixels) as a Triton data type.
-PIXEL_TYPES = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}
-
-
-def pixel_type(pixels: str) -> int:
-    try:
-        return PIXEL_TYPES[pixels]
-    except KeyError:
-        raise RepositoryError(f"pixels {pixels!r} is not one of {sorted(PIXEL_TYPES)}") from None
-
-
 def preprocess_config(
     image_size: int, opts: ServingOptions, pixels: str = "uint8"
 ) -> mc.ModelConfig:
     """Encoded image → PIXELS, [3, size, size]: uint8 that the classifier's graph normalises
     (a quarter of the bytes of float32 through the stubs' shared memory), or normalised
     float32 in repositories made before that (RepositoryInfo.pixels)."""
+    sizes = Sizes(image_size=image_size, pixels=pixels)
     cfg = mc.ModelConfig(name=PREPROCESS, backend="python")
-    cfg.input.append(mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
-    cfg.output.append(
-        mc.ModelOutput(name=PIXELS, data_type=pixel_type(pixels), dims=[3, image_size, image_size])
-    )
-    # Per item: the version's decision rule and number, [temperature, threshold, version];
-    # [-1], since versions exported before the number was sent emit [temperature, threshold].
-    cfg.output.append(mc.ModelOutput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[-1]))
+    cfg.input.append(model_input(ENSEMBLE_INPUT, sizes))
+    cfg.output.append(model_output(PIXELS, sizes))
+    # Per item: the version's decision rule and number, [temperature, threshold, version].
+    cfg.output.append(model_output(CALIBRATION, sizes))
     if not 0.0 <= opts.drift_sample_rate <= 1.0:
         raise RepositoryError(f"drift_sample_rate must be in [0, 1], got {opts.drift_sample_rate}")
     cfg.parameters[DRIFT_SAMPLE_RATE].string_value = repr(float(opts.drift_sample_rate))
@@ -185,9 +161,7 @@ def preprocess_config(
         w = cfg.model_warmup.add()
         w.name = "sample_leaf_jpeg"
         w.batch_size = 1
-        w.inputs[ENSEMBLE_INPUT].data_type = mc.TYPE_STRING
-        w.inputs[ENSEMBLE_INPUT].dims.append(1)
-        w.inputs[ENSEMBLE_INPUT].input_data_file = WARMUP_SAMPLE
+        warmup_input(w, ENSEMBLE_INPUT, sizes).input_data_file = WARMUP_SAMPLE
     return cfg
 
 
@@ -259,21 +233,14 @@ def classifier_config(
         else:
             cfg.default_model_filename = "model.plan"
         in_name, out_name = ONNX_INPUT, ONNX_OUTPUT
-    dtype = pixel_type(pixels)
-    cfg.input.append(mc.ModelInput(name=in_name, data_type=dtype, dims=[3, image_size, image_size]))
-    cfg.output.append(mc.ModelOutput(name=out_name, data_type=mc.TYPE_FP32, dims=[num_classes]))
-    if cams_dims and target == "local":  # class-activation maps [C, h, w], only when asked
-        cfg.output.append(mc.ModelOutput(name=CAMS, data_type=mc.TYPE_FP32, dims=cams_dims))
-        # Each request has one of the two names (names.EXPLAIN_PIXELS says why).
-        cfg.input[0].optional = True
-        cfg.input.append(
-            mc.ModelInput(
-                name=EXPLAIN_PIXELS,
-                data_type=dtype,
-                dims=[3, image_size, image_size],
-                optional=True,
-            )
-        )
+    sizes = Sizes(num_classes, image_size, tuple(cams_dims or ()), pixels)
+    explains = bool(cams_dims) and target == "local"
+    # With class-activation maps, each request has one of the two names (names.EXPLAIN_PIXELS).
+    cfg.input.append(model_input(in_name, sizes, optional=explains))
+    cfg.output.append(model_output(out_name, sizes))
+    if explains:  # class-activation maps [C, h, w], only when asked
+        cfg.output.append(model_output(CAMS, sizes))
+        cfg.input.append(model_input(EXPLAIN_PIXELS, sizes, optional=True))
     _apply_batching(cfg, opts.classifier, opts, python=(target == "local"), model=CLASSIFIER)
     _apply_version_policy(cfg, opts)
     if opts.response_cache:
@@ -284,9 +251,7 @@ def classifier_config(
         w = cfg.model_warmup.add()
         w.name = "zeros"
         w.batch_size = 1
-        w.inputs[in_name].data_type = dtype
-        w.inputs[in_name].dims.extend([3, image_size, image_size])
-        w.inputs[in_name].zero_data = True
+        warmup_input(w, in_name, sizes).zero_data = True
     return cfg
 
 
@@ -298,89 +263,25 @@ def check_abstain_threshold(text: str) -> float | None:
         raise RepositoryError(f"postprocess parameter {ABSTAIN_THRESHOLD} {exc}") from exc
 
 
-def crop_input() -> mc.ModelInput:
-    """CROP: optional in both ensembles and the postprocess (names.CROP). Triton 2.51 ensembles
-    accept an optional input and route it to a step; a request without it reaches the
-    postprocess without the tensor."""
-    return mc.ModelInput(name=CROP, data_type=mc.TYPE_STRING, dims=[1], optional=True)
-
-
 def postprocess_config(num_classes: int, opts: ServingOptions) -> mc.ModelConfig:
     """Calibrated probabilities and the decision, by the rule each item's CALIBRATION carries
     (restricted to the crop's classes when the optional CROP is given); the parameter
     `abstain_threshold` (empty: the version's) overrides its threshold."""
+    sizes = Sizes(classes=num_classes)
     cfg = mc.ModelConfig(name=POSTPROCESS, backend="python")
-    cfg.input.append(mc.ModelInput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[num_classes]))
-    cfg.input.append(mc.ModelInput(name=CALIBRATION, data_type=mc.TYPE_FP32, dims=[-1]))
+    cfg.input.append(model_input(LOGITS, sizes))
+    cfg.input.append(model_input(CALIBRATION, sizes))
     # The photo's bytes, read only when capture is on (plantdx.capture); optional, since
     # plantdx_explain does not send them.
-    cfg.input.append(
-        mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1], optional=True)
-    )
-    cfg.input.append(crop_input())
-    cfg.output.append(
-        mc.ModelOutput(name=ENSEMBLE_OUTPUT, data_type=mc.TYPE_FP32, dims=[num_classes])
-    )
-    cfg.output.append(mc.ModelOutput(name=DECISION, data_type=mc.TYPE_STRING, dims=[1]))
+    cfg.input.append(model_input(ENSEMBLE_INPUT, sizes, optional=True))
+    cfg.input.append(model_input(CROP, sizes))  # optional (names.CROP)
+    cfg.output.append(model_output(ENSEMBLE_OUTPUT, sizes))
+    cfg.output.append(model_output(DECISION, sizes))
     threshold = "" if opts.abstain_threshold is None else repr(float(opts.abstain_threshold))
     check_abstain_threshold(threshold)
     cfg.parameters[ABSTAIN_THRESHOLD].string_value = threshold
     _apply_batching(cfg, opts.postprocess, opts, python=True, model=POSTPROCESS)
     cfg.version_policy.latest.num_versions = 1
-    return cfg
-
-
-def ensemble_base(
-    name: str, num_classes: int, opts: ServingOptions, labels_filename: str
-) -> mc.ModelConfig:
-    """What every plantdx ensemble starts with: one encoded image and the optional crop in; the
-    calibrated probabilities (with labels) and the decision out; no step yet."""
-    cfg = mc.ModelConfig(name=name, platform="ensemble")
-    # Triton refuses an ensemble whose batch limit exceeds any composing model's.
-    cfg.max_batch_size = min(
-        opts.max_images_per_request,
-        opts.preprocess.max_batch_size,
-        opts.classifier.max_batch_size,
-        opts.postprocess.max_batch_size,
-    )
-    cfg.input.append(mc.ModelInput(name=ENSEMBLE_INPUT, data_type=mc.TYPE_STRING, dims=[1]))
-    cfg.input.append(crop_input())
-    cfg.output.append(
-        mc.ModelOutput(
-            name=ENSEMBLE_OUTPUT,
-            data_type=mc.TYPE_FP32,
-            dims=[num_classes],
-            label_filename=labels_filename,
-        )
-    )
-    cfg.output.append(mc.ModelOutput(name=DECISION, data_type=mc.TYPE_STRING, dims=[1]))
-    return cfg
-
-
-def ensemble_config(
-    num_classes: int,
-    opts: ServingOptions,
-    *,
-    target: Target = "local",
-    labels_filename: str = "labels.txt",
-) -> mc.ModelConfig:
-    cfg = ensemble_base(ENSEMBLE, num_classes, opts, labels_filename)
-    steps = cfg.ensemble_scheduling.step
-    pre = steps.add(model_name=PREPROCESS, model_version=-1)
-    pre.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT
-    pre.output_map[PIXELS] = "pixels"
-    pre.output_map[CALIBRATION] = "calibration"
-    clf = steps.add(model_name=CLASSIFIER, model_version=-1)
-    in_name, out_name = (PIXELS, LOGITS) if target == "local" else (ONNX_INPUT, ONNX_OUTPUT)
-    clf.input_map[in_name] = "pixels"
-    clf.output_map[out_name] = "logits"
-    post = steps.add(model_name=POSTPROCESS, model_version=-1)
-    post.input_map[LOGITS] = "logits"
-    post.input_map[CALIBRATION] = "calibration"
-    post.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT  # for capture
-    post.input_map[CROP] = CROP
-    post.output_map[ENSEMBLE_OUTPUT] = ENSEMBLE_OUTPUT
-    post.output_map[DECISION] = DECISION
     return cfg
 
 

@@ -1,4 +1,5 @@
-"""Configs of the explanation path, built like the others from Triton's `ModelConfig`:
+"""Configs of the explanation path, built like the others from Triton's `ModelConfig` (the
+`plantdx_explain` ensemble itself from the steps of ensembles.py):
 
     heatmap          Python backend: CAMS [C, h, w] + LOGITS [C] (+ optional CLASS) → HEATMAP [h, w]
     plantdx_explain  ensemble: IMAGE [+ CROP] → preprocess → classifier (LOGITS and CAMS)
@@ -27,44 +28,32 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from plantdx.exceptions import RepositoryError
 
-from .config import ServingOptions, Target, _apply_batching, ensemble_base
+from .config import ServingOptions, Target, _apply_batching
+from .ensembles import explain_ensemble_config
 from .names import (
-    CALIBRATION,
     CAMS,
     CAMS_CLASSIFIER,
     CLASS_INDEX,
-    CLASSIFIER,
-    CROP,
-    DECISION,
-    ENSEMBLE_INPUT,
-    ENSEMBLE_OUTPUT,
     EXPLAIN_ENSEMBLE,
-    EXPLAIN_PIXELS,
     HEATMAP,
     HEATMAP_MODEL,
     LOGITS,
     ONNX_CAMS,
-    ONNX_INPUT,
     ONNX_OUTPUT,
-    PIXELS,
-    POSTPROCESS,
-    PREPROCESS,
 )
+from .tensors import Sizes, model_input, model_output
 
 
 def heatmap_config(
     num_classes: int, cams_dims: tuple[int, ...], opts: ServingOptions
 ) -> mc.ModelConfig:
     """The normalised map of the top class (or of CLASS when given and ≥ 0)."""
+    sizes = Sizes(classes=num_classes, maps=tuple(cams_dims))
     cfg = mc.ModelConfig(name=HEATMAP_MODEL, backend="python")
-    cfg.input.append(mc.ModelInput(name=LOGITS, data_type=mc.TYPE_FP32, dims=[num_classes]))
-    cfg.input.append(mc.ModelInput(name=CAMS, data_type=mc.TYPE_FP32, dims=list(cams_dims)))
-    cfg.input.append(
-        mc.ModelInput(name=CLASS_INDEX, data_type=mc.TYPE_INT32, dims=[1], optional=True)
-    )
-    cfg.output.append(
-        mc.ModelOutput(name=HEATMAP, data_type=mc.TYPE_FP32, dims=list(cams_dims[-2:]))
-    )
+    cfg.input.append(model_input(LOGITS, sizes))
+    cfg.input.append(model_input(CAMS, sizes))
+    cfg.input.append(model_input(CLASS_INDEX, sizes))  # optional: -1 or absent, the top class
+    cfg.output.append(model_output(HEATMAP, sizes))
     _apply_batching(cfg, opts.postprocess, opts, python=True, model=HEATMAP_MODEL)
     cfg.version_policy.latest.num_versions = 1
     return cfg
@@ -89,49 +78,7 @@ def cams_classifier_config(
             f"{CAMS_CLASSIFIER} is made from a --target triton classifier config (one output, "
             f"{ONNX_OUTPUT!r}); this one has {[o.name for o in cfg.output]}"
         )
-    cfg.output.append(mc.ModelOutput(name=ONNX_CAMS, data_type=mc.TYPE_FP32, dims=cams_dims))
-    return cfg
-
-
-def explain_ensemble_config(
-    num_classes: int,
-    cams_dims: tuple[int, ...],
-    opts: ServingOptions,
-    *,
-    labels_filename: str = "labels.txt",
-    target: Target = "local",
-) -> mc.ModelConfig:
-    cfg = ensemble_base(EXPLAIN_ENSEMBLE, num_classes, opts, labels_filename)
-    cfg.output.append(
-        mc.ModelOutput(name=HEATMAP, data_type=mc.TYPE_FP32, dims=list(cams_dims[-2:]))
-    )
-    steps = cfg.ensemble_scheduling.step
-    pre = steps.add(model_name=PREPROCESS, model_version=-1)
-    pre.input_map[ENSEMBLE_INPUT] = ENSEMBLE_INPUT
-    pre.output_map[PIXELS] = "pixels"
-    pre.output_map[CALIBRATION] = "calibration"
-    if target == "local":
-        clf = steps.add(model_name=CLASSIFIER, model_version=-1)
-        clf.input_map[EXPLAIN_PIXELS] = "pixels"
-        clf.output_map[LOGITS] = "logits"
-        clf.output_map[CAMS] = "cams"
-    else:  # a model of its own: Triton's native backends take no second input name
-        clf = steps.add(model_name=CAMS_CLASSIFIER, model_version=-1)
-        clf.input_map[ONNX_INPUT] = "pixels"
-        clf.output_map[ONNX_OUTPUT] = "logits"
-        clf.output_map[ONNX_CAMS] = "cams"
-    post = steps.add(model_name=POSTPROCESS, model_version=-1)
-    post.input_map[LOGITS] = "logits"
-    post.input_map[CALIBRATION] = "calibration"
-    post.input_map[CROP] = CROP
-    post.output_map[ENSEMBLE_OUTPUT] = ENSEMBLE_OUTPUT
-    post.output_map[DECISION] = DECISION
-    heat = steps.add(model_name=HEATMAP_MODEL, model_version=-1)
-    # The heatmap's class is the top of the answered probabilities, so that with a CROP it is
-    # the top class of that crop (without one, the same class as the top logit).
-    heat.input_map[LOGITS] = ENSEMBLE_OUTPUT
-    heat.input_map[CAMS] = "cams"
-    heat.output_map[HEATMAP] = HEATMAP
+    cfg.output.append(model_output(ONNX_CAMS, Sizes(maps=tuple(cams_dims))))
     return cfg
 
 

@@ -1,9 +1,15 @@
-"""Model and tensor names shared by the ONNX export, every config and the validator.
+"""The wire contract of the served models: every model and tensor name, and each tensor's data
+type and shape (TENSORS), shared by the ONNX export, every config, the Python backends (inside
+Triton's stub), the validator and the client.
 
-Kept free of imports so the exporter can name its tensors without loading tritonclient.
+Kept free of imports but the standard library, so the exporter, the client and the backends
+name tensors without loading tritonclient; model_repository/tensors.py turns a tensor of
+TENSORS into Triton's ModelInput / ModelOutput.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 ENSEMBLE = "plantdx"
 PREPROCESS = "preprocess"
@@ -26,6 +32,8 @@ DECISION = "DECISION"
 # Optional ensemble input, routed to the postprocess: TYPE_STRING [1], the crop the photo shows
 # (plantdx.crops matches the name); the answer is restricted to that crop's classes, by the
 # crops exported with the version (preprocess/N/crops.json). Absent: every class.
+# Triton 2.51 ensembles accept an optional input and route it to a step; a request without it
+# reaches the postprocess without the tensor.
 CROP = "CROP"
 # Postprocess config parameter: a per-deployment threshold replacing the version's ("" = none).
 ABSTAIN_THRESHOLD = "abstain_threshold"
@@ -57,3 +65,53 @@ DRIFT_SAMPLE_RATE = "drift_sample_rate"
 # The restricted-API header: with an admin key, Triton's model-control API answers only the
 # requests that carry the key under this name (the key itself is never logged or printed).
 ADMIN_HEADER = "plantdx-key"
+
+# --- data types and shapes ----------------------------------------------------------------------
+# A dimension is a number or one of these sizes, known when a version is exported (Sizes).
+CLASSES = "classes"  # the classifier's classes
+SIZE = "size"  # the classifier's input image side
+MAPS = "maps"  # the class-activation maps' dims, [C, h, w]
+MAP = "map"  # one map's dims, [h, w]
+# The classifier's pixels are UINT8, or FP32 in repositories made before (RepositoryInfo.pixels).
+PIXEL_TYPE = "pixels"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor's data type (Triton's config name: TYPE_FP32, TYPE_STRING, ... or PIXEL_TYPE)
+    and dims without the batch dimension (numbers and the sizes above); `optional` where every
+    model that takes it may go without it."""
+
+    data_type: str
+    dims: tuple[int | str, ...]
+    optional: bool = False
+
+    @property
+    def datatype(self) -> str:
+        """The inference protocol's name of a fixed data type (FP32, BYTES, ...)."""
+        if self.data_type == PIXEL_TYPE:
+            raise ValueError("the pixels' data type is the repository's (UINT8 or FP32)")
+        name = self.data_type.removeprefix("TYPE_")
+        return "BYTES" if name == "STRING" else name
+
+
+_PIXELS = Tensor(PIXEL_TYPE, (3, SIZE, SIZE))
+_LOGITS = Tensor("TYPE_FP32", (CLASSES,))
+_MAPS = Tensor("TYPE_FP32", (MAPS,))
+TENSORS: dict[str, Tensor] = {
+    ENSEMBLE_INPUT: Tensor("TYPE_STRING", (1,)),  # one encoded image per item
+    CROP: Tensor("TYPE_STRING", (1,), optional=True),
+    PIXELS: _PIXELS,
+    EXPLAIN_PIXELS: _PIXELS,
+    ONNX_INPUT: _PIXELS,
+    # [-1]: versions exported before the version number was sent emit [temperature, threshold].
+    CALIBRATION: Tensor("TYPE_FP32", (-1,)),
+    LOGITS: _LOGITS,
+    ONNX_OUTPUT: _LOGITS,
+    CAMS: _MAPS,
+    ONNX_CAMS: _MAPS,
+    ENSEMBLE_OUTPUT: _LOGITS,
+    DECISION: Tensor("TYPE_STRING", (1,)),
+    CLASS_INDEX: Tensor("TYPE_INT32", (1,), optional=True),
+    HEATMAP: Tensor("TYPE_FP32", (MAP,)),
+}

@@ -35,12 +35,12 @@ from .config import (
     ServingOptions,
     Target,
     classifier_config,
-    ensemble_config,
     postprocess_config,
     preprocess_config,
     to_pbtxt,
     warmup_files,
 )
+from .ensembles import ensemble_config
 from .explain import explain_configs
 from .journal import Journal, locked, recover
 from .layout import (

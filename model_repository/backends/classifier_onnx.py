@@ -19,6 +19,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from plantdx.cores import usable_cores
+from plantdx.model_repository.names import CAMS, EXPLAIN_PIXELS, ONNX_CAMS
 
 
 def _default_threads(config: dict) -> int:
@@ -53,10 +54,10 @@ class TritonPythonModel:
         self.onnx_input = self.session.get_inputs()[0].name
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.cams_name = "CAMS"
+        self.cams_name = CAMS
         onnx_outputs = [o.name for o in self.session.get_outputs()]
         self.onnx_logits = onnx_outputs[0]
-        self.onnx_cams = "cams" if "cams" in onnx_outputs else None
+        self.onnx_cams = ONNX_CAMS if ONNX_CAMS in onnx_outputs else None
         self.version = args["model_version"]
 
     def _pixels(self, request: object) -> tuple[np.ndarray, bool]:
@@ -65,7 +66,7 @@ class TritonPythonModel:
         tensor = pb_utils.get_input_tensor_by_name(request, self.input_name)
         if tensor is not None:
             return tensor.as_numpy(), False
-        return pb_utils.get_input_tensor_by_name(request, "EXPLAIN_PIXELS").as_numpy(), True
+        return pb_utils.get_input_tensor_by_name(request, EXPLAIN_PIXELS).as_numpy(), True
 
     def execute(self, requests: list) -> list:
         pixels = [self._pixels(r) for r in requests]

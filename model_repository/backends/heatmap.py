@@ -14,6 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from plantdx.heatmap import class_heatmaps
+from plantdx.model_repository.names import CAMS, CLASS_INDEX, LOGITS
 
 
 class TritonPythonModel:
@@ -25,9 +26,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                logits = pb_utils.get_input_tensor_by_name(request, "LOGITS").as_numpy()
-                cams = pb_utils.get_input_tensor_by_name(request, "CAMS").as_numpy()
-                wanted = pb_utils.get_input_tensor_by_name(request, "CLASS")
+                logits = pb_utils.get_input_tensor_by_name(request, LOGITS).as_numpy()
+                cams = pb_utils.get_input_tensor_by_name(request, CAMS).as_numpy()
+                wanted = pb_utils.get_input_tensor_by_name(request, CLASS_INDEX)
                 classes = wanted.as_numpy() if wanted is not None else None
                 heat = class_heatmaps(cams, logits, classes)
             except Exception as exc:

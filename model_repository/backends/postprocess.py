@@ -46,6 +46,14 @@ import triton_python_backend_utils as pb_utils
 from plantdx.capture.hook import METRIC_HELP, METRIC_NAME, CaptureHook
 from plantdx.crops import CropError, VersionCrops
 from plantdx.decision import DECISION_FILENAME, UNCERTAIN, DecisionRule, parse_threshold
+from plantdx.model_repository.names import (
+    ABSTAIN_THRESHOLD,
+    CALIBRATION,
+    CROP,
+    DECISION,
+    ENSEMBLE,
+    ENSEMBLE_INPUT,
+)
 from plantdx.model_repository.version_labels import VersionLabels
 
 CONFIDENCE_BUCKETS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
@@ -53,17 +61,15 @@ IDENTITY = (1.0, 0.0)
 UNKNOWN_VERSION = "unknown"
 MAX_RULES = 64  # decision rules cached (one per version normally)
 SENDS_VERSION_MARKER = b"CALIBRATION_FIELDS"  # in preprocess model.py files that send it
-IMAGE = "IMAGE"  # the photo's bytes, for capture (optional: configs before capture lack it)
-CROP = "CROP"  # the crop named by the request (optional: configs before crops lack it)
 
 
 def abstain_threshold(params: dict) -> float | None:
     """The `abstain_threshold` parameter: None when empty or absent, else a number in [0, 1]."""
-    text = str((params.get("abstain_threshold") or {}).get("string_value", ""))
+    text = str((params.get(ABSTAIN_THRESHOLD) or {}).get("string_value", ""))
     try:
         return parse_threshold(text)
     except ValueError as exc:
-        raise ValueError(f"parameter abstain_threshold {exc}") from exc
+        raise ValueError(f"parameter {ABSTAIN_THRESHOLD} {exc}") from exc
 
 
 def invalid_argument(message: str) -> Any:
@@ -102,8 +108,8 @@ class TritonPythonModel:
         self.input_name = inputs[0]
         self.output_name = outputs[0]
         # Configs written before decision rules have neither: T=1, everything answered.
-        self.calibration_name = "CALIBRATION" if "CALIBRATION" in inputs else None
-        self.decision_name = "DECISION" if "DECISION" in outputs else None
+        self.calibration_name = CALIBRATION if CALIBRATION in inputs else None
+        self.decision_name = DECISION if DECISION in outputs else None
         self.override = abstain_threshold(config.get("parameters", {}))
         labels_path = Path(args["model_repository"]) / "labels.txt"
         labels = labels_path.read_text().splitlines() if labels_path.is_file() else []
@@ -113,6 +119,8 @@ class TritonPythonModel:
         # A repository's versions that send no version of their own, by their rule.
         self.legacy = legacy_versions(Path(args["model_repository"]).parent / "preprocess")
         self.versions = VersionLabels(Path(args["model_repository"]).parent / "preprocess")
+        # Optional inputs that configs written before crops and capture lack: the crop named by
+        # the request, and the photo's bytes for capture.
         self.crop_name = CROP if CROP in inputs else None
         self.crops = VersionCrops(Path(args["model_repository"]).parent / "preprocess", self.labels)
         # Families must outlive their metrics, so they stay on the instance; the metrics are
@@ -135,7 +143,7 @@ class TritonPythonModel:
         self.per_class: dict[tuple[str, int], Any] = {}
         self.confidence: dict[str, Any] = {}
         self.abstentions: dict[str, Any] = {}
-        self.image_name = IMAGE if IMAGE in inputs else None
+        self.image_name = ENSEMBLE_INPUT if ENSEMBLE_INPUT in inputs else None
         self.capture: CaptureHook | None = None
         if self.image_name:
             self.capture_family = pb_utils.MetricFamily(
@@ -150,7 +158,7 @@ class TritonPythonModel:
             self.capture.close()
 
     def _labels(self, version: str, **extra: str) -> dict[str, str]:
-        return {"model": "plantdx", "version": version, **extra}
+        return {"model": ENSEMBLE, "version": version, **extra}
 
     def _count_class(self, version: str, top: int, n: int) -> None:
         metric = self.per_class.get((version, top))

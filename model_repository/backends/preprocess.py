@@ -31,6 +31,7 @@ import triton_python_backend_utils as pb_utils
 from plantdx.decision import DECISION_FILENAME, DecisionRule
 from plantdx.exceptions import PreprocessError
 from plantdx.imagestats import EDGES, METRIC_PREFIX, image_stats
+from plantdx.model_repository.names import CALIBRATION, DRIFT_SAMPLE_RATE, ENSEMBLE_INPUT
 from plantdx.preprocessing import (
     META_FILENAME,
     REJECTION_REASONS,
@@ -58,8 +59,8 @@ class TritonPythonModel:
         self.float_pixels = config["output"][0].get("data_type") == "TYPE_FP32"
         # A config written before decision rules has no CALIBRATION output; one written before
         # the version was sent declares exactly [2] values.
-        self.calibration_name = "CALIBRATION" if "CALIBRATION" in outputs else None
-        dims = [int(d) for d in (outputs.get("CALIBRATION") or {}).get("dims", [])]
+        self.calibration_name = CALIBRATION if CALIBRATION in outputs else None
+        dims = [int(d) for d in (outputs.get(CALIBRATION) or {}).get("dims", [])]
         values = [rule.temperature, rule.threshold, float(version)]
         self.calibration = np.array(values[:2] if dims == [2] else values, dtype=np.float32)
         # Keep the family alive as long as its metrics: the stub frees both together.
@@ -87,7 +88,7 @@ class TritonPythonModel:
         self.stat_metrics: dict[str, Any] = {}
         # Observe a random share of the photos (config parameter; every photo in configs
         # written before the parameter existed).
-        rate = (config.get("parameters", {}).get("drift_sample_rate") or {}).get("string_value")
+        rate = (config.get("parameters", {}).get(DRIFT_SAMPLE_RATE) or {}).get("string_value")
         self.sample_rate = min(1.0, max(0.0, float(rate))) if rate else 1.0
         self.rng = np.random.default_rng()
         # The other side of drift monitoring: this version's reference as gauges
@@ -101,7 +102,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         try:
             batches = [
-                pb_utils.get_input_tensor_by_name(r, "IMAGE").as_numpy().reshape(-1)
+                pb_utils.get_input_tensor_by_name(r, ENSEMBLE_INPUT).as_numpy().reshape(-1)
                 for r in requests
             ]
             images = [bytes(data) for batch in batches for data in batch]

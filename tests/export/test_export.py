@@ -15,6 +15,7 @@ from plantdx.exceptions import ParityError, RepositoryError, TensorRTUnavailable
 from plantdx.export import ExportConfig, export
 from plantdx.export.onnx import check_parity, export_onnx
 from plantdx.model_repository import config as mcfg
+from plantdx.model_repository.ensembles import ensemble_config
 from plantdx.model_repository.repository import list_repository, validate_repository
 from plantdx.models import create_model, get_spec, model_kwargs_for_checkpoint
 
@@ -141,7 +142,7 @@ def test_triton_flavour_configs_parse() -> None:
         mcfg.to_pbtxt(mcfg.classifier_config(224, 15, opts, target="triton", platform="tensorrt"))
     )
     assert plan.platform == "tensorrt_plan"
-    ens = mcfg.ensemble_config(15, opts, target="triton")
+    ens = ensemble_config(15, opts, target="triton")
     assert dict(ens.ensemble_scheduling.step[1].input_map) == {"input": "pixels"}
 
 
