@@ -19,8 +19,13 @@ from typing import Any
 from plantdx.addresses import TLS_SCHEMES, host_of, is_loopback, port_of, scheme_of
 from plantdx.choices import Protocol
 from plantdx.exceptions import ClientError
-from plantdx.model_repository.config import CLASSIFIER, ENSEMBLE, PREPROCESS
-from plantdx.model_repository.names import ADMIN_HEADER, EXPLAIN_ENSEMBLE
+from plantdx.model_repository.names import (
+    ADMIN_HEADER,
+    CLASSIFIER,
+    ENSEMBLE,
+    EXPLAIN_ENSEMBLE,
+    PREPROCESS,
+)
 from plantdx.model_repository.policy import FOLLOWERS
 
 from .admin_key import find_key
