@@ -49,7 +49,9 @@ class Batching:
 
     max_batch_size: int = 32
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_delay_us: int = 500  # the sweep in BENCHMARKS.md: best at concurrency 1 and 8
+    # 0: a lone request goes straight to a free instance (three 500 µs waits cost a lone image
+    # ~2 ms); under load requests queue behind busy instances and batch anyway (BENCHMARKS.md).
+    max_queue_delay_us: int = 0
     # None: sized by the cores (instances.plan_for), and re-sized by the server that serves it;
     # a number: exactly that many, wherever it is served.
     instances: int | None = None
