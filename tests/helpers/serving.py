@@ -149,6 +149,7 @@ def slow_preprocess(queue_size: int | None = None) -> Callable[[str, Any], None]
     """A `copy_repo` tweak: one preprocess instance taking one image at a time, no batching
     delay, no response cache, so heavy images queue up in front of it (and, with `queue_size`,
     are refused once that many wait)."""
+    from plantdx.model_repository.instances import INSTANCES_PARAMETER
 
     def tweak(name: str, cfg: Any) -> None:
         cfg.response_cache.enable = False
@@ -156,6 +157,9 @@ def slow_preprocess(queue_size: int | None = None) -> Callable[[str, Any], None]
             cfg.max_batch_size = 1
         if name == "preprocess":
             cfg.instance_group[0].count = 1
+            # A count given by hand is served as written: no instance rule of the cores.
+            if INSTANCES_PARAMETER in cfg.parameters:
+                del cfg.parameters[INSTANCES_PARAMETER]
             cfg.max_batch_size = 1
             cfg.dynamic_batching.max_queue_delay_microseconds = 0
             if queue_size is not None:

@@ -359,7 +359,10 @@ def test_supervised_triton_drains_on_sigterm(
         return time.monotonic(), error
 
     try:
-        assert wait_for(lambda: "watching its" in log.read_text(), timeout=180)
+        # Started in full: the follower's first pass reloads each ensemble once; requests
+        # still inside an instance it replaced are finished by Triton but unseen by the drain
+        # (a SIGTERM in that second can fail them: README, "Serving").
+        assert wait_for(lambda: "version policy" in log.read_text(), timeout=180)
         with ThreadPoolExecutor(n) as pool:
             futures = [pool.submit(send, i) for i in range(n)]
             started.wait()

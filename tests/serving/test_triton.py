@@ -187,7 +187,11 @@ def test_serve_stops_while_still_starting(tiny_repo: Path, tmp_path: Path) -> No
     proc = _serve(tiny_repo)
     assert proc.stderr is not None
     assert "starting Triton" in proc.stderr.readline()
-    time.sleep(1.0)  # Triton is loading its models
+    from helpers.common import wait_for
+
+    # Triton started and loading its models (under load the launch itself can take seconds)
+    assert wait_for(lambda: bool(children(proc.pid)), timeout=60)
+    time.sleep(0.5)
     triton = children(proc.pid)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
