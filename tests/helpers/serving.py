@@ -145,21 +145,28 @@ def heavy_png(photo: bytes) -> bytes:
     return png(img.resize((2000, 2000), Image.Resampling.BILINEAR), compress_level=1)
 
 
+def fixed_instances(cfg: Any, count: int) -> None:
+    """Every instance group of a composing config set to `count`, served as written: the
+    `instances` mark is dropped, so no server re-sizes it for its cores."""
+    from plantdx.model_repository.instances import INSTANCES_PARAMETER
+
+    for group in cfg.instance_group:
+        group.count = count
+    if INSTANCES_PARAMETER in cfg.parameters:
+        del cfg.parameters[INSTANCES_PARAMETER]
+
+
 def slow_preprocess(queue_size: int | None = None) -> Callable[[str, Any], None]:
     """A `copy_repo` tweak: one preprocess instance taking one image at a time, no batching
     delay, no response cache, so heavy images queue up in front of it (and, with `queue_size`,
     are refused once that many wait)."""
-    from plantdx.model_repository.instances import INSTANCES_PARAMETER
 
     def tweak(name: str, cfg: Any) -> None:
         cfg.response_cache.enable = False
         if name in ("plantdx", "plantdx_explain"):  # no ensemble may batch more than its steps
             cfg.max_batch_size = 1
         if name == "preprocess":
-            cfg.instance_group[0].count = 1
-            # A count given by hand is served as written: no instance rule of the cores.
-            if INSTANCES_PARAMETER in cfg.parameters:
-                del cfg.parameters[INSTANCES_PARAMETER]
+            fixed_instances(cfg, 1)
             cfg.max_batch_size = 1
             cfg.dynamic_batching.max_queue_delay_microseconds = 0
             if queue_size is not None:

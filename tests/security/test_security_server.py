@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from helpers.serving import copy_repo, start_server, try_infer
+from helpers.serving import copy_repo, fixed_instances, start_server, try_infer
 
 pytestmark = pytest.mark.triton
 
@@ -44,7 +44,7 @@ def _batching(name: str, cfg: Any) -> None:
     """One preprocess instance that waits up to 300 ms to fill a batch: requests sent together
     are decoded together."""
     if name == "preprocess":
-        cfg.instance_group[0].count = 1
+        fixed_instances(cfg, 1)
         cfg.dynamic_batching.max_queue_delay_microseconds = 300_000
 
 

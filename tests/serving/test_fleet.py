@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from helpers.serving import alt_checkpoint, copy_repo
+from helpers.serving import alt_checkpoint, copy_repo, fixed_instances
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -245,8 +245,7 @@ def _fleet_run(
 
 def _one_instance(name: str, cfg: Any) -> None:
     """Three servers share two cores here: one instance of each model."""
-    for group in cfg.instance_group:
-        group.count = 1
+    fixed_instances(cfg, 1)
 
 
 @pytest.fixture(scope="module")
