@@ -93,8 +93,8 @@ case "${1:-}" in
         echo "==> ruff"
         "$VENV/bin/ruff" check .
         "$VENV/bin/ruff" format --check .
-        echo "==> mypy"
-        "$VENV/bin/mypy"
+        echo "==> mypy (the package as imported: scripts/typecheck.py)"
+        "$VENV/bin/python" scripts/typecheck.py
         echo "==> pytest"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

@@ -26,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     cpu_mode = os.environ.get("GPU_CHECK_ALLOW_CPU") == "1"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    from plantdx.choices import Device
+
+    device: Device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not cpu_mode:
         print(no_device_message(torch.__version__, torch.version.cuda))
         return 1

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from plantdx.choices import Device, Precision
+
 from .gpu_record import Check, Skip, need, need_trt, version
 
 _MODULES = ("plantdx", "onnx", "onnxruntime", "tensorrt", "tritonclient", "mlflow",
@@ -24,7 +26,7 @@ _MODULES = ("plantdx", "onnx", "onnxruntime", "tensorrt", "tritonclient", "mlflo
 
 
 class Steps:
-    def __init__(self, check: Check, device: str) -> None:
+    def __init__(self, check: Check, device: Device) -> None:
         self.check, self.device = check, device
         self.work = check.work
         self.leaves, self.check_dir = check.work / "leaves", check.work / "check"
@@ -158,7 +160,7 @@ class Steps:
                 out["onnxruntime_cuda_vs_cpu"] = "skipped: onnxruntime has no CUDAExecutionProvider"
         return out
 
-    def trt_export(self, precision: str, **kw: Any) -> dict[str, Any]:
+    def trt_export(self, precision: Precision, **kw: Any) -> dict[str, Any]:
         need_trt(self.device)
         from plantdx.export import ExportConfig, export
         from plantdx.model_repository.validate import validate_repository
@@ -194,7 +196,7 @@ class Steps:
         return {"exit_code": r.returncode, "summary": tail}
 
 
-def run_steps(check: Check, device: str) -> Steps:
+def run_steps(check: Check, device: Device) -> Steps:
     """Every step in order; each is recorded by `check`."""
     from . import gpu_speed
 

@@ -49,6 +49,10 @@ __all__ = [  # what callers import from here
 log = logging.getLogger(__name__)
 
 
+# Triton's response cache when one is asked for (`plantdx serve --response-cache`).
+RESPONSE_CACHE_BYTES = 64 * 1024 * 1024
+
+
 class TritonServer:
     """One tritonserver child process; use as a context manager or call start()/stop()."""
 
@@ -63,7 +67,7 @@ class TritonServer:
         model_control: str = "explicit",
         load_models: Sequence[str] | None = None,
         admin_key: str | None = None,
-        response_cache_bytes: int = 64 * 1024 * 1024,
+        response_cache_bytes: int = RESPONSE_CACHE_BYTES,
         log_verbose: int = 0,
         log_file: str | Path | None = None,
         extra_args: Sequence[str] = (),

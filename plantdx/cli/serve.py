@@ -127,6 +127,7 @@ def serve(
     from plantdx.exceptions import ConfigError, ServerError
     from plantdx.model_repository.names import ADMIN_HEADER
     from plantdx.serving import TritonServer
+    from plantdx.serving.server import RESPONSE_CACHE_BYTES
 
     key = os.environ.get(admin_key_env) or None
     if key is None and not is_loopback(host):
@@ -136,7 +137,6 @@ def serve(
             "example `export PLANTDX_ADMIN_KEY=$(openssl rand -hex 32)`), put a gateway that "
             "passes only inference in front (README, Security), or keep --host 127.0.0.1"
         )
-    cache: dict[str, int] = {} if response_cache else {"response_cache_bytes": 0}
     settings = None
     if capture:
         settings = CaptureSettings(
@@ -178,7 +178,7 @@ def serve(
         admin_key=key,
         log_file=log_file,
         env=settings.to_env() if settings else {ENV_DESTINATION: ""},  # off unless asked
-        **cache,
+        response_cache_bytes=RESPONSE_CACHE_BYTES if response_cache else 0,
     )
     stop = threading.Event()
 
