@@ -73,11 +73,6 @@ def test_normalize_heatmap() -> None:
         class_heatmaps(cams, logits, np.array([2, 0]))
 
 
-@pytest.fixture()
-def tiny_ckpt(tmp_path: Path) -> Path:
-    return tiny_checkpoint(tmp_path / "tiny.pt")
-
-
 def test_export_has_cams_and_heatmap_parity(tmp_path: Path, tiny_ckpt: Path) -> None:
     import onnxruntime as ort
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from plantdx.checkpoint import Checkpoint, save_checkpoint
 from plantdx.exceptions import ParityError, RepositoryError, TensorRTUnavailableError
@@ -17,21 +16,7 @@ from plantdx.export.onnx import check_parity, export_onnx
 from plantdx.model_repository import config as mcfg
 from plantdx.model_repository.ensembles import ensemble_config
 from plantdx.model_repository.repository import list_repository, validate_repository
-from plantdx.models import create_model, get_spec, model_kwargs_for_checkpoint
-
-
-@pytest.fixture()
-def tiny_ckpt(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = create_model("test_tiny", num_classes=3)
-    ckpt = Checkpoint(
-        "test_tiny",
-        ["a", "b", "c"],
-        get_spec("test_tiny").preprocessing(64),
-        model.state_dict(),
-        model_kwargs_for_checkpoint(model),
-    )
-    return save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
+from plantdx.models import create_model, get_spec
 
 
 def test_onnx_parity_on_real_photos(tmp_path: Path, mini_photos: list[Path]) -> None:

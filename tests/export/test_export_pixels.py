@@ -13,34 +13,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from plantdx.checkpoint import Checkpoint, save_checkpoint
 from plantdx.exceptions import RepositoryError
 from plantdx.export import ExportConfig, export
 from plantdx.export.onnx import check_parity, export_onnx, takes_uint8, torch_pixels
 from plantdx.model_repository.config import parse_pbtxt
 from plantdx.model_repository.layout import RepositoryInfo, repository_pixels
 from plantdx.model_repository.repository import validate_repository
-from plantdx.models import create_model, get_spec, model_kwargs_for_checkpoint
+from plantdx.models import create_model, get_spec
 from plantdx.preprocessing import PreprocessMeta, Preprocessor, to_chw
 
 BACKENDS = Path(__file__).resolve().parents[2] / "model_repository/backends"
 UINT8, FP32 = 2, 11  # tritonclient's DataType values
-
-
-@pytest.fixture()
-def tiny_ckpt(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = create_model("test_tiny", num_classes=3)
-    ckpt = Checkpoint(
-        "test_tiny",
-        ["a", "b", "c"],
-        get_spec("test_tiny").preprocessing(64),
-        model.state_dict(),
-        model_kwargs_for_checkpoint(model),
-    )
-    return save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
 
 
 def test_the_uint8_stage_then_the_graphs_normalisation_is_the_normalizer_bit_for_bit(
