@@ -48,6 +48,10 @@ __all__ = [  # what callers import from here
 
 log = logging.getLogger(__name__)
 
+# A start that dies of one of these signals is tried once more (see TritonServer.start).
+CRASH_SIGNALS = frozenset({signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS})
+START_ATTEMPTS = 2
+
 
 # Triton's response cache when one is asked for (`plantdx serve --response-cache`).
 RESPONSE_CACHE_BYTES = 64 * 1024 * 1024
@@ -204,6 +208,23 @@ class TritonServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, *, timeout_s: float = 120.0, wait_for: str | None = "plantdx") -> TritonServer:
+        """Start tritonserver and wait until `wait_for` is ready (None: the server itself).
+
+        A tritonserver that dies of a crash signal while starting (the pip wheel's Triton 2.51
+        has been seen to abort in its gRPC event engine before loading anything) is started
+        once more; any other failure, and a second crash, raise ServerError."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once(timeout_s=timeout_s, wait_for=wait_for)
+            except ServerError as exc:
+                code = self._proc.returncode if self._proc is not None else None
+                crashed = code is not None and -code in CRASH_SIGNALS
+                if not crashed or self._abort.is_set() or attempt == START_ATTEMPTS:
+                    raise
+                log.warning("tritonserver crashed while starting; starting it again: %s", exc)
+        raise AssertionError("unreachable")
+
+    def _start_once(self, *, timeout_s: float, wait_for: str | None) -> TritonServer:
         if self.is_alive():
             return self
         self._abort.clear()

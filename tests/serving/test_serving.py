@@ -320,6 +320,21 @@ def _supervised(tmp_path: Path, repo: Path) -> tuple[Any, str, str]:
     return proc, f"127.0.0.1:{grpc}", f"http://127.0.0.1:{metrics}/metrics"
 
 
+def _stop_supervisor(proc) -> None:
+    """SIGTERM first, so the supervisor stops Triton and Triton its stubs (a SIGKILL to the
+    supervisor alone can leave a stub of a reloaded model running); SIGKILL if it hangs."""
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def test_supervised_triton_restarts_a_dead_stub(
     tiny_repo: Path, tmp_path: Path, mini_photos: list[Path]
 ) -> None:
@@ -340,8 +355,7 @@ def test_supervised_triton_restarts_a_dead_stub(
         assert wait_for(lambda: try_infer(url, image)[1] is None, timeout=60)
         assert "stub of preprocess died; the model was reloaded" in log.read_text()
     finally:
-        proc.kill()
-        proc.wait()
+        _stop_supervisor(proc)
 
 
 def test_supervised_triton_drains_on_sigterm(

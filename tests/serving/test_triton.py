@@ -220,3 +220,55 @@ def test_stop_leaves_no_shared_memory_behind(tiny_repo: Path, tmp_path: Path) ->
     finally:
         server.stop()
     assert not [r for r in regions if r.exists()]
+
+
+def _crashing_first(tmp_path: Path, crashes: int) -> Path:
+    """A launcher that aborts (SIGABRT) on its first `crashes` runs, then runs the command it
+    is given: a tritonserver that crashes while starting, on demand."""
+    script = tmp_path / "crash_then_run.sh"
+    count = tmp_path / "runs"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo run >> "{count}"\n'
+        f'if [ "$(wc -l < "{count}")" -le {crashes} ]; then kill -ABRT $$; fi\n'
+        'exec "$@"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def _server_behind(launcher: Path, repo: Path, log: Path):
+    from plantdx.serving.server import TritonServer, free_port
+
+    server = TritonServer(
+        repository=repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        log_file=log,
+    )
+    real = server.command
+    server.command = lambda: [str(launcher), *real()]  # type: ignore[method-assign]
+    return server
+
+
+def test_a_start_that_crashes_once_is_tried_again(
+    tiny_repo: Path, tmp_path: Path, mini_photos: list[Path]
+) -> None:
+    import tritonclient.http as httpclient
+
+    server = _server_behind(_crashing_first(tmp_path, 1), tiny_repo, tmp_path / "t.log")
+    with server.start(timeout_s=180):
+        probs = _infer(httpclient, server.http_url, [mini_photos[0].read_bytes()])
+        assert probs.shape == (1, 15)
+    assert (tmp_path / "runs").read_text().count("run") == 2
+
+
+def test_a_start_that_crashes_twice_is_a_clear_error(tiny_repo: Path, tmp_path: Path) -> None:
+    from plantdx.exceptions import ServerError
+
+    server = _server_behind(_crashing_first(tmp_path, 5), tiny_repo, tmp_path / "t.log")
+    with pytest.raises(ServerError, match="exited with code -6 while starting"):
+        server.start(timeout_s=60)
+    assert (tmp_path / "runs").read_text().count("run") == 2
+    assert not server.is_alive()
