@@ -97,7 +97,11 @@ class TimeBudget:
             optimizer=trainee.optimizer,
             frozen=trainee.frozen_norms,
         )
-        self.eval_s_per_img = sec_per_img * 0.35
+        # An evaluated photo costs about a third of a trained one at the same size; the pixels
+        # scale the rest (eval_image_size).
+        train_size = cfg.image_size or 0
+        scale = (cfg.eval_image_size / train_size) ** 2 if cfg.eval_image_size and train_size else 1
+        self.eval_s_per_img = sec_per_img * 0.35 * scale
         per_epoch = sec_per_img * steps * cfg.batch_size * 1.05 + self.eval_s_per_img * (val_images)
         elapsed = time.perf_counter() - self.started
         epochs = plan_epochs(cfg, per_epoch, elapsed + self.finish_reserve(test_images))

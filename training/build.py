@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from plantdx.checkpoint import Checkpoint
+from plantdx.exceptions import ConfigError
 from plantdx.models import create_model
 from plantdx.preprocessing import PreprocessMeta
 
@@ -120,8 +121,13 @@ def build_trainee(
     meta: PreprocessMeta,
     device: torch.device,
     resume: Checkpoint | None,
+    train_image_size: int | None = None,
 ) -> Trainee:
-    """The model (ImageNet or --weights, or the resumed run's), its loss and optimizer."""
+    """The model (ImageNet or --weights, or the resumed run's), its loss and optimizer.
+
+    The network is built for `meta`'s size, the one it is evaluated, exported and served at
+    (the checkpoint rebuilds it so); with a smaller `train_image_size` it must also take that
+    size, or the run stops here with a clear error."""
     kwargs = dict(cfg.model_kwargs)
     if resume is not None:
         kwargs = dict(resume.model_kwargs)
@@ -135,6 +141,8 @@ def build_trainee(
     )
     if resume is not None:
         net.load_state_dict(resume.state_dict)
+    if train_image_size and train_image_size != meta.image_size:
+        _check_takes_size(net, cfg.model, train_image_size, meta.image_size)
     net = place_model(net, device, cfg.channels_last)
     frozen_norms: list[nn.Module] = freeze_stem(net, cfg.model, cfg.freeze_blocks)
     criterion = OutlierExposureLoss(
@@ -153,3 +161,19 @@ def build_trainee(
         scaler=torch.amp.GradScaler("cuda") if amp else None,
         frozen_norms=frozen_norms,
     )
+
+
+def _check_takes_size(net: nn.Module, model: str, size: int, built_for: int) -> None:
+    """One forward pass at `size` on the network built for `built_for` (eval_image_size)."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, size, size))
+    except Exception as exc:
+        raise ConfigError(
+            f"{model} built for eval_image_size {built_for} cannot train at image_size "
+            f"{size}: {exc}"
+        ) from exc
+    finally:
+        net.train(was_training)

@@ -59,6 +59,11 @@ class TrainConfig:
     pretrained: bool = True
     weights: str | None = None
     image_size: int | None = 160
+    # The size every evaluation runs at, and so the size the model is exported and served at
+    # (the checkpoint's preprocessing metadata carries it); None: image_size. Training at a
+    # smaller size than testing pays because random-resized crops show objects larger than a
+    # whole photo does ("FixRes", Touvron et al. 2019); measured in BENCHMARKS.md.
+    eval_image_size: int | None = None
     # How a non-square photo becomes the square input: squash | crop | pad (preprocessing.py).
     resize: Resize = "crop"
     # The most epochs; on a GPU (no time budget there) exactly this many.

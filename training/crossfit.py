@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
+from plantdx.exceptions import DatasetError
+
 from .augment import build_augment
 from .build import Trainee, build_optimizer, build_scheduler
 from .config import TrainConfig
@@ -108,7 +110,10 @@ def run_crossfit(
     paths = data.paths["cv"]
     folds = np.asarray([folds_of[p] for p in paths], dtype=np.int64)
     labels, sources = data.labels["cv"], data.sources["cv"]
-    cv_train = copy.copy(cv_eval)
+    # Trained on at the training size, evaluated at the model's (`eval_image_size`).
+    cv_train = copy.copy(data.datasets.get("cv_train", cv_eval))
+    if "cv_train" in data.datasets and data.paths["cv_train"] != paths:
+        raise DatasetError("a cross-fitted photo decoded at one size but not at the other")
     cv_train.augment = build_augment(cfg.augment)  # type: ignore[attr-defined]
     pool: ConcatDataset[Any] = ConcatDataset([data.datasets["train"], cv_train])
     field_w = sample_weights(

@@ -126,28 +126,40 @@ def prepare_datasets(
     *,
     cache: bool,
     progress: Callable[[int], None] | None = None,
+    train_meta: PreprocessMeta | None = None,
 ) -> PreparedData:
-    """Train (augmented), val and test datasets; unreadable files are left out and listed."""
-    pre, normalize = Preprocessor(meta), Normalizer(meta)
+    """Train (augmented), val and test datasets; unreadable files are left out and listed.
+
+    With a `train_meta` of another size, "train" decodes at its size and every other split
+    at `meta`'s; a "cv" split (trained on and evaluated) is decoded at both, its training
+    copy as "cv_train"."""
+    train_meta = train_meta or meta
+    normalize = Normalizer(meta)
     train_aug = build_augment(augment)
     datasets: dict[str, Dataset[Item]] = {}
     labels: dict[str, np.ndarray] = {}
     paths: dict[str, list[Path]] = {}
     sources: dict[str, np.ndarray] = {}
     skipped: list[tuple[Path, str]] = []
-    for name, samples in split.items():
+    jobs = [
+        (name, samples, train_meta if name == "train" else meta) for name, samples in split.items()
+    ]
+    if "cv" in split and train_meta != meta:
+        jobs.append(("cv_train", split["cv"], train_meta))
+    for name, samples, at in jobs:
         aug = train_aug if name == "train" else None
+        pre = Preprocessor(at)
         if cache:
             decoded: DecodedImages = decode_samples(samples, pre, progress=progress)
             datasets[name] = SeededPixelDataset(decoded, normalize, aug)
             labels[name], paths[name] = decoded.labels, decoded.paths
-            skipped += decoded.skipped
+            skipped += decoded.skipped if name != "cv_train" else []
         else:
             keep, bad = readable_samples(samples, pre, progress=progress)
             lazy = LazyImageDataset(keep, pre, normalize, aug)
             datasets[name] = lazy
             labels[name], paths[name] = lazy.labels, [s.path for s in keep]
-            skipped += bad
+            skipped += bad if name != "cv_train" else []
         source_of = {s.path: s.source for s in samples}
         sources[name] = np.asarray([source_of[p] for p in paths[name]], dtype=np.int64)
     return PreparedData(datasets, labels, paths, skipped, sources)

@@ -62,7 +62,8 @@ def finish_run(
         "skipped_files": len(loaded.skipped),
         "seconds": 0.0,
         "model": cfg.model,
-        "image_size": scan.meta.image_size,
+        "image_size": scan.meta.image_size,  # the model's: evaluated, exported and served at
+        "train_image_size": (scan.train_meta or scan.meta).image_size,
         "resize": scan.meta.resize,
         "device": str(trainee.device),
         "world_size": dist.world_size,

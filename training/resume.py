@@ -27,6 +27,7 @@ RESUME_MUST_MATCH = (
     "model",
     "model_kwargs",
     "image_size",
+    "eval_image_size",
     "batch_size",
     "seed",
     "val_fraction",

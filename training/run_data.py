@@ -46,12 +46,14 @@ class ScannedData:
     split: dict[str, list[Sample]]
     unknown_split: dict[str, list[Sample]]  # photos of no class; empty without --unknown-data
     not_images: list[tuple[Path, str]]  # files that are not images by name
-    meta: PreprocessMeta
+    meta: PreprocessMeta  # the model's: every evaluation's, the checkpoint's, the served one
     # What --exclude and --domains changed (None without them).
     audit: AuditApplied | None = None
     # The fold of every cross-fitted photo (split["cv"]); empty when the run does not cross-fit.
     cv_folds: dict[Path, int] = dataclasses.field(default_factory=dict)
     cv_note: str = ""
+    # The training photos' (None: `meta`); a smaller size with `eval_image_size`.
+    train_meta: PreprocessMeta | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -107,9 +109,19 @@ def scan_data(cfg: TrainConfig) -> ScannedData:
             seed=cfg.seed,
             group=unknown_group(unknown_roots),
         )
-    meta = get_spec(cfg.model).preprocessing(cfg.image_size)
-    meta = dataclasses.replace(meta, resize=cfg.resize)
-    return ScannedData(folder, split, unknown_split, not_images, meta, audit, cv_folds, cv_note)
+    train_meta, meta = run_metas(cfg)
+    return ScannedData(
+        folder, split, unknown_split, not_images, meta, audit, cv_folds, cv_note, train_meta
+    )
+
+
+def run_metas(cfg: TrainConfig) -> tuple[PreprocessMeta, PreprocessMeta]:
+    """The preprocessing of the training photos, and that of every evaluation (the model's
+    own: it travels in the checkpoint); they differ only in size, with `eval_image_size`."""
+    meta = dataclasses.replace(get_spec(cfg.model).preprocessing(cfg.image_size), resize=cfg.resize)
+    if not cfg.eval_image_size or cfg.eval_image_size == meta.image_size:
+        return meta, meta
+    return meta, dataclasses.replace(meta, image_size=cfg.eval_image_size)
 
 
 def write_run_files(run_dir: Path, cfg: TrainConfig, scan: ScannedData) -> None:
@@ -150,10 +162,18 @@ def load_data(
             "unknown_val": u["val"],
             "unknown_test": u["test"],
         }
-    total = sum(len(v) for v in split.values())
+    train_meta = scan.train_meta or scan.meta
+    # Photos trained on and evaluated (the cross-fitted ones) decode at both sizes.
+    twice = len(split.get("cv", [])) if train_meta != scan.meta else 0
+    total = sum(len(v) for v in split.values()) + twice
     with rep.task("decode images", total=total) as advance:
         data = prepare_datasets(
-            split, scan.meta, cfg.augment, cache=cfg.cache_images, progress=advance
+            split,
+            scan.meta,
+            cfg.augment,
+            cache=cfg.cache_images,
+            progress=advance,
+            train_meta=train_meta,
         )
     # Files that are not images by name, then those that would not decode.
     skipped = [(str(p), why) for p, why in [*scan.not_images, *data.skipped]]

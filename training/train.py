@@ -110,7 +110,12 @@ class _Run:
             )
         # Loads --weights: before the (slow) decoding, so errors come at once.
         self.trainee = build_trainee(
-            cfg, len(self.scan.class_names), self.scan.meta, dist.device, self.resume
+            cfg,
+            len(self.scan.class_names),
+            self.scan.meta,
+            dist.device,
+            self.resume,
+            train_image_size=(self.scan.train_meta or self.scan.meta).image_size,
         )
         if dist.is_main:
             write_run_files(self.run_dir, cfg, self.scan)

@@ -64,6 +64,14 @@ def train(
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Square input size in pixels.")
     ] = None,
+    eval_image_size: Annotated[
+        int | None,
+        typer.Option(
+            "--eval-image-size",
+            help="Size every evaluation runs at, and the model is served at (default: "
+            "the training size).",
+        ),
+    ] = None,
     resize: Annotated[
         Resize | None,
         typer.Option("--resize", help="Non-square photo → square input."),
@@ -179,6 +187,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         image_size=image_size,
+        eval_image_size=eval_image_size,
         pretrained=pretrained,
         weights=weights,
         time_budget_min=time_budget,

@@ -136,3 +136,58 @@ def test_the_flip_wrapper_runs_the_model_on_the_mirror_image() -> None:
     want = net(x[..., torch.arange(3, -1, -1)])
     assert torch.allclose(Mirrored(net)(x), want, atol=1e-6)
     assert not torch.allclose(Mirrored(net)(x), net(x), atol=1e-3)
+
+
+def test_a_larger_eval_size_is_the_models_and_training_stays_at_its_own(tmp_path: Path) -> None:
+    """`eval_image_size`: the training photos (the cross-fitted ones' training copy too) at
+    image_size, every evaluation at eval_image_size, which the checkpoint carries."""
+    from plantdx.preprocessing import PreprocessMeta
+    from plantdx.training.augment import AugmentConfig
+    from plantdx.training.loading import prepare_datasets
+
+    field = _folder(tmp_path / "field", {"a": 4, "b": 4})
+    samples = [s for s in scan_sources([field]).samples]
+    split = {"train": samples[:4], "val": samples[4:6], "cv": samples[6:]}
+    at48, at64 = PreprocessMeta(image_size=48), PreprocessMeta(image_size=64)
+    data = prepare_datasets(split, at64, AugmentConfig(), cache=True, train_meta=at48)
+    shapes = {k: tuple(data.datasets[k][0][0].shape) for k in data.datasets}
+    assert shapes == {
+        "train": (3, 48, 48),
+        "val": (3, 64, 64),
+        "cv": (3, 64, 64),
+        "cv_train": (3, 48, 48),
+    }
+    assert data.paths["cv_train"] == data.paths["cv"] and not data.skipped
+    same = prepare_datasets(split, at64, AugmentConfig(), cache=True)
+    assert "cv_train" not in same.datasets
+
+    lab = _folder(tmp_path / "lab", {"a": 16, "b": 16})
+    domains = _domains(
+        tmp_path / "domains.tsv",
+        [(s.path, "field" if s.source == 1 else "lab") for s in scan_sources([lab, field]).samples],
+    )
+    run = train_tiny(
+        tmp_path / "run",
+        [lab, field],
+        image_size=48,
+        eval_image_size=64,
+        domains=str(domains),
+        crossfit=CrossfitConfig(folds=2, epochs=1.0),
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["image_size"], metrics["train_image_size"]) == (64, 48)
+    assert load_checkpoint(run / "best.pt").preprocessing.image_size == 64
+    assert metrics["crossfit"]["continuations"]["photos"] == 8
+
+
+def test_a_model_that_cannot_train_below_its_eval_size_is_refused(tmp_path: Path) -> None:
+    lab = _folder(tmp_path / "lab", {"a": 6, "b": 6})
+    with pytest.raises(ConfigError, match=r"built for eval_image_size 64 cannot train at .*48"):
+        train_tiny(
+            tmp_path / "run",
+            lab,
+            model="vit",
+            model_kwargs={"tiny": True},
+            image_size=48,
+            eval_image_size=64,
+        )
