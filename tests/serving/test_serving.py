@@ -398,3 +398,37 @@ def test_supervised_triton_drains_on_sigterm(
     assert code == 0
     text = log.read_text()
     assert "SIGTERM: draining" in text and "k3y" not in text
+
+
+def test_supervised_triton_drains_requests_sent_during_the_followers_first_pass(
+    tiny_repo: Path, tmp_path: Path, heavy_png: bytes
+) -> None:
+    """SIGTERM while the follower's start-up pass reloads the ensembles, with requests inside
+    Triton since before that pass: every one of them is answered, and the exit is clean."""
+    import signal
+
+    repo = copy_repo(tiny_repo, tmp_path / "repo", slow_preprocess())
+    proc, url, metrics = _supervised(tmp_path, repo)
+    log = tmp_path / "supervise.log"
+    n = 6
+    started = threading.Barrier(n + 1)
+
+    def send(_: int) -> str | None:
+        started.wait()
+        return try_infer(url, heavy_png, timeout_s=60)[1]
+
+    try:
+        assert wait_for(lambda: "Triton is ready" in log.read_text(), timeout=180, interval=0.02)
+        with ThreadPoolExecutor(n) as pool:
+            futures = [pool.submit(send, i) for i in range(n)]
+            started.wait()
+            # Inside Triton while the start-up pass reloads the ensembles around them.
+            assert wait_for(lambda: _pending(metrics, "preprocess") >= n - 2, timeout=20)
+            assert "version policy" not in log.read_text()
+            proc.send_signal(signal.SIGTERM)
+            errors = [f.result() for f in futures]
+            code = proc.wait(timeout=90)
+    finally:
+        _stop_supervisor(proc)
+    assert errors == [None] * n, errors
+    assert code == 0
