@@ -84,16 +84,9 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_run: Path, mini_dir
 @pytest.fixture(scope="session")
 def triton_server(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A real Triton server (the nvidia-pytriton binary) serving the tiny model."""
-    from plantdx.serving.server import TritonServer, free_port
+    from helpers.serving import new_server
 
-    log = tmp_path_factory.mktemp("triton") / "triton.log"
-    server = TritonServer(
-        repository=tiny_repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-    )
+    server = new_server(tiny_repo, tmp_path_factory.mktemp("triton") / "triton.log")
     server.start(timeout_s=180)
     try:
         yield server

@@ -44,10 +44,11 @@ def copy_repo(src: Path, dest: Path, tweak: Callable[[str, Any], None] | None = 
     return dest
 
 
-def start_server(repo: Path, log: Path, **kwargs: Any) -> Any:
+def new_server(repo: Path, log: Path, **kwargs: Any) -> Any:
+    """A TritonServer on free ports with its log in `log`, not started."""
     from plantdx.serving.server import TritonServer, free_port
 
-    server = TritonServer(
+    return TritonServer(
         repository=repo,
         http_port=free_port(),
         grpc_port=free_port(),
@@ -55,7 +56,10 @@ def start_server(repo: Path, log: Path, **kwargs: Any) -> Any:
         log_file=log,
         **kwargs,
     )
-    return server.start(timeout_s=180)
+
+
+def start_server(repo: Path, log: Path, **kwargs: Any) -> Any:
+    return new_server(repo, log, **kwargs).start(timeout_s=180)
 
 
 def infer(

@@ -238,15 +238,9 @@ def _crashing_first(tmp_path: Path, crashes: int) -> Path:
 
 
 def _server_behind(launcher: Path, repo: Path, log: Path):
-    from plantdx.serving.server import TritonServer, free_port
+    from helpers.serving import new_server
 
-    server = TritonServer(
-        repository=repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
-        log_file=log,
-    )
+    server = new_server(repo, log)
     real = server.command
     server.command = lambda: [str(launcher), *real()]  # type: ignore[method-assign]
     return server
