@@ -53,6 +53,11 @@ VERSIONED = (CLASSIFIER, PREPROCESS)  # the classifier first: a broken one fails
 ENSEMBLES = (ENSEMBLE, EXPLAIN_ENSEMBLE)
 DEFAULT_POLL_S = 2.0
 RETRY_FAILED_S = 30.0
+# A reloaded ensemble is a new object: requests still inside the one it replaced finish there,
+# unseen by the repository index, so a drain that unloads the new one cannot wait for them
+# (a SIGTERM during the start-up pass failed one request of six in a test run). Stopping the
+# follower waits until this long after its last ensemble reload (the start-up pass, a switch).
+SETTLE_S = 5.0
 
 
 def state_file(http_port: int) -> Path:
@@ -189,6 +194,8 @@ class Follower:
         self._said = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.settle_s = SETTLE_S
+        self._settled_at = 0.0  # monotonic: requests inside replaced ensembles are done
 
     def start(self) -> Follower:
         try:
@@ -196,6 +203,8 @@ class Follower:
             self._prime()
         except CallError:
             self.applied = None
+        finally:
+            self._reloaded()
         self._thread = threading.Thread(target=self._run, name="plantdx-follow", daemon=True)
         self._thread.start()
         return self
@@ -209,10 +218,19 @@ class Follower:
             if ready.get(e):
                 self.api.load(e, self.api.config(e))
 
+    def _reloaded(self) -> None:
+        self._settled_at = time.monotonic() + self.settle_s
+
     def stop(self) -> None:
+        """Stop following; returns once a switch in progress is done and the requests inside
+        the ensembles it (or the start-up pass) replaced had `settle_s` to finish."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.poll_s + 60)
+        wait = self._settled_at - time.monotonic()
+        if wait > 0:
+            log.info("waiting %.1f s for requests inside the replaced ensembles", wait)
+            time.sleep(wait)
         if self.http_port is not None:
             with contextlib.suppress(OSError, PlantDxError):
                 state_file(self.http_port).unlink(missing_ok=True)
@@ -266,10 +284,13 @@ class Follower:
                 self.api, target, location=self.location, view=self.view, grace_s=self.grace_s
             )
         except (*CallError, PlantDxError, OSError) as exc:
+            self._reloaded()  # it may have reloaded an ensemble before it failed
             self._failed[target] = time.monotonic()
             self._say(logging.ERROR, f"switching to version {target} failed: {exc}")
             return False
         seconds = time.monotonic() - t0
+        if switched:
+            self._reloaded()
         previous, self.applied = self.applied, target
         self._failed.pop(target, None)
         self._said = ""

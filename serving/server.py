@@ -17,8 +17,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,15 @@ from .flags import parse_flags, server_settings
 from .install import prepare_backend_dir, pytriton_root, server_env
 from .procs import children, die_with_parent, free_port, port_free, proc_stat, shm_regions
 from .repository_api import CallError, RepositoryApi
-from .startup import default_models, log_tail, refuse_half_published, require_free_ports
+from .startup import (
+    START_ATTEMPTS,
+    crashed,
+    default_models,
+    http_status,
+    log_tail,
+    refuse_half_published,
+    require_free_ports,
+)
 from .stub_env import scrubbed
 from .watchdog import StubWatchdog, stubs_of
 
@@ -47,10 +53,6 @@ __all__ = [  # what callers import from here
 ]
 
 log = logging.getLogger(__name__)
-
-# A start that dies of one of these signals is tried once more (see TritonServer.start).
-CRASH_SIGNALS = frozenset({signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS})
-START_ATTEMPTS = 2
 
 
 # Triton's response cache when one is asked for (`plantdx serve --response-cache`).
@@ -208,18 +210,14 @@ class TritonServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, *, timeout_s: float = 120.0, wait_for: str | None = "plantdx") -> TritonServer:
-        """Start tritonserver and wait until `wait_for` is ready (None: the server itself).
-
-        A tritonserver that dies of a crash signal while starting (the pip wheel's Triton 2.51
-        has been seen to abort in its gRPC event engine before loading anything) is started
-        once more; any other failure, and a second crash, raise ServerError."""
+        """Start tritonserver and wait until `wait_for` is ready (None: the server itself); one
+        that crashed while starting (startup.CRASH_SIGNALS) is started once more."""
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
                 return self._start_once(timeout_s=timeout_s, wait_for=wait_for)
             except ServerError as exc:
                 code = self._proc.returncode if self._proc is not None else None
-                crashed = code is not None and -code in CRASH_SIGNALS
-                if not crashed or self._abort.is_set() or attempt == START_ATTEMPTS:
+                if not crashed(code) or self._abort.is_set() or attempt == START_ATTEMPTS:
                     raise
                 log.warning("tritonserver crashed while starting; starting it again: %s", exc)
         raise AssertionError("unreachable")
@@ -291,21 +289,11 @@ class TritonServer:
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def _get(self, path: str, timeout: float = 2.0) -> int:
-        url = f"http://{self.http_url}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except (urllib.error.URLError, OSError):
-            return 0
-
     def is_ready(self, model: str | None = "plantdx") -> bool:
         if not self.is_alive():
             return False
         path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
-        return self._get(path) == 200
+        return http_status(f"http://{self.http_url}{path}") == 200
 
     def wait_ready(self, *, timeout_s: float = 120.0, model: str | None = "plantdx") -> None:
         deadline = time.monotonic() + timeout_s

@@ -1,10 +1,13 @@
 """What a server start checks and loads: a repository that an export or pin was killed in is
 refused, the ports must be free, the ensembles the repository has are loaded; a failed start is
-explained by the lines of its log that say why."""
+explained by the lines of its log that say why; a start that crashed is tried once more."""
 
 from __future__ import annotations
 
+import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -57,3 +60,25 @@ def log_tail(path: Path | None, secret: str, n: int = 8) -> str:
     keep = sorted(set(errors[-8:]) | set(range(max(0, len(lines) - n), len(lines))))
     text = "\n".join(lines[i].replace(secret, "***") if secret else lines[i] for i in keep)
     return "\nlast lines of the server log (and its errors):\n" + text
+
+
+# A start that dies of one of these signals is tried once more (TritonServer.start): the pip
+# wheel's Triton 2.51 has been seen to abort in its gRPC event engine before loading anything.
+CRASH_SIGNALS = frozenset({signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS})
+START_ATTEMPTS = 2
+
+
+def crashed(returncode: int | None) -> bool:
+    """Whether a process's exit status says it died of a crash signal."""
+    return returncode is not None and -returncode in CRASH_SIGNALS
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    """The HTTP status of a GET, or 0 when nothing answered."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0

@@ -201,8 +201,8 @@ def test_response_cache_hits_are_counted_and_identical(
 
 @pytest.fixture()
 def heavy_png(mini_photos: list[Path]) -> bytes:
-    """A 2000 × 2000 PNG (no draft decoding for PNG): tens of ms to preprocess."""
-    return make_heavy_png(mini_photos[3].read_bytes())
+    """A 3500 × 3500 PNG (no draft decoding for PNG): ~150 ms to preprocess."""
+    return make_heavy_png(mini_photos[3].read_bytes(), side=3500)
 
 
 def test_overload_is_refused_quickly_with_a_clear_error(
@@ -247,6 +247,13 @@ def _pending(metrics_url: str, model: str) -> float:
     )
 
 
+def _queued(metrics_url: str, k: int) -> bool:
+    """Whether `k` requests come to wait in front of the lone preprocess instance within 20 s.
+    The heavy photo takes ~150 ms there on a quiet machine, so six requests hold four waiting
+    for ~300 ms: the gauge (live) is read every 10 ms."""
+    return wait_for(lambda: _pending(metrics_url, "preprocess") >= k, timeout=20, interval=0.01)
+
+
 def test_sigterm_lets_in_flight_requests_finish(
     tiny_repo: Path, tmp_path: Path, heavy_png: bytes
 ) -> None:
@@ -264,7 +271,7 @@ def test_sigterm_lets_in_flight_requests_finish(
         futures = [pool.submit(send, i) for i in range(n)]
         started.wait()
         # Stop only once the server holds the requests: under load, threads start late.
-        assert wait_for(lambda: _pending(server.metrics_url, "preprocess") >= n - 2, timeout=20)
+        assert _queued(server.metrics_url, n - 2)
         t_term = time.monotonic()
         code = server.stop()
         results = [f.result() for f in futures]
@@ -384,7 +391,7 @@ def test_supervised_triton_drains_on_sigterm(
             started.wait()
             # Requests inside Triton before SIGTERM: one in the lone preprocess instance, at
             # least four queued in front of it (the first may already be past it).
-            assert wait_for(lambda: _pending(metrics, "preprocess") >= n - 2, timeout=20)
+            assert _queued(metrics, n - 2)
             t_term = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             results = [f.result() for f in futures]
@@ -423,7 +430,7 @@ def test_supervised_triton_drains_requests_sent_during_the_followers_first_pass(
             futures = [pool.submit(send, i) for i in range(n)]
             started.wait()
             # Inside Triton while the start-up pass reloads the ensembles around them.
-            assert wait_for(lambda: _pending(metrics, "preprocess") >= n - 2, timeout=20)
+            assert _queued(metrics, n - 2)
             assert "version policy" not in log.read_text()
             proc.send_signal(signal.SIGTERM)
             errors = [f.result() for f in futures]
