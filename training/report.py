@@ -22,6 +22,7 @@ from .distributed import Distributed
 from .engine import EvalResult, evaluate
 from .evaluate import classification_report, plot_confusion_matrix, plot_training_curves
 from .loop_state import LoopState
+from .predictions import write_predictions
 from .run_data import LoadedData, ScannedData
 from .sources import decide_and_report
 from .tracking import RunTracker
@@ -89,6 +90,15 @@ def finish_run(
         crops = CropMap.from_dict(scan.class_names, best.crops)
         metrics["crossfit"] = crossfit_figures(rule, crossfit, scan.source_names, crops)
     best.decision = rule.to_dict()
+    write_predictions(
+        run_dir,
+        passes,
+        data.paths,
+        data.sources,
+        crossfit,
+        scan.class_names,
+        scan.source_names,
+    )
     if len(test.targets):
         metrics["test_macro_f1"] = _write_test_report(test, data.paths["test"], scan, run_dir)
     plot_training_curves(st.history, run_dir / "training_curves.png")

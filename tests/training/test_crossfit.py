@@ -16,6 +16,7 @@ from plantdx.data import scan_sources
 from plantdx.exceptions import ConfigError
 from plantdx.training.crossfit import continuation_weights
 from plantdx.training.crossfit_data import CrossfitConfig, assign_folds, field_sources, move_to_cv
+from plantdx.training.predictions import load_predictions
 
 from helpers.common import train_tiny
 
@@ -126,6 +127,15 @@ def test_a_run_fits_its_rule_on_out_of_fold_predictions_of_every_field_photo(
     assert len(folds) == 28 and set(folds.values()) == {0, 1, 2}
     split = json.loads((run / "split.json").read_text())
     assert len(split["cv"]) == 28
+    # Every held-out prediction is kept: the out-of-fold ones give the reported accuracy back.
+    pred = load_predictions(run)
+    assert pred["cv/logits"].shape == (28, 3) and pred["cv/hflip_logits"].shape == (28, 3)
+    assert sorted(pred["cv/paths"].tolist()) == sorted(folds)
+    assert [folds[p] for p in pred["cv/paths"]] == pred["cv/folds"].tolist()
+    acc = float((pred["cv/logits"].argmax(1) == pred["cv/targets"]).mean())
+    assert acc == pytest.approx(src["without_crop"]["accuracy"])
+    assert len(pred["test/logits"]) == metrics["n_test"] == len(pred["test/paths"])
+    assert list(pred["source_names"]) == ["lab", "field"]
 
 
 def test_the_flip_wrapper_runs_the_model_on_the_mirror_image() -> None:
