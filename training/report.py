@@ -88,7 +88,9 @@ def finish_run(
     metrics.update(decided)
     if crossfit is not None:
         crops = CropMap.from_dict(scan.class_names, best.crops)
-        metrics["crossfit"] = crossfit_figures(rule, crossfit, scan.source_names, crops)
+        metrics["crossfit"] = crossfit_figures(
+            rule, crossfit, scan.source_names, crops, scan.class_names
+        )
     best.decision = rule.to_dict()
     write_predictions(
         run_dir,

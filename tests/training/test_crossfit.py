@@ -114,6 +114,12 @@ def test_a_run_fits_its_rule_on_out_of_fold_predictions_of_every_field_photo(
     src = cf["sources"]["field"]
     assert src["without_crop"]["n"] == 28 and src["with_crop"]["n"] == 28
     assert 0 <= src["without_crop"]["accuracy_folds"]["min"] <= 1
+    by_class = src["without_crop"]["by_class"]
+    assert {k: n for k, (_, n) in by_class.items()} == {"a": 10, "b": 10, "c": 8}
+    right = sum(r for r, _ in by_class.values())
+    assert right / 28 == pytest.approx(src["without_crop"]["accuracy"])
+    balanced = sum(r / n for r, n in by_class.values()) / 3
+    assert src["without_crop"]["class_balanced"]["accuracy"] == pytest.approx(balanced)
     assert set(src["hflip"]) == {"accuracy", "accuracy_with_crop"}
     assert all(0 <= v <= 1 for v in src["hflip"].values())
     # The field source has no val/test photos: its figures are the out-of-fold ones.
@@ -201,3 +207,17 @@ def test_a_model_that_cannot_train_below_its_eval_size_is_refused(tmp_path: Path
             image_size=48,
             eval_image_size=64,
         )
+
+
+def test_class_balanced_figures_count_every_class_equally() -> None:
+    from plantdx.training.crossfit_report import by_class, class_balanced
+
+    # Class 0: 4 photos, 3 right (one of them unsure); class 1: 1 photo, wrong.
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.7, 0.3]])
+    targets = np.array([0, 0, 0, 0, 1])
+    out = class_balanced(probs, targets, threshold=0.6)
+    assert out["accuracy"] == pytest.approx((3 / 4 + 0) / 2)
+    # Answered: 3 of class 0 (weight 1/8 each), the class-1 photo (weight 1/2).
+    assert out["coverage"] == pytest.approx(3 / 8 + 1 / 2)
+    assert out["selective_accuracy"] == pytest.approx((2 / 8) / (3 / 8 + 1 / 2))
+    assert by_class(probs, targets) == {0: (3, 4), 1: (0, 1)}
