@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from plantdx.models import get_spec
+
 from .build import Trainee
 from .config import TrainConfig
 from .distributed import Distributed
@@ -31,6 +33,15 @@ def replan_epochs(cfg: TrainConfig, done: int, epoch_s: list[float], spent_s: fl
     pace = max(float(np.median(epoch_s[-3:])), epoch_s[-1], 1e-6)
     left = float(cfg.time_budget_min or 0) * 60 - spent_s
     return int(min(cfg.epochs, done + max(0, math.floor(left / pace))))
+
+
+def eval_cost_scale(cfg: TrainConfig) -> float:
+    """An evaluated photo's cost relative to the training size's: its pixels (eval_image_size
+    against image_size, or against the architecture's own size when image_size is null)."""
+    if not cfg.eval_image_size:
+        return 1.0
+    train_size = cfg.image_size or get_spec(cfg.model).default_image_size
+    return float((cfg.eval_image_size / train_size) ** 2)
 
 
 def plan_epochs(cfg: TrainConfig, seconds_per_epoch: float, overhead_s: float) -> int:
@@ -97,11 +108,8 @@ class TimeBudget:
             optimizer=trainee.optimizer,
             frozen=trainee.frozen_norms,
         )
-        # An evaluated photo costs about a third of a trained one at the same size; the pixels
-        # scale the rest (eval_image_size).
-        train_size = cfg.image_size or 0
-        scale = (cfg.eval_image_size / train_size) ** 2 if cfg.eval_image_size and train_size else 1
-        self.eval_s_per_img = sec_per_img * 0.35 * scale
+        # An evaluated photo costs about a third of a trained one at the same size.
+        self.eval_s_per_img = sec_per_img * 0.35 * eval_cost_scale(cfg)
         per_epoch = sec_per_img * steps * cfg.batch_size * 1.05 + self.eval_s_per_img * (val_images)
         elapsed = time.perf_counter() - self.started
         epochs = plan_epochs(cfg, per_epoch, elapsed + self.finish_reserve(test_images))

@@ -269,3 +269,13 @@ def test_benchmarks_state_the_defaults() -> None:
     for key, value in rows:
         assert key in defaults, f"BENCHMARKS.md names an unknown option {key}"
         assert yaml.safe_load(value) == defaults[key], f"{key}: BENCHMARKS.md says {value}"
+
+
+def test_evaluation_at_a_larger_size_is_budgeted_at_its_pixels() -> None:
+    from plantdx.training.budget import eval_cost_scale
+
+    assert eval_cost_scale(TrainConfig(image_size=160)) == 1.0
+    assert eval_cost_scale(TrainConfig(image_size=160, eval_image_size=224)) == (224 / 160) ** 2
+    # image_size null: the architecture's own size is the training size (Lite0: 224).
+    lite0 = TrainConfig(model="efficientnet_lite0", image_size=None, eval_image_size=280)
+    assert eval_cost_scale(lite0) == (280 / 224) ** 2
