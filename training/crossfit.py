@@ -98,12 +98,11 @@ def run_crossfit(
     num_classes: int,
     source_names: list[str],
     train_weights: np.ndarray,
-    seconds_left: float | None,
-    sec_per_step: float,
+    steps: int,
     rep: Reporter,
 ) -> CrossfitResult:
-    """K continuations for the out-of-fold predictions, then the final one, whose weights
-    `trainee.net` holds on return."""
+    """K continuations of `steps` steps for the out-of-fold predictions, then the final one,
+    whose weights `trainee.net` holds on return."""
     c = cfg.crossfit
     started = time.perf_counter()
     cv_eval = data.datasets["cv"]
@@ -124,8 +123,6 @@ def run_crossfit(
         unknown_share=0.0,
         source_multipliers=cfg.sampling.source_multipliers(source_names),
     )
-    n_field_train = round(len(paths) * (c.folds - 1) / c.folds)
-    steps = continuation_steps(cfg, n_field_train, seconds_left, sec_per_step)
     rep.info(
         f"cross-fitting {len(paths)} field photo(s) in {c.folds} folds: "
         f"{c.folds + 1} continuations of {steps} steps"

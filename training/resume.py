@@ -112,7 +112,13 @@ def restore_train_state(
         trainee.scaler.load_state_dict(saved["scaler"])
     st = LoopState(**saved["loop"])
     st.epochs = epochs
-    if st.epoch >= epochs or (st.stopped_early and not more_epochs):
+    done = st.epoch >= epochs or (st.stopped_early and not more_epochs)
+    if done and not (run_dir / "metrics.json").exists():
+        # Killed after its last epoch, in the cross-fitting or the final evaluation: the run
+        # goes on from there (the continuations start again from base.pt).
+        rep.info(f"resuming {run_dir}: its {st.epoch} epoch(s) are done; finishing the run")
+        return st
+    if done:
         how = "stopped early after" if st.stopped_early else "already finished"
         raise ConfigError(
             f"{cfg.resume} {how} {st.epoch} epoch(s); pass a larger --epochs to go on"

@@ -30,7 +30,7 @@ from .budget import TimeBudget
 from .build import build_scheduler, build_trainee, reschedule, seed_everything
 from .checkpointing import epoch_checkpoint
 from .config import TrainConfig, as_list
-from .crossfit import CrossfitResult, run_crossfit
+from .crossfit import CrossfitResult, continuation_steps, run_crossfit
 from .distributed import Distributed, setup
 from .engine import EpochStats, evaluate, train_one_epoch
 from .loop_state import LoopState
@@ -143,6 +143,8 @@ class _Run:
     def fit(self) -> None:
         """The epoch loop: train, validate, checkpoint and log, keep to the time budget."""
         cfg, st, t = self.cfg, self.state, self.trainee
+        if st.stopped_early:  # a resumed run that had stopped early: only its end is left
+            return
         epoch = st.epoch
         # An epoch's time runs from one re-planning to the next, so it counts the validation
         # and the checkpoints written between them too.
@@ -286,12 +288,16 @@ class _Run:
 
     def _crossfit(self) -> CrossfitResult:
         """The continuations from the base model (base.pt: the best base epoch, kept so that a
-        resumed run starts them again from it); best.pt becomes the final continuation."""
+        resumed run starts them again from it, with the steps planned for them then);
+        best.pt becomes the final continuation."""
         t, data = self.trainee, self.data
         base_path, best_path = self.run_dir / "base.pt", self.run_dir / "best.pt"
         if not base_path.exists():
-            save_checkpoint(load_checkpoint(best_path), base_path)
+            base = load_checkpoint(best_path)
+            base.metrics = {**base.metrics, "crossfit_steps": self._continuation_steps()}
+            save_checkpoint(base, base_path)
         base = load_checkpoint(base_path)
+        steps = int(base.metrics.get("crossfit_steps") or self._continuation_steps())
         sampler = data.sampler
         n = data.prepared.size("train")
         weights = (
@@ -299,26 +305,16 @@ class _Run:
             if isinstance(sampler, BalancedSampler)
             else np.full(n, 1.0 / max(n, 1))
         )
-        prepared = data.prepared
-        eval_images = sum(prepared.size(k) for k in prepared.labels if k != "train")
-        times = self.budget.epoch_times
-        sec_per_step = float(np.median(times)) / max(self.steps, 1) if times else 1.0
-        left = (
-            None
-            if self.resume is not None
-            else self.budget.seconds_left(self.budget.finish_reserve(eval_images))
-        )
         result = run_crossfit(
             self.cfg,
             t,
-            prepared,
+            data.prepared,
             self.scan.cv_folds,
             base.state_dict,
             num_classes=len(self.scan.class_names),
             source_names=self.scan.source_names,
             train_weights=weights,
-            seconds_left=left,
-            sec_per_step=sec_per_step,
+            steps=steps,
             rep=self.rep,
         )
         final = epoch_checkpoint(
@@ -327,6 +323,22 @@ class _Run:
         final.metrics = {**base.metrics, "crossfit_steps": result.steps}
         save_checkpoint(final, best_path)
         return result
+
+    def _continuation_steps(self) -> int:
+        """Steps of every continuation: what the time left holds (CPU budget) or the passes
+        asked (`crossfit.epochs`)."""
+        prepared = self.data.prepared
+        eval_images = sum(prepared.size(k) for k in prepared.labels if k != "train")
+        times = self.budget.epoch_times
+        sec_per_step = float(np.median(times)) / max(self.steps, 1) if times else 1.0
+        left = (
+            None
+            if self.resume is not None
+            else self.budget.seconds_left(self.budget.finish_reserve(eval_images))
+        )
+        folds = self.cfg.crossfit.folds
+        n_field_train = round(prepared.size("cv") * (folds - 1) / folds)
+        return continuation_steps(self.cfg, n_field_train, left, sec_per_step)
 
     def _finish(self, crossfit: CrossfitResult | None) -> dict[str, Any]:
         return finish_run(

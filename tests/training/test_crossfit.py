@@ -221,3 +221,47 @@ def test_class_balanced_figures_count_every_class_equally() -> None:
     assert out["coverage"] == pytest.approx(3 / 8 + 1 / 2)
     assert out["selective_accuracy"] == pytest.approx((2 / 8) / (3 / 8 + 1 / 2))
     assert by_class(probs, targets) == {0: (3, 4), 1: (0, 1)}
+
+
+def test_a_run_killed_while_cross_fitting_resumes_to_the_same_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume after the base epochs: straight to the continuations, again from base.pt with
+    the steps planned for them then, to the model and figures of the unbroken run."""
+    from plantdx.training import crossfit as crossfit_module
+    from plantdx.training import resume_config, train
+    from plantdx.training.progress import Reporter
+
+    lab = _folder(tmp_path / "lab", {"a": 16, "b": 16})
+    field = _folder(tmp_path / "field", {"a": 8, "b": 8}, seed=1)
+    folder = scan_sources([lab, field])
+    domains = _domains(
+        tmp_path / "domains.tsv",
+        [(s.path, "field" if s.source == 1 else "lab") for s in folder.samples],
+    )
+    kw = {"domains": str(domains), "crossfit": CrossfitConfig(folds=2, epochs=2.0)}
+    whole = train_tiny(tmp_path / "whole", [lab, field], **kw)
+
+    real = crossfit_module._continue
+    calls = []
+
+    def dies_in_the_second(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs["fold"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crossfit_module, "_continue", dies_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny(tmp_path / "cut", [lab, field], **kw)
+    cut = tmp_path / "cut"
+    assert (cut / "base.pt").exists() and not (cut / "metrics.json").exists()
+    monkeypatch.setattr(crossfit_module, "_continue", real)
+
+    train(resume_config(cut), reporter=Reporter(quiet=True))
+    a, b = load_checkpoint(whole / "best.pt"), load_checkpoint(cut / "best.pt")
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    m_whole = json.loads((whole / "metrics.json").read_text())
+    m_cut = json.loads((cut / "metrics.json").read_text())
+    assert m_cut["crossfit"]["sources"] == m_whole["crossfit"]["sources"]
+    assert m_cut["epochs"] == m_whole["epochs"] and m_cut["test_acc"] == m_whole["test_acc"]
