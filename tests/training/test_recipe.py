@@ -279,3 +279,17 @@ def test_evaluation_at_a_larger_size_is_budgeted_at_its_pixels() -> None:
     # image_size null: the architecture's own size is the training size (Lite0: 224).
     lite0 = TrainConfig(model="efficientnet_lite0", image_size=None, eval_image_size=280)
     assert eval_cost_scale(lite0) == (280 / 224) ** 2
+
+
+def test_field_zoom_yaml_is_the_default_with_zoom_in_and_a_192_px_model() -> None:
+    zoom = resolve(TrainConfig, ROOT / "plantdx/configs/field-zoom.yaml")
+    changed = {
+        k: v for k, v in _flat(to_dict(zoom)).items() if v != _flat(to_dict(TrainConfig()))[k]
+    }
+    assert changed == {
+        "eval_image_size": 192,
+        "augment.zoom_p": 0.6,
+        "augment.zoom_min": 0.9,
+        "augment.zoom_max": 1.6,
+        "augment.shift": 0.15,
+    }
