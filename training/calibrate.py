@@ -78,6 +78,32 @@ def selective(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[
     }
 
 
+def class_balanced(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+    """accuracy, coverage and selective_accuracy with every class present counting equally."""
+    if len(targets) == 0:
+        return {"accuracy": 0.0, "coverage": 0.0, "selective_accuracy": 0.0}
+    _, inverse, counts = np.unique(targets, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    w = w / w.sum()
+    right = probs.argmax(1) == targets
+    answered = probs.max(1) >= threshold
+    covered = float(w[answered].sum())
+    return {
+        "accuracy": float(w[right].sum()),
+        "coverage": covered,
+        "selective_accuracy": float(w[right & answered].sum() / covered) if covered else 0.0,
+    }
+
+
+def by_class(probs: np.ndarray, targets: np.ndarray) -> dict[int, tuple[int, int]]:
+    """{class index: (right top-1 answers, photos)} over the classes present."""
+    right = probs.argmax(1) == targets
+    return {
+        int(c): (int(right[targets == c].sum()), int((targets == c).sum()))
+        for c in np.unique(targets)
+    }
+
+
 def _lowest_for_abstain(top: np.ndarray, rate: float) -> float:
     """The lowest threshold that abstains on at least `rate` of photos with these top probs."""
     if rate <= 0 or len(top) == 0:

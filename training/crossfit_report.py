@@ -19,7 +19,7 @@ import numpy as np
 from plantdx.crops import CropMap
 from plantdx.decision import DecisionRule
 
-from .calibrate import selective
+from .calibrate import by_class, class_balanced, selective
 from .crossfit import CrossfitResult
 
 
@@ -88,29 +88,3 @@ def _accuracy(probs: np.ndarray, targets: np.ndarray, in_src: np.ndarray) -> flo
     if not in_src.any():
         return 0.0
     return float((probs[in_src].argmax(1) == targets[in_src]).mean())
-
-
-def class_balanced(probs: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
-    """accuracy, coverage and selective_accuracy with every class present counting equally."""
-    if len(targets) == 0:
-        return {"accuracy": 0.0, "coverage": 0.0, "selective_accuracy": 0.0}
-    _, inverse, counts = np.unique(targets, return_inverse=True, return_counts=True)
-    w = 1.0 / counts[inverse]
-    w = w / w.sum()
-    right = probs.argmax(1) == targets
-    answered = probs.max(1) >= threshold
-    covered = float(w[answered].sum())
-    return {
-        "accuracy": float(w[right].sum()),
-        "coverage": covered,
-        "selective_accuracy": float(w[right & answered].sum() / covered) if covered else 0.0,
-    }
-
-
-def by_class(probs: np.ndarray, targets: np.ndarray) -> dict[int, tuple[int, int]]:
-    """{class index: (right top-1 answers, photos)} over the classes present."""
-    right = probs.argmax(1) == targets
-    return {
-        int(c): (int(right[targets == c].sum()), int((targets == c).sum()))
-        for c in np.unique(targets)
-    }

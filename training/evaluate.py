@@ -19,7 +19,7 @@ from plantdx.decision import DecisionRule
 from plantdx.exceptions import DatasetError
 from plantdx.preprocessing import Normalizer, Preprocessor
 
-from .calibrate import selective
+from .calibrate import class_balanced, selective
 from .config import as_list
 from .data import DecodedImages, PixelDataset, decode_samples
 
@@ -262,6 +262,8 @@ def evaluate_checkpoint(
         report.update(
             {k: v for k, v in selective(p, decoded.labels, threshold).items() if k != "n"}
         )
+        # The same figures with every class counting equally, for uneven photo sets.
+        report["class_balanced"] = class_balanced(p, decoded.labels, threshold)
         if len(names) > 1:
             src_of = {s.path: s.source for s in samples}
             src = np.asarray([src_of[q] for q in decoded.paths])

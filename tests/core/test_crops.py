@@ -298,6 +298,11 @@ def test_evaluate_with_the_crop_from_the_labels(synth_crops: Path, tmp_path: Pat
     # answer naming another crop is taken back. Here the pepper photos can only be right.
     assert c["accuracy"] >= p["accuracy"] and c["n"] == p["n"] == 32
     assert c["per_class"]["Pepper,_bell___leaf_spot"]["recall"] == 1.0
+    # Class-balanced: every class counts equally (the mean of the recalls of the classes present).
+    for r in (p, c):
+        recalls = [v["recall"] for v in r["per_class"].values() if v["support"]]
+        assert r["class_balanced"]["accuracy"] == pytest.approx(sum(recalls) / len(recalls))
+        assert 0 < r["class_balanced"]["coverage"] <= 1
     assert all(r["true"][:6] == r["predicted"][:6] for r in c["misclassified"])  # same crop
     assert any(r["true"][:6] != r["predicted"][:6] for r in p["misclassified"])  # the test bites
     text = runner.invoke(app, [*args, "--crop-from-labels"])

@@ -210,7 +210,7 @@ def test_a_model_that_cannot_train_below_its_eval_size_is_refused(tmp_path: Path
 
 
 def test_class_balanced_figures_count_every_class_equally() -> None:
-    from plantdx.training.crossfit_report import by_class, class_balanced
+    from plantdx.training.calibrate import by_class, class_balanced
 
     # Class 0: 4 photos, 3 right (one of them unsure); class 1: 1 photo, wrong.
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.55, 0.45], [0.2, 0.8], [0.7, 0.3]])
