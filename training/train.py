@@ -292,11 +292,12 @@ class _Run:
         best.pt becomes the final continuation."""
         t, data = self.trainee, self.data
         base_path, best_path = self.run_dir / "base.pt", self.run_dir / "best.pt"
-        if not base_path.exists():
+        if base_path.exists():
+            base = load_checkpoint(base_path)
+        else:
             base = load_checkpoint(best_path)
             base.metrics = {**base.metrics, "crossfit_steps": self._continuation_steps()}
             save_checkpoint(base, base_path)
-        base = load_checkpoint(base_path)
         steps = int(base.metrics.get("crossfit_steps") or self._continuation_steps())
         sampler = data.sampler
         n = data.prepared.size("train")
