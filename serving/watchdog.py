@@ -53,6 +53,8 @@ class StubWatchdog:
         # The first scan before the thread starts: a zombie's command line is empty, so a stub
         # must be seen alive once for its death to be attributed to its model.
         self._known = stubs_of(server_pid)
+        self._suspects: set[int] = set()
+        self._pending: set[str] = set()  # models to reload (a failed reload is tried again)
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def start(self) -> StubWatchdog:
@@ -60,30 +62,42 @@ class StubWatchdog:
         return self
 
     def _watch(self) -> None:
-        known, suspects = self._known, set[int]()
         while self.alive() and not self.stopping.is_set():
-            known.update(stubs_of(self.server_pid))
-            # Triton reaps the stubs it stops (unload, reload, failed load) with a blocking
-            # waitpid, so they vanish; a stub killed behind its back stays a zombie until the
-            # model is reloaded. Only a zombie seen on two scans in a row counts as dead.
-            zombies = {pid for pid in known if process_state(pid) == "Z"}
-            confirmed = zombies & suspects
-            suspects = zombies - confirmed
-            if confirmed:
-                try:
-                    ready = self.api.ready_versions()
-                except CallError:
-                    ready = set()
-                for model in sorted({known[pid][0] for pid in confirmed if known[pid] in ready}):
-                    if not self.stopping.is_set():
-                        self._reload(model)
-            for pid in confirmed:
-                known.pop(pid, None)
-            for pid in [p for p in known if process_state(p) is None]:
-                known.pop(pid, None)
+            try:
+                self._scan()
+            except Exception:  # one failed scan must not end the watch
+                log.exception("the stub watchdog's scan failed; it goes on")
             time.sleep(self.interval_s)
 
-    def _reload(self, model: str) -> None:
+    def _scan(self) -> None:
+        known = self._known
+        known.update(stubs_of(self.server_pid))
+        # Triton reaps the stubs it stops (unload, reload, failed load) with a blocking
+        # waitpid, so they vanish; a stub killed behind its back stays a zombie until the
+        # model is reloaded. Only a zombie seen on two scans in a row counts as dead.
+        zombies = {pid for pid in known if process_state(pid) == "Z"}
+        confirmed = zombies & self._suspects
+        self._suspects = zombies - confirmed
+        if confirmed:
+            try:
+                ready = self.api.ready_versions()
+            except CallError as exc:
+                # Asked again on the next scan: the dead stubs stay suspects.
+                log.warning("a Python-backend stub died; the server's index failed: %s", exc)
+                self._suspects |= confirmed
+                return
+            for pid in confirmed:
+                if known[pid] in ready:
+                    self._pending.add(known[pid][0])
+                known.pop(pid, None)
+        for model in sorted(self._pending):
+            if not self.stopping.is_set() and self._reload(model):
+                self._pending.discard(model)
+        for pid in [p for p in known if process_state(p) is None]:
+            known.pop(pid, None)
+
+    def _reload(self, model: str) -> bool:
+        """Reloads `model`; False (tried again on the next scan) when the server refused."""
         try:
             cfg = self.api.config(model)
             # Triton skips a load whose config is unchanged; a fresh parameter forces it.
@@ -91,7 +105,9 @@ class StubWatchdog:
                 "string_value": str(time.time())
             }
             self.api.load(model, cfg)
-            self.restarts.append(model)
-            log.warning("a Python-backend stub of %s died; the model was reloaded", model)
         except CallError as exc:
-            log.error("a stub of %s died and reloading it failed: %s", model, exc)
+            log.error("a stub of %s died and reloading it failed (tried again): %s", model, exc)
+            return False
+        self.restarts.append(model)
+        log.warning("a Python-backend stub of %s died; the model was reloaded", model)
+        return True

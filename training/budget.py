@@ -15,12 +15,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from plantdx.models import get_spec
-
 from .build import Trainee
 from .config import TrainConfig
 from .distributed import Distributed
 from .progress import Reporter
+from .run_data import image_sizes
 
 # Seconds a time-budgeted run keeps for the end (test pass, plots, checkpoint, MLflow upload).
 FINISH_RESERVE_S = 45.0
@@ -36,12 +35,10 @@ def replan_epochs(cfg: TrainConfig, done: int, epoch_s: list[float], spent_s: fl
 
 
 def eval_cost_scale(cfg: TrainConfig) -> float:
-    """An evaluated photo's cost relative to the training size's: its pixels (eval_image_size
-    against image_size, or against the architecture's own size when image_size is null)."""
-    if not cfg.eval_image_size:
-        return 1.0
-    train_size = cfg.image_size or get_spec(cfg.model).default_image_size
-    return float((cfg.eval_image_size / train_size) ** 2)
+    """An evaluated photo's cost relative to a training photo's: their pixels
+    (`image_sizes`: the evaluation size against the training size)."""
+    size, eval_size = image_sizes(cfg)
+    return float((eval_size / size) ** 2)
 
 
 def plan_epochs(cfg: TrainConfig, seconds_per_epoch: float, overhead_s: float) -> int:

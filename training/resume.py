@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from plantdx.checkpoint import Checkpoint, load_checkpoint
-from plantdx.config import resolve, to_dict
+from plantdx.config import load_yaml, resolve, to_dict
 from plantdx.exceptions import ConfigError
 
 from .build import Trainee, seed_everything
@@ -28,12 +28,15 @@ RESUME_MUST_MATCH = (
     "model_kwargs",
     "image_size",
     "eval_image_size",
+    "eval_scale",
     "batch_size",
     "seed",
     "val_fraction",
     "test_fraction",
     "resize",
 )
+# What a run from before a setting existed had instead of its default today.
+BEFORE_DEFAULT = {"eval_scale": 1.0}
 
 
 def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -41,7 +44,9 @@ def resume_config(run_dir: str | Path, overrides: dict[str, Any] | None = None) 
     run = Path(run_dir)
     if not (run / "last.pt").is_file():
         raise ConfigError(f"cannot resume {run}: it has no last.pt (no epoch was completed)")
-    merged = {**(overrides or {}), "resume": str(run), "out": str(run)}
+    stored = load_yaml(run / "config.yaml") or {}
+    older = {k: v for k, v in BEFORE_DEFAULT.items() if k not in stored}
+    merged = {**older, **(overrides or {}), "resume": str(run), "out": str(run)}
     return resolve(TrainConfig, run / "config.yaml", merged)
 
 
@@ -54,7 +59,7 @@ def load_resume(cfg: TrainConfig) -> Checkpoint | None:
     ckpt = load_checkpoint(last)
     if not ckpt.train_state:
         raise ConfigError(f"{last} holds no training state to resume from")
-    mine, defaults = to_dict(cfg), to_dict(TrainConfig())
+    mine, defaults = to_dict(cfg), {**to_dict(TrainConfig()), **BEFORE_DEFAULT}
     changed = [k for k in RESUME_MUST_MATCH if ckpt.config.get(k, defaults[k]) != mine[k]]
     if changed:
         raise ConfigError(

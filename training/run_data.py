@@ -115,13 +115,26 @@ def scan_data(cfg: TrainConfig) -> ScannedData:
     )
 
 
+def image_sizes(cfg: TrainConfig) -> tuple[int, int]:
+    """The training size and the evaluation size: `eval_image_size`, else the training size
+    times `eval_scale` where the architecture takes any input size."""
+    spec = get_spec(cfg.model)
+    size = cfg.image_size or spec.default_image_size
+    if cfg.eval_image_size:
+        return size, cfg.eval_image_size
+    if not spec.any_input_size:
+        return size, size
+    return size, max(1, round(size * cfg.eval_scale))
+
+
 def run_metas(cfg: TrainConfig) -> tuple[PreprocessMeta, PreprocessMeta]:
     """The preprocessing of the training photos, and that of every evaluation (the model's
-    own: it travels in the checkpoint); they differ only in size, with `eval_image_size`."""
-    meta = dataclasses.replace(get_spec(cfg.model).preprocessing(cfg.image_size), resize=cfg.resize)
-    if not cfg.eval_image_size or cfg.eval_image_size == meta.image_size:
+    own: it travels in the checkpoint); they differ only in size (`image_sizes`)."""
+    size, eval_size = image_sizes(cfg)
+    meta = dataclasses.replace(get_spec(cfg.model).preprocessing(size), resize=cfg.resize)
+    if eval_size == size:
         return meta, meta
-    return meta, dataclasses.replace(meta, image_size=cfg.eval_image_size)
+    return meta, dataclasses.replace(meta, image_size=eval_size)
 
 
 def write_run_files(run_dir: Path, cfg: TrainConfig, scan: ScannedData) -> None:

@@ -69,7 +69,7 @@ def train(
         typer.Option(
             "--eval-image-size",
             help="Size every evaluation runs at, and the model is served at (default: "
-            "the training size).",
+            "eval_scale, 1.2, times the training size).",
         ),
     ] = None,
     resize: Annotated[

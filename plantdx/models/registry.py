@@ -67,6 +67,9 @@ class ModelSpec:
     # The stem and first `k` blocks of a built network (what --freeze-blocks k freezes); None:
     # --freeze-blocks leaves the architecture alone.
     stem: Callable[[nn.Module, int], list[nn.Module]] | None = None
+    # The network takes any input size (its head pools globally): it may be trained at one
+    # size and evaluated at another (`eval_scale`). False: built for one size (ViT).
+    any_input_size: bool = True
 
     def preprocessing(self, image_size: int | None = None) -> PreprocessMeta:
         return PreprocessMeta(

@@ -201,5 +201,6 @@ register_model(
         head="vit.classifier",
         weights_check=_vit_weights_dir,
         import_weights=import_vit_weights,
+        any_input_size=False,  # position embeddings for one grid of patches
     )
 )

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -195,7 +196,10 @@ def test_a_killed_stub_fails_requests_cleanly_and_the_server_recovers(
         def recovered() -> bool:
             return any(t0 > t_kill + 0.5 and e is None for t0, _, e in list(log))
 
-        assert wait_until(recovered, timeout=60), "no request succeeded after the stub died"
+        assert wait_until(recovered, timeout=60), (
+            "no request succeeded after the stub died: "
+            + recovery_report(server, log, t_kill, victims)
+        )
         time.sleep(1.0)
     finally:
         stop.set()
@@ -213,3 +217,16 @@ def test_a_killed_stub_fails_requests_cleanly_and_the_server_recovers(
     assert new_stubs and not set(new_stubs) & set(victims)
     probs, error = try_infer(server.grpc_url, images[0])
     assert error is None and probs is not None
+
+
+def recovery_report(
+    server: Any, log: list[tuple[float, float, str | None]], t_kill: float, victims: list[int]
+) -> str:
+    """What a failed recovery looked like: the watchdog's reloads, the stubs now, the errors
+    after the kill, the server's log."""
+    errors = sorted({str(e)[:200] for t0, _, e in list(log) if e and t0 > t_kill})
+    return (
+        f"reloaded {server.stub_restarts}; killed {victims}; stubs now {server.stubs()}; "
+        f"{len(log)} requests, errors after the kill: {errors[:5]}; server log:\n"
+        + Path(server.log_file).read_text(errors="replace")[-4000:]
+    )

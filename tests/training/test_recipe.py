@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 from plantdx.config import resolve, to_dict
 from plantdx.training.augment import GroundBank, build_augment, paste_on_ground, random_ground
 from plantdx.training.config import AugmentConfig, TrainConfig
+from plantdx.training.run_data import image_sizes, run_metas
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,22 +276,36 @@ def test_benchmarks_state_the_defaults() -> None:
 def test_evaluation_at_a_larger_size_is_budgeted_at_its_pixels() -> None:
     from plantdx.training.budget import eval_cost_scale
 
-    assert eval_cost_scale(TrainConfig(image_size=160)) == 1.0
+    assert eval_cost_scale(TrainConfig(image_size=160, eval_scale=1.0)) == 1.0
+    assert eval_cost_scale(TrainConfig(image_size=160)) == (192 / 160) ** 2
     assert eval_cost_scale(TrainConfig(image_size=160, eval_image_size=224)) == (224 / 160) ** 2
     # image_size null: the architecture's own size is the training size (Lite0: 224).
     lite0 = TrainConfig(model="efficientnet_lite0", image_size=None, eval_image_size=280)
     assert eval_cost_scale(lite0) == (280 / 224) ** 2
+    # An architecture built for one size is evaluated at it.
+    assert eval_cost_scale(TrainConfig(model="vit", image_size=64)) == 1.0
 
 
-def test_field_zoom_yaml_is_the_default_with_zoom_in_and_a_192_px_model() -> None:
-    zoom = resolve(TrainConfig, ROOT / "plantdx/configs/field-zoom.yaml")
+def test_the_evaluation_size_is_eval_scale_times_the_training_size() -> None:
+    assert image_sizes(TrainConfig()) == (160, 192)
+    assert image_sizes(TrainConfig(image_size=64)) == (64, 77)
+    assert image_sizes(TrainConfig(image_size=64, eval_image_size=96)) == (64, 96)
+    assert image_sizes(TrainConfig(model="vit", image_size=64)) == (64, 64)
+    train_meta, meta = run_metas(TrainConfig())
+    assert (train_meta.image_size, meta.image_size) == (160, 192)
+    assert dataclasses.replace(meta, image_size=160) == train_meta
+
+
+def test_zoom_out_yaml_is_the_default_before_zoom_in_training() -> None:
+    old = resolve(TrainConfig, ROOT / "plantdx/configs/zoom-out.yaml")
     changed = {
-        k: v for k, v in _flat(to_dict(zoom)).items() if v != _flat(to_dict(TrainConfig()))[k]
+        k: v for k, v in _flat(to_dict(old)).items() if v != _flat(to_dict(TrainConfig()))[k]
     }
     assert changed == {
-        "eval_image_size": 192,
-        "augment.zoom_p": 0.6,
-        "augment.zoom_min": 0.9,
-        "augment.zoom_max": 1.6,
-        "augment.shift": 0.15,
+        "eval_scale": 1.0,
+        "augment.zoom_p": 0.3,
+        "augment.zoom_min": 0.75,
+        "augment.zoom_max": 1.15,
+        "augment.shift": 0.08,
     }
+    assert image_sizes(old) == (160, 160)
