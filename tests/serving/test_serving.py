@@ -275,8 +275,13 @@ def test_sigterm_lets_in_flight_requests_finish(
         t_term = time.monotonic()
         code = server.stop()
         results = [f.result() for f in futures]
-    assert [e for _, e in results] == [None] * n, results
-    assert max(t for t, _ in results) > t_term  # some answers came after the SIGTERM
+    # When it was told to stop the server held at least n - 1 of them (n - 2 waiting, one in
+    # the preprocess): those finish. One that had not reached it yet may be refused, and then
+    # with the drain's clear answer, not a failure half-way through the ensemble.
+    errors = [e for _, e in results if e]
+    assert len(errors) <= 1, results
+    assert all("has no available versions" in e for e in errors), results
+    assert max(t for t, e in results if e is None) > t_term  # answers came after the SIGTERM
     assert code == 0
     assert "Waiting for in-flight requests to complete" in Path(tmp_path / "t.log").read_text()
 
