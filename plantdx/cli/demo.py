@@ -59,7 +59,10 @@ def demo(
         str, typer.Option("--model", help="Architecture to fine-tune.")
     ] = "efficientnet_lite0",
     image_size: Annotated[
-        int, typer.Option("--image-size", help="Training and serving size (px).")
+        int,
+        typer.Option(
+            "--image-size", help="Training size (px); evaluated and served at 1.2x (eval_scale)."
+        ),
     ] = 128,
     epochs: Annotated[int, typer.Option("--epochs", help="Maximum epochs.")] = 6,
     time_budget: Annotated[
