@@ -309,3 +309,17 @@ def test_zoom_out_yaml_is_the_default_before_zoom_in_training() -> None:
         "augment.shift": 0.08,
     }
     assert image_sizes(old) == (160, 160)
+
+
+def test_a_run_from_before_eval_scale_resumes_at_its_own_evaluation_size(tmp_path: Path) -> None:
+    from plantdx.config import save_yaml
+    from plantdx.training.resume import resume_config
+
+    old = {k: v for k, v in to_dict(TrainConfig(image_size=64)).items() if k != "eval_scale"}
+    for name, stored in (("old", old), ("new", to_dict(TrainConfig(image_size=64)))):
+        run = tmp_path / name
+        run.mkdir()
+        save_yaml(stored, run / "config.yaml")
+        (run / "last.pt").write_bytes(b"")
+        cfg = resume_config(run)
+        assert image_sizes(cfg) == ((64, 64) if name == "old" else (64, 77)), name
