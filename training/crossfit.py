@@ -109,7 +109,7 @@ def run_crossfit(
     paths = data.paths["cv"]
     folds = np.asarray([folds_of[p] for p in paths], dtype=np.int64)
     labels, sources = data.labels["cv"], data.sources["cv"]
-    # Trained on at the training size, evaluated at the model's (`eval_image_size`).
+    # Trained on at the training size, evaluated at the model's (`image_sizes`).
     cv_train = copy.copy(data.datasets.get("cv_train", cv_eval))
     if "cv_train" in data.datasets and data.paths["cv_train"] != paths:
         raise DatasetError("a cross-fitted photo decoded at one size but not at the other")

@@ -52,7 +52,7 @@ class ScannedData:
     # The fold of every cross-fitted photo (split["cv"]); empty when the run does not cross-fit.
     cv_folds: dict[Path, int] = dataclasses.field(default_factory=dict)
     cv_note: str = ""
-    # The training photos' (None: `meta`); a smaller size with `eval_image_size`.
+    # The training photos' (None: `meta`); the evaluation size differs (`image_sizes`).
     train_meta: PreprocessMeta | None = None
 
     @property
