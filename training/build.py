@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from plantdx.checkpoint import Checkpoint
+from plantdx.crops import CropMap, run_crops
 from plantdx.exceptions import ConfigError
 from plantdx.models import create_model
 from plantdx.preprocessing import PreprocessMeta
@@ -117,7 +119,7 @@ class Trainee:
 
 def build_trainee(
     cfg: TrainConfig,
-    num_classes: int,
+    class_names: Sequence[str],
     meta: PreprocessMeta,
     device: torch.device,
     resume: Checkpoint | None,
@@ -133,7 +135,7 @@ def build_trainee(
         kwargs = dict(resume.model_kwargs)
     net = create_model(
         cfg.model,
-        num_classes=num_classes,
+        num_classes=len(class_names),
         pretrained=cfg.pretrained and resume is None,
         image_size=meta.image_size,
         weights=cfg.weights if resume is None else None,
@@ -145,8 +147,13 @@ def build_trainee(
         _check_takes_size(net, cfg.model, train_image_size, meta.image_size)
     net = place_model(net, device, cfg.channels_last)
     frozen_norms: list[nn.Module] = freeze_stem(net, cfg.model, cfg.freeze_blocks)
+    crops = CropMap.from_dict(class_names, run_crops(cfg.out, class_names))
+    crop_index = {crop: k for k, crop in enumerate(crops.names)}
     criterion = OutlierExposureLoss(
-        label_smoothing=cfg.label_smoothing, unknown_weight=cfg.sampling.unknown_weight
+        label_smoothing=cfg.label_smoothing,
+        unknown_weight=cfg.sampling.unknown_weight,
+        crop_of_class=[crop_index[c] for c in crops.crops],
+        crop_weight=cfg.crop_loss_weight,
     )
     optimizer = build_optimizer(net, cfg)
     amp = cfg.amp and device.type == "cuda"

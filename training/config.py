@@ -88,6 +88,9 @@ class TrainConfig:
     step_size: int = 3
     gamma: float = 0.1
     label_smoothing: float = 0.1
+    # Weight of a second cross-entropy on the photo's crop (its classes' probabilities summed;
+    # crops from the class names, or the run's crops.yaml). 0: none.
+    crop_loss_weight: float = 0.0
     freeze_backbone: bool = False
     # Keep the stem and the first N blocks of an EfficientNet frozen for the whole run (weights
     # and BatchNorm statistics): no backward pass through the early high-resolution layers,

@@ -126,23 +126,49 @@ class BalancedSampler(Sampler[int]):
 
 class OutlierExposureLoss(nn.Module):
     """Cross-entropy (with label smoothing) on labelled rows; on rows labelled UNKNOWN_LABEL,
-    `unknown_weight` × cross-entropy to the uniform distribution. Without unknown rows it is
-    exactly nn.CrossEntropyLoss."""
+    `unknown_weight` × cross-entropy to the uniform distribution. Without unknown rows and
+    without a crop term it is exactly nn.CrossEntropyLoss.
 
-    def __init__(self, *, label_smoothing: float = 0.0, unknown_weight: float = 0.5) -> None:
+    `crop_of_class` (the crop index of each class) with `crop_weight` > 0 adds `crop_weight` ×
+    the cross-entropy of the crop on labelled rows, a crop's logit being the log-sum-exp of its
+    classes' logits (the log of the probability the model gives the crop): a class of the
+    wrong crop then costs more than a look-alike disease of the right one."""
+
+    def __init__(
+        self,
+        *,
+        label_smoothing: float = 0.0,
+        unknown_weight: float = 0.5,
+        crop_of_class: Sequence[int] | None = None,
+        crop_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing
         self.unknown_weight = unknown_weight
+        self.crop_weight = crop_weight
+        crops = torch.as_tensor(list(crop_of_class or []), dtype=torch.long)
+        self.use_crops = crop_weight > 0 and len(crops) > 0 and int(crops.max()) > 0
+        # [C, K]: 0 where class c is of crop k, -inf elsewhere.
+        onehot = F.one_hot(crops, int(crops.max()) + 1) if len(crops) else torch.zeros(0, 0)
+        self.crop_of_class: torch.Tensor = crops
+        self.crop_log_mask: torch.Tensor = torch.log(onehot.float()).clamp(min=-1e4)
+
+    def _class_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        if not self.use_crops:
+            return loss
+        mask = self.crop_log_mask.to(logits.device)
+        crop_logits = torch.logsumexp(logits.float()[:, :, None] + mask[None], dim=1)
+        crop_targets = self.crop_of_class.to(logits.device)[targets]
+        return loss + self.crop_weight * F.cross_entropy(crop_logits, crop_targets)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         known = targets != UNKNOWN_LABEL
         if bool(known.all()):
-            return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+            return self._class_loss(logits, targets)
         loss = logits.new_zeros(())
         if bool(known.any()):
-            loss = F.cross_entropy(
-                logits[known], targets[known], label_smoothing=self.label_smoothing
-            )
+            loss = self._class_loss(logits[known], targets[known])
         outliers = logits[~known].float()
         uniform_ce = -(outliers.log_softmax(dim=1).mean(dim=1)).mean()
         return loss + self.unknown_weight * uniform_ce

@@ -111,7 +111,7 @@ class _Run:
         # Loads --weights: before the (slow) decoding, so errors come at once.
         self.trainee = build_trainee(
             cfg,
-            len(self.scan.class_names),
+            self.scan.class_names,
             self.scan.meta,
             dist.device,
             self.resume,

@@ -162,6 +162,27 @@ def test_outlier_exposure_is_cross_entropy_without_unknowns_and_flattens_them() 
     assert z.grad is not None and z.grad[0, 0] > 0 > z.grad[0, 1]  # the top logit goes down
 
 
+def test_crop_term_is_the_crop_cross_entropy_and_costs_a_wrong_crop_more() -> None:
+    crops = [0, 0, 1]  # classes 0 and 1 of one crop, class 2 of another
+    logits = torch.tensor([[1.0, 0.5, -1.0], [0.2, 0.1, 2.0], [0.0, 0.0, 0.0]])
+    targets = torch.tensor([0, 1, UNKNOWN_LABEL])
+    plain = OutlierExposureLoss(label_smoothing=0.1)
+    off = OutlierExposureLoss(label_smoothing=0.1, crop_of_class=crops, crop_weight=0.0)
+    on = OutlierExposureLoss(label_smoothing=0.1, crop_of_class=crops, crop_weight=0.5)
+    assert off(logits, targets).item() == pytest.approx(plain(logits, targets).item())
+    p = logits[:2].softmax(1)
+    crop_p = torch.stack([p[:, 0] + p[:, 1], p[:, 2]], 1)
+    crop_nll = -crop_p[[0, 1], [0, 0]].log().mean()
+    expected = plain(logits, targets) + 0.5 * crop_nll
+    assert on(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
+    # The same wrong answer costs more when it is of another crop.
+    near = torch.tensor([[0.0, 2.0, 0.0]])
+    far = torch.tensor([[0.0, 0.0, 2.0]])
+    t = torch.tensor([0])
+    assert plain(near, t).item() == pytest.approx(plain(far, t).item())
+    assert on(far, t).item() > on(near, t).item()
+
+
 def _overconfident(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
