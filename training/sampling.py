@@ -148,7 +148,7 @@ class OutlierExposureLoss(nn.Module):
         self.crop_weight = crop_weight
         crops = torch.as_tensor(list(crop_of_class or []), dtype=torch.long)
         self.use_crops = crop_weight > 0 and len(crops) > 0 and int(crops.max()) > 0
-        # [C, K]: 0 where class c is of crop k, -inf elsewhere.
+        # [C, K]: 0 where class c is of crop k, -1e4 (a finite -inf) elsewhere.
         onehot = F.one_hot(crops, int(crops.max()) + 1) if len(crops) else torch.zeros(0, 0)
         self.crop_of_class: torch.Tensor = crops
         self.crop_log_mask: torch.Tensor = torch.log(onehot.float()).clamp(min=-1e4)
